@@ -1,0 +1,14 @@
+"""`pipedecode plan`: placeholder until its owner module lands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("plan", help="(not yet available)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    raise NotImplementedError("pipedecode plan is not implemented yet")
