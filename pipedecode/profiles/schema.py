@@ -1,15 +1,67 @@
 """Device profiles: what the planner and the classification pass know about a GPU.
 
-Owns the frozen `DeviceProfile` (whole-chip rates, SM partition rules, latency tables)
-and its versioned JSON form. Knows nothing of models or schedules; `analytic.py` builds
-profiles for devices not yet measured, `measure.py` (GPU only) builds measured ones.
+Owns the frozen `DeviceProfile` (whole-chip rates, SM partition rules, the streaming
+bandwidth a partition of n SMs reaches, latency tables, the co-run slowdown) and its
+versioned JSON form. Knows nothing of models or schedules; `analytic.py` builds profiles
+for devices not yet measured, `measure.py` (GPU only) builds measured ones, `latency.py`
+reads the tables (the interpolation rule lives there).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from dataclasses import dataclass
+from typing import Any
+
+from pipedecode.errors import ProfileError
 
 PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GemmPoint:
+    """One measured GEMM: y[tokens, n] = x[tokens, k] @ w[n, k]^T on `sm_count` SMs (bf16)."""
+
+    tokens: int
+    n: int
+    k: int
+    sm_count: int
+    latency_us: float
+
+
+@dataclass(frozen=True)
+class AttentionPoint:
+    """One measured decode attention: `batch` sequences of `context_len` tokens, one query each."""
+
+    batch: int
+    context_len: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    sm_count: int
+    latency_us: float
+
+
+@dataclass(frozen=True)
+class CorunSample:
+    """Attention on `memory_sms` beside GEMMs on `compute_sms`: alone and together."""
+
+    memory_sms: int
+    compute_sms: int
+    memory_alone_us: float
+    compute_alone_us: float
+    together_us: float
+
+    @property
+    def slowdown(self) -> float:
+        """together / max(alone): what `DeviceProfile.corun_slowdown` summarises."""
+        return self.together_us / max(self.memory_alone_us, self.compute_alone_us)
+
+
+_TABLES = {"gemm_latency": GemmPoint, "attention_latency": AttentionPoint,
+           "corun_samples": CorunSample}
 
 
 @dataclass(frozen=True)
@@ -24,18 +76,113 @@ class DeviceProfile:
     hbm_bytes_per_s: float       # read + write bandwidth on all SMs
     memory_bytes: int            # device memory
     source: str = "analytic"     # "analytic" or "measured"
+    # (sm_count, bytes_per_s) a streaming kernel reaches on a partition of that many SMs,
+    # sorted by sm_count; empty: `per_sm_bytes_per_s` saturating at `hbm_bytes_per_s`.
+    bandwidth_by_sms: tuple[tuple[int, float], ...] = ()
+    per_sm_bytes_per_s: float = 75e9
+    gemm_latency: tuple[GemmPoint, ...] = ()
+    attention_latency: tuple[AttentionPoint, ...] = ()
+    # Concurrent attention + GEMMs on two partitions take max(alone) * corun_slowdown, and never
+    # less than both sides' bytes over the whole-chip bandwidth (the cost model charges both).
+    corun_slowdown: float = 1.0
+    corun_samples: tuple[CorunSample, ...] = ()
+    launch_overhead_us: float = 4.0   # fixed cost per kernel in the analytic model
+    description: str = ""
 
     def __post_init__(self) -> None:
         for field in ("sm_count", "sm_granularity", "min_partition_sms", "memory_bytes"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"DeviceProfile.{field} must be positive, got {getattr(self, field)}")
-        for field in ("peak_flops_per_s", "hbm_bytes_per_s"):
+        for field in ("peak_flops_per_s", "hbm_bytes_per_s", "per_sm_bytes_per_s"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"DeviceProfile.{field} must be positive, got {getattr(self, field)}")
         if self.source not in ("analytic", "measured"):
             raise ValueError(f"DeviceProfile.source must be 'analytic' or 'measured', got {self.source!r}")
+        if not (math.isfinite(self.corun_slowdown) and self.corun_slowdown >= 1.0):
+            raise ValueError(f"DeviceProfile.corun_slowdown must be >= 1, got {self.corun_slowdown}")
+        if self.launch_overhead_us < 0:
+            raise ValueError(f"DeviceProfile.launch_overhead_us must be >= 0, got {self.launch_overhead_us}")
+        sms = [s for s, _ in self.bandwidth_by_sms]
+        if sms != sorted(set(sms)) or any(s <= 0 or bw <= 0 for s, bw in self.bandwidth_by_sms):
+            raise ValueError("DeviceProfile.bandwidth_by_sms must be (sm_count, bytes_per_s) pairs, "
+                             "positive and sorted by distinct sm_count")
+        for table in ("gemm_latency", "attention_latency"):
+            for point in getattr(self, table):
+                if not point.latency_us > 0 or not point.sm_count > 0:
+                    raise ValueError(f"DeviceProfile.{table}: latency_us and sm_count must be "
+                                     f"positive, got {point}")
 
     @property
     def ridge_flops_per_byte(self) -> float:
         """Arithmetic intensity above which an op is compute-bound on the whole chip."""
         return self.peak_flops_per_s / self.hbm_bytes_per_s
+
+    def partition_sizes(self) -> tuple[int, ...]:
+        """SM counts a memory partition may have, leaving at least the minimum for the rest."""
+        g, lo = self.sm_granularity, self.min_partition_sms
+        first = -(-lo // g) * g
+        return tuple(s for s in range(first, self.sm_count - lo + 1, g))
+
+    # ---- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["bandwidth_by_sms"] = [list(p) for p in self.bandwidth_by_sms]
+        return {"version": PROFILE_VERSION, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "profile") -> "DeviceProfile":
+        """A validated profile; any problem raises ProfileError naming the field."""
+        if not isinstance(data, dict):
+            raise ProfileError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if data.get("version") != PROFILE_VERSION:
+            raise ProfileError(f"{where}: field 'version' is {data.get('version')!r}, this "
+                               f"pipedecode reads version {PROFILE_VERSION}; re-measure or convert it")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields) - {"version"})
+        if unknown:
+            raise ProfileError(f"{where}: unknown field {unknown[0]!r}")
+        missing = [f.name for f in fields.values() if f.name not in data
+                   and f.default is dataclasses.MISSING]
+        if missing:
+            raise ProfileError(f"{where}: missing field {missing[0]!r}")
+        kwargs = {k: v for k, v in data.items() if k != "version"}
+        for name, point_cls in _TABLES.items():
+            if name in kwargs:
+                kwargs[name] = _points(kwargs[name], point_cls, f"{where}: field {name!r}")
+        if "bandwidth_by_sms" in kwargs:
+            kwargs["bandwidth_by_sms"] = _pairs(kwargs["bandwidth_by_sms"], where)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ProfileError(f"{where}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "profile") -> "DeviceProfile":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{where}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, where)
+
+
+def _points(rows: Any, point_cls: type, where: str) -> tuple:
+    if not isinstance(rows, list):
+        raise ProfileError(f"{where} must be a list of objects")
+    names = [f.name for f in dataclasses.fields(point_cls)]
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) != set(names):
+            raise ProfileError(f"{where}[{i}] must have exactly the keys {names}")
+        out.append(point_cls(**row))
+    return tuple(out)
+
+
+def _pairs(rows: Any, where: str) -> tuple[tuple[int, float], ...]:
+    try:
+        return tuple((int(s), float(bw)) for s, bw in rows)
+    except (TypeError, ValueError):
+        raise ProfileError(f"{where}: field 'bandwidth_by_sms' must be a list of "
+                           f"[sm_count, bytes_per_s] pairs") from None
