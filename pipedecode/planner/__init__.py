@@ -5,22 +5,10 @@ Solver libraries (PuLP, OR-Tools) are imported only when a problem is solved, so
 schedule works where neither is installed (the GPU machine).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
+from pipedecode.planner.api import plan, solve
+from pipedecode.planner.problem import Problem, WaitingPrompt, build_problem
 from pipedecode.planner.schedule import (SCHEDULE_VERSION, MicroBatch, Schedule, Slot,
-                                         SwitchPoint, load_schedule)
+                                         SwitchPoint, check_model, load_schedule)
 
-_LAZY = {"plan": "pipedecode.planner.api", "build_problem": "pipedecode.planner.problem",
-         "solve": "pipedecode.planner.api", "Problem": "pipedecode.planner.problem"}
-
-__all__ = ["SCHEDULE_VERSION", "MicroBatch", "Schedule", "Slot", "SwitchPoint", "load_schedule",
-           *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pipedecode.planner' has no attribute {name!r}")
+__all__ = ["SCHEDULE_VERSION", "MicroBatch", "Problem", "Schedule", "Slot", "SwitchPoint",
+           "WaitingPrompt", "build_problem", "check_model", "load_schedule", "plan", "solve"]

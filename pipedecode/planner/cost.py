@@ -1,0 +1,140 @@
+"""Cost model of one decode step: stage latencies on a partition, phases, step times, floor.
+
+Owns how a decoder layer's three stages cost on n SMs, how two concurrent sides combine (the
+co-run slowdown and the shared-HBM floor), and the sequential and interleaved step times.
+Knows nothing of solvers or files; latencies come from `pipedecode.profiles.latency`.
+
+Stages of one layer for a micro-batch of `tokens` requests holding `kv_tokens` of context:
+  pre_attn   input RMSNorm, fused QKV GEMM, RoPE
+  attention  KV-cache write and decode attention
+  post_attn  o_proj GEMM, residual add + RMSNorm, gate_up GEMM, SiLU*mul, down GEMM, residual add
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipedecode.models import ModelShape
+from pipedecode.profiles.latency import (attention_latency_us, bandwidth_bytes_per_s,
+                                         gemm_latency_us)
+from pipedecode.profiles.schema import DeviceProfile
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Stage costs of `model` on `profile`; every method is a pure function of its arguments."""
+
+    model: ModelShape
+    profile: DeviceProfile
+
+    # ---- bytes and FLOPs (exact, per layer) -------------------------------------------
+    def _elementwise_bytes(self, tokens: float) -> tuple[float, float]:
+        m, b = self.model, self.model.dtype_bytes
+        q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+        pre = tokens * b * (2 * m.hidden_size + 2 * (q + kv))            # norm, rope on q and k
+        post = tokens * b * (6 * m.hidden_size + 3 * m.intermediate_size)  # 2 residuals+norm, act
+        return pre, post
+
+    def linear_bytes(self, tokens: float) -> float:
+        """Bytes pre_attn + post_attn move: weights once, activations per token."""
+        gemm = sum(s.n * s.k + tokens * (s.n + s.k) for s in self.model.linears())
+        return gemm * self.model.dtype_bytes + sum(self._elementwise_bytes(tokens))
+
+    def attention_bytes(self, tokens: float, kv_tokens: float) -> float:
+        m = self.model
+        kv_row = 2 * m.num_kv_heads * m.head_dim * m.dtype_bytes          # K and V of one token
+        q_row = 2 * m.num_heads * m.head_dim * m.dtype_bytes              # q read, o written
+        return kv_tokens * kv_row + tokens * (kv_row + q_row)
+
+    def flops(self, tokens: float, kv_tokens: float) -> float:
+        m = self.model
+        linear = 2 * tokens * sum(s.n * s.k for s in m.linears())
+        return linear + 4 * kv_tokens * m.num_heads * m.head_dim
+
+    # ---- latencies on a partition of sm_count SMs ---------------------------------------
+    def _gemm(self, name: str, tokens: float, sm_count: float) -> float:
+        shape = next(s for s in self.model.linears() if s.name == name)
+        return gemm_latency_us(self.profile, tokens, shape.n, shape.k, sm_count)
+
+    def _elementwise_us(self, bytes_moved: float, kernels: int, sm_count: float) -> float:
+        bw = bandwidth_bytes_per_s(self.profile, sm_count)
+        return bytes_moved / bw * 1e6 + kernels * self.profile.launch_overhead_us
+
+    def pre_attn_us(self, tokens: float, sm_count: float) -> float:
+        pre, _ = self._elementwise_bytes(tokens)
+        return self._gemm("qkv_proj", tokens, sm_count) + self._elementwise_us(pre, 2, sm_count)
+
+    def post_attn_us(self, tokens: float, sm_count: float) -> float:
+        _, post = self._elementwise_bytes(tokens)
+        gemms = sum(self._gemm(n, tokens, sm_count) for n in ("o_proj", "gate_up_proj", "down_proj"))
+        return gemms + self._elementwise_us(post, 3, sm_count)
+
+    def linear_us(self, tokens: float, sm_count: float) -> float:
+        """post_attn then pre_attn of one micro-batch: the compute side of a phase."""
+        return self.pre_attn_us(tokens, sm_count) + self.post_attn_us(tokens, sm_count)
+
+    def attention_us(self, tokens: float, kv_tokens: float, sm_count: float) -> float:
+        """KV write + decode attention of `tokens` sequences holding `kv_tokens` in total."""
+        if tokens <= 0:
+            return 0.0
+        m = self.model
+        write = self._elementwise_us(tokens * 2 * m.num_kv_heads * m.head_dim * m.dtype_bytes,
+                                     1, sm_count)
+        return write + attention_latency_us(self.profile, tokens, kv_tokens / tokens, m.num_heads,
+                                            m.num_kv_heads, m.head_dim, sm_count)
+
+    def head_us(self, tokens: float) -> float:
+        """Final norm and LM head on all SMs (the same in every mode)."""
+        sms, m = self.profile.sm_count, self.model
+        norm = self._elementwise_us(tokens * 2 * m.hidden_size * m.dtype_bytes, 1, sms)
+        return norm + gemm_latency_us(self.profile, tokens, m.vocab_size, m.hidden_size, sms)
+
+    # ---- phases and steps -------------------------------------------------------------
+    def phase_us(self, memory_us: float, compute_us: float, bytes_moved: float) -> float:
+        """Two sides running at once: max(alone) * co-run slowdown, floored by shared HBM."""
+        floor = bytes_moved / self.profile.hbm_bytes_per_s * 1e6
+        return max(max(memory_us, compute_us) * self.profile.corun_slowdown, floor)
+
+    def sequential_layer_us(self, tokens: float, kv_tokens: float) -> float:
+        sms = self.profile.sm_count
+        return (self.pre_attn_us(tokens, sms) + self.attention_us(tokens, kv_tokens, sms)
+                + self.post_attn_us(tokens, sms))
+
+    def sequential_step_us(self, tokens: float, kv_tokens: float) -> float:
+        """The whole batch as one, each stage on all SMs, layer after layer, then the head."""
+        return self.model.num_layers * self.sequential_layer_us(tokens, kv_tokens) \
+            + self.head_us(tokens)
+
+    def interleaved_phases_us(self, sizes: list[tuple[int, int]], memory_sms: int) -> list[float]:
+        """Phase j: attention of micro-batch j beside post/pre_attn of micro-batch j-1.
+
+        `sizes` is [(tokens, kv_tokens)] per micro-batch.
+        """
+        compute_sms = self.profile.sm_count - memory_sms
+        phases = []
+        for j, (tokens, kv_tokens) in enumerate(sizes):
+            prev_tokens = sizes[j - 1][0]
+            mem = self.attention_us(tokens, kv_tokens, memory_sms)
+            comp = self.linear_us(prev_tokens, compute_sms)
+            moved = self.attention_bytes(tokens, kv_tokens) + self.linear_bytes(prev_tokens)
+            phases.append(self.phase_us(mem, comp, moved))
+        return phases
+
+    def fill_drain_us(self, sizes: list[tuple[int, int]]) -> float:
+        """Prologue (pre_attn of layer 0 for all but the last micro-batch) and epilogue."""
+        sms = self.profile.sm_count
+        return sum(self.pre_attn_us(t, sms) for t, _ in sizes[:-1]) \
+            + self.post_attn_us(sizes[-1][0], sms)
+
+    def interleaved_step_us(self, sizes: list[tuple[int, int]], memory_sms: int) -> float:
+        layers = self.model.num_layers * sum(self.interleaved_phases_us(sizes, memory_sms))
+        tokens = sum(t for t, _ in sizes)
+        return layers + self.fill_drain_us(sizes) + self.head_us(tokens)
+
+    def roofline_floor_us(self, tokens: float, kv_tokens: float) -> float:
+        """max(FLOPs / peak, bytes / bandwidth) of the whole step, weights read once."""
+        m, p = self.model, self.profile
+        flops = m.num_layers * self.flops(tokens, kv_tokens) + 2 * tokens * m.vocab_size * m.hidden_size
+        moved = m.num_layers * (self.linear_bytes(tokens) + self.attention_bytes(tokens, kv_tokens)) \
+            + m.vocab_size * m.hidden_size * m.dtype_bytes
+        return max(flops / p.peak_flops_per_s, moved / p.hbm_bytes_per_s) * 1e6

@@ -1,0 +1,130 @@
+"""The ILP choosing the SM split and the grouping of requests into micro-batches.
+
+Owns the formulation; solver backends (`solvers/`) solve it, `api.py` turns the answer into a
+Schedule and re-prices it with the exact cost model. Knows nothing of files or GPUs.
+
+Variables, for each allowed memory-partition size s and micro-batch j:
+  y_s              1 if the memory partition has s SMs;  y_seq: 1 for no split (sequential)
+  x_b_j_s          requests of context bucket b in micro-batch j (integer)
+  t_j_s            time of phase j (attention of j beside post/pre_attn of j-1), microseconds
+Objective (microseconds per step, the LM head left out as it is the same everywhere):
+  layers * sum_{j,s} t_j_s + sum_s fill_s * y_s + sequential_layers_us * y_seq
+Stage latencies are convex piecewise-linear under-estimates (lower convex hull of the cost model
+sampled over micro-batch sizes); the chosen plan is re-priced exactly afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipedecode.planner.cost import CostModel
+from pipedecode.planner.lp import Builder, LinearProgram, Solution
+from pipedecode.planner.problem import Problem
+
+_SAMPLES = 17
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """The decoded answer: memory partition size (0: sequential) and per-bucket counts."""
+
+    memory_sms: int
+    counts: tuple[tuple[int, ...], ...]     # counts[b][j]: requests of bucket b in micro-batch j
+    objective_us: float
+
+
+def convex_pieces(xs: list[float], ys: list[float]) -> list[tuple[float, float]]:
+    """(intercept, slope) of the lower convex hull of points sorted by x (monotone chain)."""
+    hull: list[tuple[float, float]] = []
+    for p in zip(xs, ys):
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    if len(hull) == 1:
+        return [(hull[0][1], 0.0)]
+    pieces = []
+    for (x1, y1), (x2, y2) in zip(hull, hull[1:]):
+        slope = (y2 - y1) / (x2 - x1)
+        pieces.append((y1 - slope * x1, slope))
+    return pieces
+
+
+def _grid(top: float, start: float) -> list[float]:
+    points = {start, top} | {start + (top - start) * i / (_SAMPLES - 1) for i in range(_SAMPLES)}
+    points |= {float(2 ** e) for e in range(0, 20) if start < 2 ** e < top}
+    return sorted(points)
+
+
+def build_split_lp(problem: Problem, cost: CostModel) -> LinearProgram:
+    """The named-constraint ILP for the split and the grouping."""
+    m, layers = problem.num_micro_batches, problem.model.num_layers
+    buckets = problem.buckets
+    total_tokens, total_kv = len(problem.context_lens), sum(problem.context_lens)
+    tok_grid = _grid(float(total_tokens), 1.0)
+    kv_grid = _grid(float(max(total_kv, 1)), 0.0)
+    mean_tokens = total_tokens / m
+    b = Builder("pipedecode_split")
+    objective: dict[str, float] = {b.var("y_seq", 0, 1, True):
+                                   layers * cost.sequential_layer_us(total_tokens, total_kv)}
+    one_split = {"y_seq": 1.0}
+    equal = [(total_tokens // m, total_kv // m)] * m
+    kv_row = cost.attention_bytes(0, 1)
+    for s in problem.memory_sms_options:
+        y = b.var(f"y_{s}", 0, 1, True)
+        one_split[y] = 1.0
+        objective[y] = cost.fill_drain_us(equal)
+        x = {(k, j): b.var(f"x_{k}_{j}_{s}", 0, bk.count, True)
+             for k, bk in enumerate(buckets) for j in range(m)}
+        tokens = [{x[k, j]: 1.0 for k in range(len(buckets))} for j in range(m)]
+        kv = [{x[k, j]: bk.mean_context for k, bk in enumerate(buckets)} for j in range(m)]
+        for k, bk in enumerate(buckets):
+            b.add(f"assign_bucket{k}_s{s}", {**{x[k, j]: 1.0 for j in range(m)}, y: -bk.count},
+                  "==", 0)
+        att = convex_pieces(kv_grid, [cost.attention_us(mean_tokens, kv, s) for kv in kv_grid])
+        lin = convex_pieces(tok_grid, [cost.linear_us(t, problem.profile.sm_count - s)
+                                       for t in tok_grid])
+        slow = problem.profile.corun_slowdown
+        hbm = 1e6 / problem.profile.hbm_bytes_per_s
+        for j in range(m):
+            t = b.var(f"t_{j}_{s}")
+            objective[t] = float(layers)
+            prev = tokens[j - 1]
+            b.add(f"nonempty_mb{j}_s{s}", {**tokens[j], y: -1.0}, ">=", 0)
+            if j:
+                b.add(f"largest_first_mb{j}_s{s}", {**tokens[0], **{v: -1.0 for v in tokens[j]}},
+                      ">=", 0)
+            for i, (a0, a1) in enumerate(att):
+                b.add(f"attention_mb{j}_s{s}_piece{i}",
+                      {t: 1.0, y: -slow * a0, **{v: -slow * a1 * c for v, c in kv[j].items()}},
+                      ">=", 0)
+            for i, (c0, c1) in enumerate(lin):
+                b.add(f"linear_mb{j - 1 if j else m - 1}_s{s}_piece{i}",
+                      {t: 1.0, y: -slow * c0, **{v: -slow * c1 for v in prev}}, ">=", 0)
+            weights = cost.linear_bytes(0) * hbm
+            per_prev = (cost.linear_bytes(1) - cost.linear_bytes(0)) * hbm
+            per_tok = (cost.attention_bytes(1, 0)) * hbm
+            floor = {t: 1.0, y: -weights}
+            for k, bk in enumerate(buckets):
+                floor[x[k, j]] = floor.get(x[k, j], 0.0) - (per_tok + kv_row * bk.mean_context * hbm)
+                prev_x = x[k, (j - 1) % m]
+                floor[prev_x] = floor.get(prev_x, 0.0) - per_prev
+            b.add(f"shared_hbm_phase{j}_s{s}", floor, ">=", 0)
+    b.add("one_split", one_split, "==", 1)
+    b.add("kv_cache_fits", {v: float(problem.kv_bytes) for v in one_split}, "<=",
+          float(problem.kv_budget_bytes))
+    return b.build(objective)
+
+
+def decode_split(problem: Problem, solution: Solution) -> SplitChoice:
+    """Read y and x back into a SplitChoice."""
+    values, m = solution.values, problem.num_micro_batches
+    if values["y_seq"] > 0.5:
+        return SplitChoice(0, (), solution.objective)
+    s = next(s for s in problem.memory_sms_options if values[f"y_{s}"] > 0.5)
+    counts = tuple(tuple(int(round(values[f"x_{k}_{j}_{s}"])) for j in range(m))
+                   for k in range(len(problem.buckets)))
+    return SplitChoice(s, counts, solution.objective)
