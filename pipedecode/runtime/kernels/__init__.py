@@ -1,1 +1,194 @@
-"""pipedecode.runtime.kernels"""
+"""Partition-aware decode kernels: Triton fast paths, float32 torch references as fallback.
+
+Public functions (all keyword arguments after the tensors are keyword-only; bf16 tensors on one
+CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
+
+- `decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
+  max_context_len=None) -> out`
+  q: [batch, num_heads, head_dim]; k_cache, v_cache: [batch, num_kv_heads, max_context,
+  head_dim] (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
+  int32 [batch], >= 1, counting the current token (already written); out: [batch, num_heads,
+  head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x kv_heads x splits fills
+  `sm_count` SMs (None = the whole GPU). `max_context_len` is an optional host-side upper bound
+  on context_lens (default: the cache capacity), used only to size the splits; it never syncs.
+- `linear(x, weight, *, bias=None, sm_count=None, out=None) -> out`: x @ weight.T (+ bias);
+  x: [tokens, k], weight: [n, k], bias: [n]. Persistent Triton matmul whose grid is the SM
+  count, tiles and split-K from `tiling.choose_config(tokens, n, k, sm_count)`.
+- `gate_up_silu(x, w_gate_up, *, sm_count=None, out=None) -> out`: silu(x @ w_gate.T) *
+  (x @ w_up.T); w_gate_up: [2 * inter, k] with the gate rows first; out: [tokens, inter].
+- `rms_norm(x, weight, eps=1e-6, *, out=None) -> out`: x: [rows, hidden], weight: [hidden].
+- `rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None) -> q_out`:
+  rotate-half RoPE on q [batch, heads, dim] and k [batch, kv_heads, dim] with cos/sin
+  [batch, dim] (taken at each request's position), writes rotated k and v into the caches at
+  positions[b] (int32 [batch]) and returns the rotated q.
+
+`backend()` says which path runs ("triton" or "reference"). Triton is imported lazily: this
+package imports without triton and without CUDA, and falls back to `reference` there.
+Not fused (yet): RMSNorm into the following GEMM.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+
+import torch
+
+from pipedecode.runtime.kernels import reference
+from pipedecode.runtime.kernels.tiling import MatmulConfig, choose_config
+
+__all__ = ["decode_attention", "linear", "gate_up_silu", "rms_norm", "rope_kv_write",
+           "backend", "device_sm_count", "reference", "MatmulConfig", "choose_config"]
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    if not _triton_installed():
+        return False
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def backend(t: torch.Tensor) -> str:
+    """'triton' where the Triton kernels run for tensors like t, else 'reference'."""
+    return "triton" if _use_triton(t) else "reference"
+
+
+def device_sm_count(device: torch.device | str | int | None = None) -> int:
+    """Multiprocessors of a CUDA device; 132 (an H100/H200) for CPU tensors in the interpreter."""
+    if isinstance(device, torch.device) and device.type != "cuda" or not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _check_sm_count(sm_count: int | None, t: torch.Tensor) -> int:
+    if sm_count is None:
+        return device_sm_count(t.device)
+    if int(sm_count) <= 0:
+        raise ValueError(f"sm_count must be positive, got {sm_count}")
+    return int(sm_count)
+
+
+def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
+                     max_context_len=None, config=None):
+    """Decode attention over each request's first context_lens[b] cache positions.
+
+    `config` (an `_attention.AttentionConfig`) overrides the launch shape (tests, benchmarks).
+    """
+    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError(f"decode_attention: q must be [batch, heads, dim] and the caches "
+                         f"[batch, kv_heads, max_ctx, dim]; got {tuple(q.shape)}, "
+                         f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    batch, num_heads, head_dim = q.shape
+    if k_cache.shape[0] != batch or k_cache.shape[3] != head_dim or num_heads % k_cache.shape[1]:
+        raise ValueError(f"decode_attention: cache {tuple(k_cache.shape)} does not fit q "
+                         f"{tuple(q.shape)} (heads must be a multiple of kv heads)")
+    if context_lens.shape != (batch,):
+        raise ValueError(f"decode_attention: context_lens must be [{batch}], got "
+                         f"{tuple(context_lens.shape)}")
+    if head_dim & (head_dim - 1) or head_dim < 16:
+        raise ValueError(f"decode_attention: head_dim must be a power of two >= 16, got {head_dim}")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    if out is None:
+        out = torch.empty_like(q)
+    if not _use_triton(q):
+        return reference.decode_attention(q, k_cache, v_cache, context_lens, scale=scale, out=out)
+    if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or out.stride(2) != 1:
+        raise ValueError("decode_attention: the last dimension of q, the caches and out must be "
+                         "contiguous")
+    from pipedecode.runtime.kernels import _attention
+
+    max_ctx = k_cache.shape[2] if max_context_len is None else int(max_context_len)
+    return _attention.decode_attention(
+        q, k_cache, v_cache, context_lens, out, sm_count=_check_sm_count(sm_count, q),
+        scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
+        cfg=config or _attention.AttentionConfig())
+
+
+def _check_linear(x, weight, n_out, out, name):
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"{name}: x must be [tokens, k] and weight [n, k]; got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if out is not None and tuple(out.shape) != (x.shape[0], n_out):
+        raise ValueError(f"{name}: out must be [{x.shape[0]}, {n_out}], got {tuple(out.shape)}")
+
+
+def _contiguous_rows(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def linear(x, weight, *, bias=None, sm_count=None, out=None, config: MatmulConfig | None = None):
+    """x @ weight.T (+ bias) on sm_count SMs; `config` overrides the tile choice (benchmarks)."""
+    _check_linear(x, weight, weight.shape[0], out, "linear")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if out is None:
+        out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    if not _use_triton(x):
+        return reference.linear(x, weight, bias=bias, out=out)
+    from pipedecode.runtime.kernels import _matmul
+
+    sms = _check_sm_count(sm_count, x)
+    m, k = x.shape
+    cfg = config or choose_config(m, weight.shape[0], k, sms)
+    return _matmul.matmul(_contiguous_rows(x), _contiguous_rows(weight), out, bias, cfg, sms,
+                          pair=False)
+
+
+def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, config: MatmulConfig | None = None):
+    """silu(x @ w_gate.T) * (x @ w_up.T) with w_gate_up = [w_gate; w_up], one pass over x."""
+    if w_gate_up.shape[0] % 2:
+        raise ValueError(f"gate_up_silu: w_gate_up must have an even number of rows, got "
+                         f"{w_gate_up.shape[0]}")
+    inter = w_gate_up.shape[0] // 2
+    _check_linear(x, w_gate_up, inter, out, "gate_up_silu")
+    if out is None:
+        out = torch.empty((x.shape[0], inter), dtype=x.dtype, device=x.device)
+    if not _use_triton(x):
+        return reference.gate_up_silu(x, w_gate_up, out=out)
+    from pipedecode.runtime.kernels import _matmul
+
+    sms = _check_sm_count(sm_count, x)
+    cfg = config or choose_config(x.shape[0], inter, x.shape[1], sms, pair=True)
+    return _matmul.matmul(_contiguous_rows(x), _contiguous_rows(w_gate_up), out, None, cfg, sms,
+                          pair=True)
+
+
+def rms_norm(x, weight, eps=1e-6, *, out=None):
+    """RMSNorm over the last dimension of a 2-D x."""
+    if x.dim() != 2 or tuple(weight.shape) != (x.shape[1],):
+        raise ValueError(f"rms_norm: x must be [rows, hidden] and weight [hidden]; got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if out is None:
+        out = torch.empty_like(x)
+    if not _use_triton(x):
+        return reference.rms_norm(x, weight, eps, out=out)
+    from pipedecode.runtime.kernels import _elementwise
+
+    return _elementwise.rms_norm(_contiguous_rows(x), weight.contiguous(), float(eps), out)
+
+
+def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None):
+    """Rotate q and k, write k and v into the caches at positions[b]; return the rotated q."""
+    batch, num_heads, head_dim = q.shape
+    if k.dim() != 3 or k.shape != v.shape or k.shape[0] != batch or k.shape[2] != head_dim:
+        raise ValueError(f"rope_kv_write: k and v must be [batch, kv_heads, {head_dim}], got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+    if cos.shape != (batch, head_dim) or sin.shape != cos.shape or positions.shape != (batch,):
+        raise ValueError("rope_kv_write: cos and sin must be [batch, head_dim] and positions [batch]")
+    if head_dim % 2 or (head_dim // 2) & (head_dim // 2 - 1):
+        raise ValueError(f"rope_kv_write: head_dim must be twice a power of two, got {head_dim}")
+    if q_out is None:
+        q_out = torch.empty_like(q)
+    if not _use_triton(q):
+        return reference.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out=q_out)
+    if any(t.stride(-1) != 1 for t in (q, k, v, cos, sin, k_cache, v_cache, q_out)):
+        raise ValueError("rope_kv_write: the last dimension of every tensor must be contiguous")
+    from pipedecode.runtime.kernels import _elementwise
+
+    return _elementwise.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out)

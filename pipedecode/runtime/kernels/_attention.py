@@ -1,0 +1,147 @@
+"""Split-KV decode attention in Triton (imports triton: load it through `kernels`, lazily).
+
+Two launches: a split kernel over (batch x kv_heads, splits) where each program streams one
+chunk of one request's K/V for all query heads of one KV head (the GQA group is the M side of
+the dot products), then a combine kernel that merges the splits by their log-sum-exp. With one
+split the first kernel writes the output directly and the combine is skipped. Programs whose
+chunk starts past their request's context length return before loading anything, and loads
+past the length are masked, so no byte of padding is read. Knows nothing of partitions beyond
+the SM count it sizes its grid for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Launch shape of the split kernel."""
+
+    block_n: int = 64          # keys per loop step
+    num_warps: int = 4
+    num_stages: int = 3
+    programs_per_sm: int = 4   # target resident programs per SM when choosing the split count
+    min_chunk: int = 256       # never split a request into chunks shorter than this
+
+
+def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
+                cfg: AttentionConfig) -> tuple[int, int]:
+    """(num_splits, chunk_len): enough programs to fill sm_count SMs, chunks a multiple of block_n."""
+    if min(batch, num_kv_heads, max_context, sm_count) <= 0:
+        raise ValueError("plan_splits needs positive batch, kv heads, context and sm_count")
+    base = batch * num_kv_heads
+    want = max(1, math.ceil(cfg.programs_per_sm * sm_count / base))
+    most = max(1, math.ceil(max_context / max(cfg.min_chunk, cfg.block_n)))
+    splits = min(want, most)
+    chunk = math.ceil(max_context / splits)
+    chunk = math.ceil(chunk / cfg.block_n) * cfg.block_n
+    return math.ceil(max_context / chunk), chunk
+
+
+@triton.jit
+def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, o_ptr, po_ptr, plse_ptr, qk_scale,
+                  s_qb, s_qh, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh,
+                  num_kv_heads, num_heads, chunk_len, max_splits,
+                  GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, DOT_F32: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // num_kv_heads
+    hkv = pid % num_kv_heads
+    length = tl.load(lens_ptr + b)
+    start = split * chunk_len
+    if start < length:
+        end = tl.minimum(start + chunk_len, length)
+        g = tl.arange(0, GROUP_PAD)
+        d = tl.arange(0, HEAD_DIM)
+        heads = hkv * GROUP + g
+        q = tl.load(q_ptr + b * s_qb + heads[:, None] * s_qh + d[None, :],
+                    mask=(g < GROUP)[:, None], other=0.0)           # [GROUP_PAD, D]
+        if DOT_F32:
+            q = q.to(tl.float32)
+        k_base = k_ptr + b.to(tl.int64) * s_kb + hkv * s_kh
+        v_base = v_ptr + b.to(tl.int64) * s_vb + hkv * s_vh
+        m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l_i = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            valid = n < end
+            k = tl.load(k_base + n[:, None] * s_ks + d[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_base + n[:, None] * s_vs + d[None, :], mask=valid[:, None], other=0.0)
+            if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k)) * qk_scale                  # [GROUP_PAD, BLOCK_N], log2 units
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v_ptr.dtype.element_ty).to(v.dtype), v)
+            m_i = m_new
+        head_ok = (g < GROUP)[:, None]
+        if SINGLE:
+            o = acc / l_i[:, None]
+            tl.store(o_ptr + b * s_ob + heads[:, None] * s_oh + d[None, :],
+                     o.to(o_ptr.dtype.element_ty), mask=head_ok)
+        else:
+            row = (b * num_heads + heads) * max_splits + split      # [GROUP_PAD]
+            tl.store(po_ptr + row[:, None] * HEAD_DIM + d[None, :], acc / l_i[:, None], mask=head_ok)
+            tl.store(plse_ptr + row, m_i + tl.log2(l_i), mask=g < GROUP)
+
+
+@triton.jit
+def _combine_kernel(po_ptr, plse_ptr, lens_ptr, o_ptr, s_ob, s_oh, num_heads, chunk_len,
+                    max_splits, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // num_heads
+    h = pid % num_heads
+    length = tl.load(lens_ptr + b)
+    used = tl.cdiv(length, chunk_len)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    row = pid * max_splits + s
+    lse = tl.load(plse_ptr + row, mask=s < used, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.where(s < used, tl.exp2(lse - m), 0.0)
+    part = tl.load(po_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=(s < used)[:, None], other=0.0)
+    o = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(o_ptr + b * s_ob + h * s_oh + d, o.to(o_ptr.dtype.element_ty))
+
+
+def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, scale: float,
+                     max_context: int, cfg: AttentionConfig = AttentionConfig()):
+    """Launch the split and combine kernels; shapes were checked by the caller."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    splits, chunk = plan_splits(batch, num_kv_heads, max_context, sm_count, cfg)
+    single = splits == 1
+    if single:
+        part_o = part_lse = out                                   # unused placeholders
+    else:
+        part_o = torch.empty((batch * num_heads * splits, head_dim), device=q.device,
+                             dtype=torch.float32)
+        part_lse = torch.empty((batch * num_heads * splits,), device=q.device, dtype=torch.float32)
+    _split_kernel[(batch * num_kv_heads, splits)](
+        q, k_cache, v_cache, context_lens, out, part_o, part_lse, scale * LOG2E,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        num_kv_heads, num_heads, chunk, splits,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if not single:
+        _combine_kernel[(batch * num_heads,)](
+            part_o, part_lse, context_lens, out, out.stride(0), out.stride(1), num_heads, chunk,
+            splits, SPLITS_PAD=max(2, triton.next_power_of_2(splits)), HEAD_DIM=head_dim,
+            num_warps=4)
+    return out

@@ -1,0 +1,92 @@
+"""Row-wise Triton kernels: RMSNorm, RoPE fused with the KV-cache write, and an SM-id probe.
+
+Imports triton; load it through `pipedecode.runtime.kernels`, lazily. Shapes are checked by
+the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, o_ptr, s_x, s_o, hidden, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < hidden
+    x = tl.load(x_ptr + row * s_x + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / hidden + eps)
+    tl.store(o_ptr + row * s_o + offs, (x * rstd * w).to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor) -> torch.Tensor:
+    hidden = x.shape[-1]
+    block = triton.next_power_of_2(hidden)
+    _rms_norm_kernel[(x.shape[0],)](x, weight, out, x.stride(0), out.stride(0), hidden, eps,
+                                    BLOCK=block, num_warps=8 if block >= 4096 else 4)
+    return out
+
+
+@triton.jit
+def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, qo_ptr,
+                    s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_sb,
+                    s_kcb, s_kch, s_kcs, s_vcb, s_vch, s_vcs, s_qob, s_qoh,
+                    num_heads, HALF: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)                     # 0..num_heads-1: q heads, then kv heads
+    i = tl.arange(0, HALF)
+    cos1 = tl.load(cos_ptr + b * s_cb + i).to(tl.float32)
+    cos2 = tl.load(cos_ptr + b * s_cb + HALF + i).to(tl.float32)
+    sin1 = tl.load(sin_ptr + b * s_sb + i).to(tl.float32)
+    sin2 = tl.load(sin_ptr + b * s_sb + HALF + i).to(tl.float32)
+    if h < num_heads:
+        src = q_ptr + b * s_qb + h * s_qh
+        x1 = tl.load(src + i).to(tl.float32)
+        x2 = tl.load(src + HALF + i).to(tl.float32)
+        dst = qo_ptr + b * s_qob + h * s_qoh
+        tl.store(dst + i, (x1 * cos1 - x2 * sin1).to(qo_ptr.dtype.element_ty))
+        tl.store(dst + HALF + i, (x2 * cos2 + x1 * sin2).to(qo_ptr.dtype.element_ty))
+    else:
+        hk = h - num_heads
+        pos = tl.load(pos_ptr + b).to(tl.int64)
+        src = k_ptr + b * s_kb + hk * s_kh
+        x1 = tl.load(src + i).to(tl.float32)
+        x2 = tl.load(src + HALF + i).to(tl.float32)
+        dst = kc_ptr + b * s_kcb + hk * s_kch + pos * s_kcs
+        tl.store(dst + i, (x1 * cos1 - x2 * sin1).to(kc_ptr.dtype.element_ty))
+        tl.store(dst + HALF + i, (x2 * cos2 + x1 * sin2).to(kc_ptr.dtype.element_ty))
+        vrow = tl.load(v_ptr + b * s_vb + hk * s_vh + tl.arange(0, 2 * HALF))
+        tl.store(vc_ptr + b * s_vcb + hk * s_vch + pos * s_vcs + tl.arange(0, 2 * HALF),
+                 vrow.to(vc_ptr.dtype.element_ty))
+
+
+def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out):
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    _rope_kv_kernel[(batch, num_heads + num_kv_heads)](
+        q, k, v, cos, sin, k_cache, v_cache, positions, q_out,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cos.stride(0), sin.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), q_out.stride(0),
+        q_out.stride(1), num_heads, HALF=head_dim // 2, num_warps=1)
+    return q_out
+
+
+@triton.jit
+def _smid_kernel(out_ptr, spin):
+    smid = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+    acc = smid
+    for _ in range(spin):                    # keep the program resident so others spread out
+        acc = (acc * 1103515245 + 12345) & 0x7FFFFFFF
+    tl.store(out_ptr + tl.program_id(0), tl.where(acc == -1, -2, smid))
+
+
+def sm_ids(num_programs: int, device, spin: int = 20000) -> torch.Tensor:
+    """The SM id each of num_programs programs ran on (CUDA only): shows which SMs a stream uses."""
+    out = torch.full((num_programs,), -1, dtype=torch.int32, device=device)
+    _smid_kernel[(num_programs,)](out, spin, num_warps=1)
+    return out

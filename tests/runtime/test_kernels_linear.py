@@ -1,0 +1,99 @@
+"""Persistent matmul, fused gate/up SiLU and the tile chooser against float32 references."""
+
+import pytest
+import torch
+
+from pipedecode.runtime import kernels
+from pipedecode.runtime.kernels import reference, tiling
+from pipedecode.runtime.kernels.tiling import MatmulConfig
+
+BF16_TOL = 1e-2
+SMALL = MatmulConfig(block_m=16, block_n=32, block_k=32, num_warps=4, num_stages=2)
+
+
+def _rand(*shape, device, gen):
+    return torch.randn(*shape, generator=gen).to(device, torch.bfloat16)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 40, 64), (37, 96, 200), (64, 64, 32)])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_linear_matches_reference(m, n, k, split_k, device, rel_err):
+    gen = torch.Generator().manual_seed(m * 100 + n + split_k)
+    x, w, bias = _rand(m, k, device=device, gen=gen), _rand(n, k, device=device, gen=gen), \
+        _rand(n, device=device, gen=gen)
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=32, split_k=split_k, num_warps=4)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=device)
+    # sm_count=2: fewer programs than units, so the persistent loop takes several turns
+    kernels.linear(x, w, bias=bias, sm_count=2, out=out, config=cfg)
+    assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu(), bias=bias.cpu())) < BF16_TOL
+    no_bias = kernels.linear(x, w, sm_count=3, config=cfg)
+    assert rel_err(no_bias.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+
+
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_gate_up_silu_matches_reference(split_k, device, rel_err):
+    gen = torch.Generator().manual_seed(17 + split_k)
+    x, w = _rand(20, 96, device=device, gen=gen), _rand(2 * 48, 96, device=device, gen=gen)
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=32, split_k=split_k, num_warps=4)
+    out = torch.full((20, 48), float("nan"), dtype=torch.bfloat16, device=device)
+    kernels.gate_up_silu(x, w, sm_count=2, out=out, config=cfg)
+    assert rel_err(out.cpu(), reference.gate_up_silu(x.cpu(), w.cpu())) < BF16_TOL
+
+
+def test_linear_default_config_path(device, rel_err):
+    gen = torch.Generator().manual_seed(5)
+    x, w = _rand(8, 64, device=device, gen=gen), _rand(48, 64, device=device, gen=gen)
+    out = kernels.linear(x, w, sm_count=4)
+    assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+
+
+def test_linear_rejects_mismatched_shapes():
+    x = torch.zeros(4, 8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="weight"):
+        kernels.linear(x, torch.zeros(5, 9, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="even"):
+        kernels.gate_up_silu(x, torch.zeros(5, 8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="sm_count"):
+        kernels.linear(x, torch.zeros(5, 8, dtype=torch.bfloat16), sm_count=0)
+
+
+def test_chooser_stays_near_the_ideal_time():
+    # the candidate set must hold a choice within 1.6x of perfect scaling for decode sizes
+    for m, n, k in ((64, 6144, 4096), (512, 4096, 14336), (2048, 28672, 4096)):
+        for sms in (32, 64, 100, 132):
+            cfg = tiling.choose_config(m, n, k, sms)
+            tile = next(t for t in tiling.TILES if t[:3] == (cfg.block_m, cfg.block_n, cfg.block_k))
+            ideal = max(2 * m * n * k / (sms * tiling.FLOPS_PER_SM),
+                        n * k * 2 / min(tiling.HBM_BYTES, tiling.BYTES_PER_SM * sms))
+            assert tiling.modelled_time_s(m, n, k, sms, tile, cfg.split_k) < 1.6 * ideal
+
+
+def test_chooser_splits_k_for_few_tiles():
+    cfg = tiling.choose_config(64, 1024, 14336, 132)
+    assert cfg.split_k > 1                              # 8 tiles alone would idle 124 SMs
+    assert tiling.choose_config(2048, 14336, 4096, 132).split_k == 1
+
+
+def test_modelled_time_grows_when_sms_shrink():
+    tile = tiling.TILES[0]
+    t_full = tiling.modelled_time_s(1024, 4096, 4096, 132, tile, 1)
+    t_part = tiling.modelled_time_s(1024, 4096, 4096, 32, tile, 1)
+    assert t_part > 2 * t_full
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="split_k"):
+        MatmulConfig(block_m=64, block_n=64, split_k=0)
+    with pytest.raises(ValueError):
+        tiling.choose_config(0, 8, 8, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_llama_shapes_against_reference(rel_err):
+    gen = torch.Generator().manual_seed(1)
+    for m, n, k in ((64, 6144, 4096), (512, 4096, 14336)):
+        x, w = _rand(m, k, device="cuda", gen=gen), _rand(n, k, device="cuda", gen=gen)
+        for sms in (32, 100, 132):
+            out = kernels.linear(x, w, sm_count=sms)
+            assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL

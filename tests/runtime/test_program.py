@@ -1,0 +1,72 @@
+import pytest
+
+from pipedecode.runtime.program import (RowLayout, build_program, serial_order,
+                                        stage_partitions)
+
+
+def test_row_layout_makes_micro_batches_contiguous():
+    layout = RowLayout.from_micro_batches([[4, 0, 2], [1, 3]], 5)
+    assert layout.order == (4, 0, 2, 1, 3)
+    assert layout.rows(1) == slice(3, 5)
+    for request, row in enumerate(layout.inverse):
+        assert layout.order[row] == request
+
+
+@pytest.mark.parametrize("groups", [[[0, 1], [1, 2]], [[0, 1]], [[0, 1], []]])
+def test_row_layout_rejects_bad_micro_batches(groups):
+    with pytest.raises(ValueError):
+        RowLayout.from_micro_batches(groups, 3)
+
+
+def _finish_slots(program):
+    """slot index where each op runs."""
+    return {op: j for j, slot in enumerate(program)
+            for op in ((slot.memory,) if slot.memory else ()) + slot.compute}
+
+
+@pytest.mark.parametrize("n,layers", [(1, 3), (2, 1), (2, 4), (3, 2)])
+def test_program_respects_every_dependency(n, layers):
+    program = build_program(n, layers)
+    where = _finish_slots(program)
+    ops = serial_order(program)
+    assert len(ops) == len(set(ops)) == n * (2 + 3 * layers)
+    position = {op: i for i, op in enumerate(ops)}
+    for op in ops:
+        if op.stage == "attention":
+            pre = next(o for o in ops if o.stage == "pre_attn" and o.layer == op.layer
+                       and o.micro_batch == op.micro_batch)
+            assert position[pre] < position[op]
+            if n >= 2:  # the overlap promise: never waits on the same slot's compute
+                assert where[pre] < where[op]
+        if op.stage == "post_attn":
+            att = next(o for o in ops if o.stage == "attention" and o.layer == op.layer
+                       and o.micro_batch == op.micro_batch)
+            assert position[att] < position[op]
+            if n >= 2:
+                assert where[att] < where[op]
+
+
+def test_program_overlaps_attention_with_other_micro_batch():
+    program = build_program(2, 3)
+    for slot in program:
+        if slot.memory is not None and slot.compute:
+            assert all(op.micro_batch != slot.memory.micro_batch for op in slot.compute)
+
+
+class _Slot:
+    def __init__(self, stage, partition):
+        self.stage, self.partition = stage, partition
+
+
+class _Schedule:
+    def __init__(self, slots):
+        self.slots = slots
+
+
+def test_stage_partitions_reads_schedule_and_rejects_mixed_placement():
+    ok = _Schedule([_Slot("attention", "memory"), _Slot("pre_attn", "compute"),
+                    _Slot("post_attn", "compute")])
+    assert stage_partitions(ok)["attention"] == "memory"
+    bad = _Schedule([_Slot("attention", "memory"), _Slot("pre_attn", "memory")])
+    with pytest.raises(ValueError):
+        stage_partitions(bad)
