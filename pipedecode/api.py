@@ -1,0 +1,51 @@
+"""`pipedecode.compile(model, ...)`: a Llama-family model that decodes through pipedecode stages.
+
+The returned model shares the original's weights and modules; only its `forward` (compiled by
+TorchDynamo with the pipedecode backend, the same path as `torch.compile(model,
+backend="pipedecode")`) and its generation config (static KV cache, so the decode step has one
+shape and the cache tensors are graph inputs) differ. The original model is left untouched.
+Knows nothing of how graphs are classified or split (backend.py, passes/).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+from pipedecode.backend import DEFAULT_DEVICE, BackendOptions, pipedecode_backend
+from pipedecode.models import check_model
+from pipedecode.profiles.schema import DeviceProfile
+
+
+def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEVICE,
+            context_len: int | None = None) -> torch.nn.Module:
+    """A copy of `model` whose forward runs as pipedecode stages; `generate` works as before.
+
+    device: profile name ("h100", "h200", "a100", "rtx4090"), JSON path or DeviceProfile; it
+    decides which stages are compute- and which memory-bound. context_len: the live KV length
+    used for the cost annotations (default: the static buffer). Raises UnsupportedModelError
+    for models pipedecode cannot split and ProfileError for an unknown device.
+
+    The stages built for each captured graph (prefill and decode) are appended to the returned
+    model's `pipedecode_stages` list, in the order Dynamo compiled them.
+    """
+    check_model(model)
+    record: list = []
+    options = BackendOptions.from_dict(
+        {"device": device, "context_len": context_len, "record": record})
+    backend = functools.partial(pipedecode_backend, options=_as_dict(options))
+    compiled = copy.copy(model)     # shares parameters and submodules with `model`
+    compiled.forward = torch.compile(model.forward, backend=backend, dynamic=False)
+    config = copy.deepcopy(model.generation_config)
+    config.cache_implementation = "static"
+    config.disable_compile = True   # the forward is compiled already; no second HF auto-compile
+    compiled.generation_config = config
+    compiled.pipedecode_stages = record
+    return compiled
+
+
+def _as_dict(options: BackendOptions) -> dict:
+    return {"device": options.device, "context_len": options.context_len,
+            "record": options.record}
