@@ -16,7 +16,8 @@ def _prompts(lengths, seed=0, vocab=256):
 
 
 def _hf_greedy(model, prompt, new_tokens):
-    out = model.generate(prompt[None], max_new_tokens=new_tokens, do_sample=False,
+    out = model.generate(prompt[None], attention_mask=torch.ones_like(prompt[None]),
+                         max_new_tokens=new_tokens, do_sample=False,
                          min_new_tokens=new_tokens, return_dict_in_generate=True,
                          output_logits=True, pad_token_id=0)
     return out.sequences[0, prompt.numel():], torch.stack([l[0] for l in out.logits])

@@ -1,0 +1,76 @@
+"""Greedy generation on an Executor: prefill each prompt into its cache row, then decode steps.
+
+Owns `generate` and `GenerationResult`. Requests keep their caller's order outside; inside, the
+executor's row layout (micro-batches contiguous) is applied once at the start and undone once at
+the end, so the per-step loop only feeds back the argmax. Knows nothing of partitions or graphs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from pipedecode.runtime.executor import Executor
+from pipedecode.runtime.prefill import prefill_request
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    tokens: torch.Tensor                 # [batch, new_tokens] int64, callers' order
+    logits: tuple[torch.Tensor, ...]     # per new token: [batch, vocab] float32 (if kept)
+    decode_seconds: float                # decode steps only (prefill excluded)
+    decode_steps: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        batch = self.tokens.shape[0]
+        return batch * self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
+
+
+@torch.no_grad()
+def generate(executor: Executor, prompts: Sequence[torch.Tensor], max_new_tokens: int, *,
+             keep_logits: bool = False) -> GenerationResult:
+    """Greedy decoding of `max_new_tokens` per prompt; prompt i is request id i."""
+    step, layout = executor.step, executor.layout
+    if len(prompts) != step.batch_size:
+        raise ValueError(f"the executor was compiled for {step.batch_size} requests, got "
+                         f"{len(prompts)} prompts")
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    longest = max(int(p.numel()) for p in prompts)
+    if longest + max_new_tokens > step.max_context:
+        raise ValueError(f"prompt ({longest}) + new tokens ({max_new_tokens}) exceed the "
+                         f"compiled max_context {step.max_context}")
+    device = step.tokens.device
+    first, lens = [], []
+    for row, request in enumerate(layout.order):
+        logits = prefill_request(step, row, prompts[request])
+        first.append(logits)
+        lens.append(int(prompts[request].numel()) + 1)
+    first_logits = torch.stack(first).float()
+    tokens = first_logits.argmax(-1)                          # buffer-row order
+    context_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    out, kept = [tokens], [first_logits] if keep_logits else []
+    start = time.perf_counter()
+    for i in range(max_new_tokens - 1):
+        executor.set_inputs(tokens, context_lens)
+        logits = executor.run()          # the first call warms up and captures the graph
+        if keep_logits:
+            kept.append(logits.float().clone())
+        tokens = logits.argmax(-1)
+        context_lens += 1
+        out.append(tokens)
+        if i == 0:                       # time steady-state steps only
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    inverse = torch.tensor(layout.inverse, device=device)
+    generated = torch.stack(out, 1)[inverse].cpu()
+    logits_out = tuple(t[inverse].cpu() for t in kept)
+    return GenerationResult(generated, logits_out, elapsed, max(max_new_tokens - 2, 0))

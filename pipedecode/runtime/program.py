@@ -1,0 +1,138 @@
+"""The order a decode step's stages run in: micro-batch layout and the interleaved slot program.
+
+Owns `RowLayout` (the permutation that makes every micro-batch a contiguous row range of the
+static buffers) and `build_program`, which turns (micro-batches, layers, stage placement) into
+slots: in each slot one micro-batch's attention runs on the memory partition while the next
+compute group (post_attn of layer l-1 + pre_attn of layer l of another micro-batch) runs on the
+compute partition. Pure Python: knows nothing of tensors, streams or GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+MEMORY, COMPUTE = "memory", "compute"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One stage of one micro-batch; layer is -1 for embed and head."""
+
+    stage: str          # embed | pre_attn | attention | post_attn | head
+    layer: int
+    micro_batch: int
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Ops that may run at the same time: `memory` on the memory partition, `compute` on the other."""
+
+    memory: Op | None
+    compute: tuple[Op, ...]
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Internal row order: order[i] is the request id held in buffer row i."""
+
+    order: tuple[int, ...]
+    bounds: tuple[tuple[int, int], ...]   # [start, stop) rows of each micro-batch
+
+    def __post_init__(self) -> None:
+        if sorted(self.order) != list(range(len(self.order))):
+            raise ValueError(f"RowLayout.order must be a permutation of 0..{len(self.order) - 1}")
+        if not self.bounds or self.bounds[0][0] != 0 or self.bounds[-1][1] != len(self.order) \
+                or any(a[1] != b[0] or a[0] >= a[1] for a, b in zip(self.bounds, self.bounds[1:])) \
+                or self.bounds[-1][0] >= self.bounds[-1][1]:
+            raise ValueError(f"RowLayout.bounds must tile 0..{len(self.order)} with non-empty "
+                             f"ranges, got {self.bounds}")
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.order)
+
+    @property
+    def inverse(self) -> tuple[int, ...]:
+        """inverse[request_id] is the buffer row of that request."""
+        inv = [0] * len(self.order)
+        for row, request in enumerate(self.order):
+            inv[request] = row
+        return tuple(inv)
+
+    def rows(self, micro_batch: int) -> slice:
+        start, stop = self.bounds[micro_batch]
+        return slice(start, stop)
+
+    @classmethod
+    def single(cls, batch_size: int) -> "RowLayout":
+        return cls(tuple(range(batch_size)), ((0, batch_size),))
+
+    @classmethod
+    def from_micro_batches(cls, groups: Sequence[Sequence[int]], batch_size: int) -> "RowLayout":
+        """One micro-batch per group of request ids; together they must cover 0..batch_size-1."""
+        order = tuple(int(r) for group in groups for r in group)
+        if sorted(order) != list(range(batch_size)):
+            raise ValueError(f"micro-batches must hold each of the {batch_size} request ids "
+                             f"exactly once, got {len(order)} ids")
+        bounds, start = [], 0
+        for group in groups:
+            bounds.append((start, start + len(group)))
+            start += len(group)
+        return cls(order, tuple(bounds))
+
+
+def compute_groups(num_micro_batches: int, num_layers: int) -> list[tuple[Op, ...]]:
+    """Compute-partition work in order: group k = l * n + m ends with pre_attn(l, m).
+
+    Groups 0..n-1 embed and run pre_attn(0); the next ones post_attn(l-1) + pre_attn(l); the last n
+    post_attn(L-1) + head.
+    """
+    n = num_micro_batches
+    groups = [(Op("embed", -1, m), Op("pre_attn", 0, m)) for m in range(n)]
+    for layer in range(1, num_layers):
+        groups += [(Op("post_attn", layer - 1, m), Op("pre_attn", layer, m)) for m in range(n)]
+    groups += [(Op("post_attn", num_layers - 1, m), Op("head", -1, m)) for m in range(n)]
+    return groups
+
+
+def build_program(num_micro_batches: int, num_layers: int) -> tuple[Slot, ...]:
+    """Slot 0 runs compute group 0; slot j >= 1 runs attention j-1 beside compute group j.
+
+    Attention k = (layer k // n, micro-batch k % n) needs group k (its pre_attn), and group k + n
+    (its post_attn) needs attention k, which ran n - 1 slots earlier: with n >= 2 micro-batches the
+    memory and compute sides of a slot never wait for each other.
+    """
+    if num_micro_batches <= 0 or num_layers <= 0:
+        raise ValueError("build_program needs at least one micro-batch and one layer")
+    n = num_micro_batches
+    groups = compute_groups(n, num_layers)
+    attention = [Op("attention", k // n, k % n) for k in range(n * num_layers)]
+    slots = [Slot(None, groups[0])]
+    for j in range(1, len(groups)):
+        slots.append(Slot(attention[j - 1] if j - 1 < len(attention) else None, groups[j]))
+    return tuple(slots)
+
+
+def serial_order(program: Sequence[Slot]) -> list[Op]:
+    """The program on one stream: each slot's attention first, then its compute group."""
+    ops: list[Op] = []
+    for slot in program:
+        if slot.memory is not None:
+            ops.append(slot.memory)
+        ops.extend(slot.compute)
+    return ops
+
+
+def stage_partitions(schedule: Any) -> dict[str, str]:
+    """Which partition each stage uses, read from a Schedule's slots (defaults where absent)."""
+    placement = {"pre_attn": COMPUTE, "attention": MEMORY, "post_attn": COMPUTE}
+    for slot in getattr(schedule, "slots", ()) or ():
+        stage, partition = getattr(slot, "stage", None), getattr(slot, "partition", None)
+        if stage in placement and partition in (MEMORY, COMPUTE):
+            placement[stage] = partition
+    if placement["pre_attn"] != placement["post_attn"] or \
+            placement["attention"] == placement["pre_attn"]:
+        raise ValueError(f"the executor runs attention on one partition and pre/post_attn on the "
+                         f"other; the schedule places stages as {placement}")
+    return placement

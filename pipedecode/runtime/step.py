@@ -1,0 +1,128 @@
+"""The decode step's stages on static buffers: embed, pre_attn, attention, post_attn, head.
+
+Owns `DecodeStep`: the packed weights, the static KV cache ([layers] x [batch, kv_heads,
+max_context, head_dim]), per-request context lengths and every activation buffer, allocated once.
+Each stage works on a contiguous row range of the batch (a micro-batch) and writes only that range
+of the buffers, so two micro-batches never share a buffer and stages of different micro-batches
+can run on different streams. Knows nothing of streams, graphs or schedules: it is told which rows,
+which layer and how many SMs the kernel may plan for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipedecode.runtime.ops import KernelSet, kernel_set
+from pipedecode.runtime.weights import PackedWeights
+
+STAGES = ("pre_attn", "attention", "post_attn")
+
+
+class DecodeStep:
+    """One decode step of a Llama-family model for `batch_size` requests, on static buffers."""
+
+    def __init__(self, weights: PackedWeights, batch_size: int, max_context: int, *,
+                 kernels: KernelSet | None = None) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 < max_context <= weights.max_positions:
+            raise ValueError(f"max_context must be in 1..{weights.max_positions} (the RoPE "
+                             f"table), got {max_context}")
+        self.weights, self.batch_size, self.max_context = weights, batch_size, max_context
+        self.kernels = kernels or kernel_set("auto", weights.device)
+        shape, dev, dt = weights.shape, weights.device, weights.dtype
+        self.num_heads, self.num_kv_heads = shape.num_heads, shape.num_kv_heads
+        self.head_dim, self.eps = shape.head_dim, weights.rms_eps
+        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q_dim, self.kv_dim = q_dim, kv_dim
+        inter = weights.layers[0].gate_up.shape[0] // 2
+        b, h = batch_size, shape.hidden_size
+
+        def buf(*size: int, dtype: torch.dtype = dt) -> torch.Tensor:
+            return torch.zeros(size, dtype=dtype, device=dev)
+
+        self.tokens = buf(b, dtype=torch.long)
+        self.context_lens = buf(b, dtype=torch.int32)   # counts the current token
+        self.positions = buf(b, dtype=torch.int32)      # context_lens - 1
+        self.x, self.h, self.tmp = buf(b, h), buf(b, h), buf(b, h)
+        self.qkv, self.q = buf(b, q_dim + 2 * kv_dim), buf(b, self.num_heads, self.head_dim)
+        self.attn = buf(b, q_dim)
+        self.gate_up, self.act = buf(b, 2 * inter), buf(b, inter)
+        self.cos, self.sin = buf(b, self.head_dim), buf(b, self.head_dim)
+        self.logits = buf(b, shape.vocab_size)
+        cache = (b, self.num_kv_heads, max_context, self.head_dim)
+        self.k_cache = [buf(*cache) for _ in weights.layers]
+        self.v_cache = [buf(*cache) for _ in weights.layers]
+        self._rows: dict[int, torch.Tensor] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.weights.layers)
+
+    def set_inputs(self, tokens: torch.Tensor, context_lens: torch.Tensor) -> None:
+        """Copy this step's token ids and context lengths (incl. the new token) into the buffers."""
+        self.tokens.copy_(tokens)
+        self.context_lens.copy_(context_lens)
+        torch.sub(self.context_lens, 1, out=self.positions)
+
+    def _row_index(self, rows: slice) -> torch.Tensor:
+        n = rows.stop - rows.start
+        if n not in self._rows:
+            self._rows[n] = torch.arange(n, device=self.tokens.device)
+        return self._rows[n]
+
+    # Stages. `rows` is a contiguous slice of the batch; `sm_count` is the partition's SMs.
+    def embed(self, rows: slice, sm_count: int | None = None) -> None:
+        w = self.weights
+        torch.index_select(w.embed, 0, self.tokens[rows], out=self.x[rows])
+        torch.index_select(w.rope_cos, 0, self.positions[rows], out=self.cos[rows])
+        torch.index_select(w.rope_sin, 0, self.positions[rows], out=self.sin[rows])
+
+    def pre_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
+        """RMSNorm, fused q/k/v projection, RoPE, and the KV-cache write of this token."""
+        k, lw = self.kernels, self.weights.layers[layer]
+        n = rows.stop - rows.start
+        k.rms_norm(self.x[rows], lw.input_norm, self.eps, out=self.h[rows])
+        qkv = k.linear(self.h[rows], lw.qkv, bias=lw.qkv_bias, out=self.qkv[rows],
+                       sm_count=sm_count)
+        q = qkv[:, :self.q_dim].view(n, self.num_heads, self.head_dim)
+        key = qkv[:, self.q_dim:self.q_dim + self.kv_dim].view(n, self.num_kv_heads, self.head_dim)
+        val = qkv[:, self.q_dim + self.kv_dim:].view(n, self.num_kv_heads, self.head_dim)
+        k.rope_kv_write(q, key, val, self.cos[rows], self.sin[rows], self.k_cache[layer][rows],
+                        self.v_cache[layer][rows], self.positions[rows], self._row_index(rows),
+                        q_out=self.q[rows])
+
+    def attention(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
+        n = rows.stop - rows.start
+        self.kernels.decode_attention(
+            self.q[rows], self.k_cache[layer][rows], self.v_cache[layer][rows],
+            self.context_lens[rows], out=self.attn[rows].view(n, self.num_heads, self.head_dim),
+            sm_count=sm_count)
+
+    def post_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
+        """Output projection + residual, RMSNorm, gate/up + SiLU, down projection + residual."""
+        k, lw = self.kernels, self.weights.layers[layer]
+        x, tmp = self.x[rows], self.tmp[rows]
+        k.linear(self.attn[rows], lw.o_proj, out=tmp, sm_count=sm_count)
+        x.add_(tmp)
+        k.rms_norm(x, lw.post_norm, self.eps, out=self.h[rows])
+        k.gate_up_silu(self.h[rows], lw.gate_up, scratch=self.gate_up[rows],
+                       out=self.act[rows], sm_count=sm_count)
+        k.linear(self.act[rows], lw.down, out=tmp, sm_count=sm_count)
+        x.add_(tmp)
+
+    def head(self, rows: slice, sm_count: int | None = None) -> None:
+        w = self.weights
+        self.kernels.rms_norm(self.x[rows], w.final_norm, self.eps, out=self.h[rows])
+        self.kernels.linear(self.h[rows], w.lm_head, out=self.logits[rows], sm_count=sm_count)
+
+    def run_sequential(self) -> torch.Tensor:
+        """Every stage of the whole batch in order on the current stream; returns the logits."""
+        rows = slice(0, self.batch_size)
+        self.embed(rows)
+        for layer in range(self.num_layers):
+            self.pre_attn(layer, rows)
+            self.attention(layer, rows)
+            self.post_attn(layer, rows)
+        self.head(rows)
+        return self.logits
