@@ -90,3 +90,22 @@ def sm_ids(num_programs: int, device, spin: int = 20000) -> torch.Tensor:
     out = torch.full((num_programs,), -1, dtype=torch.int32, device=device)
     _smid_kernel[(num_programs,)](out, spin, num_warps=1)
     return out
+
+
+@triton.jit
+def _stream_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(pid * BLOCK, n, tl.num_programs(0) * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + pid, tl.sum(acc, 0))
+
+
+def stream_read(x: torch.Tensor, sm_count: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Grid-stride read of all of x (per-program partial sums): the bandwidth ceiling probe."""
+    programs = 8 * sm_count
+    if out is None:
+        out = torch.empty(programs, dtype=torch.float32, device=x.device)
+    _stream_kernel[(programs,)](x, out, x.numel(), BLOCK=4096, num_warps=8)
+    return out

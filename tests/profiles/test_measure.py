@@ -1,0 +1,105 @@
+"""Profile measurement: the table building with a fake timer, and the CLI without a GPU."""
+
+import pytest
+import torch
+
+from pipedecode.cli import main
+from pipedecode.profiles import measure
+from pipedecode.profiles.schema import DeviceProfile
+
+FACTS = measure.DeviceFacts("fakegpu", "a fake GPU", 132, 8, 8, 80 * 2 ** 30)
+SPEC = measure.MeasureSpec(models=("llama-3-8b",), tokens=(64, 512), sm_counts=(30, 64, 200),
+                           attention_batches=(8,), attention_contexts=(256,),
+                           bandwidth_sm_counts=(16, 132), corun_memory_sms=(48, 128))
+
+
+class FakeTimer:
+    """Roofline-like numbers from the arguments, so the tables can be checked exactly."""
+
+    def __init__(self):
+        self.calls = []
+
+    def granted_sms(self, sms):
+        return min(132, -(-sms // 8) * 8)
+
+    def gemm_us(self, tokens, n, k, sms):
+        self.calls.append(("gemm", sms))
+        return 2 * tokens * n * k / (self.granted_sms(sms) * 6e6)
+
+    def attention_us(self, batch, context, heads, kv_heads, head_dim, sms):
+        return 4 * batch * context * kv_heads * head_dim / (self.granted_sms(sms) * 75e3)
+
+    def corun_us(self, memory_sms, compute_sms, model, tokens, context):
+        return 100.0, 80.0, 150.0
+
+    def stream_bytes_per_s(self, sms):
+        return min(3.0e12, 75e9 * self.granted_sms(sms))
+
+    def peak_flops_per_s(self):
+        return 790e12
+
+    def copy_bytes_per_s(self):
+        return 3.0e12
+
+    def launch_us(self):
+        return 2.5
+
+
+def test_tables_cover_the_plan_with_granted_counts():
+    profile = measure.build_profile(FACTS, FakeTimer(), SPEC)
+    shapes = measure.gemm_shapes(["llama-3-8b"])
+    assert len(profile.gemm_latency) == len(shapes) * 2 * 3
+    assert {p.sm_count for p in profile.gemm_latency} == {32, 64, 132}   # 30 -> 32, 200 -> 132
+    assert {(p.n, p.k) for p in profile.gemm_latency} == set(shapes)
+    assert {(p.num_heads, p.num_kv_heads, p.head_dim) for p in profile.attention_latency} == \
+        {(32, 8, 128)}
+    assert profile.bandwidth_by_sms == ((16, 1.2e12), (132, 3.0e12))
+    assert profile.per_sm_bytes_per_s == pytest.approx(75e9)
+    assert profile.corun_slowdown == pytest.approx(1.5)
+    assert len(profile.corun_samples) == 1        # 128 + 8 > 132: no room for the compute side
+    assert profile.corun_samples[0].compute_sms == 132 - 48
+    assert profile.source == "measured" and profile.launch_overhead_us == 2.5
+
+
+def test_profile_round_trips_through_the_schema():
+    profile = measure.build_profile(FACTS, FakeTimer(), SPEC)
+    again = DeviceProfile.from_json(profile.to_json())
+    assert again == profile
+
+
+def test_progress_sees_every_step():
+    seen = []
+
+    def progress(steps):
+        for step in steps:
+            seen.append(step[0])
+            yield step
+
+    measure.build_profile(FACTS, FakeTimer(), SPEC, progress=progress)
+    assert seen[:3] == ["peak", "copy", "launch"] and seen.count("corun") == 1
+    assert len(seen) == len(measure.plan_steps(SPEC, FACTS))
+
+
+def test_attention_steps_skip_caches_over_the_byte_cap():
+    spec = measure.MeasureSpec(models=("llama-2-7b",), attention_batches=(1, 4096),
+                               attention_contexts=(4096,), attention_max_bytes=2 ** 30)
+    batches = {s[1] for s in measure.plan_steps(spec, FACTS) if s[0] == "attention"}
+    assert batches == {1}
+
+
+def test_rotations_and_names():
+    assert measure.rotations(10 * 2 ** 20, 50 * 2 ** 20) == 8
+    assert measure.rotations(2 ** 30, 50 * 2 ** 20) == 1
+    with pytest.raises(ValueError):
+        measure.rotations(0, 1)
+    assert measure.device_name("NVIDIA H100 80GB HBM3") == "h100"
+    assert measure.device_name("NVIDIA H200") == "h200"
+    with pytest.raises(ValueError):
+        measure.MeasureSpec(tokens=())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cli_without_a_gpu_says_so(tmp_path, capsys):
+    assert main(["profile", "--out", str(tmp_path / "p.json"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA GPU" in err and "\n" == err[-1] and err.count("\n") == 1
