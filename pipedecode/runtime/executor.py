@@ -55,8 +55,10 @@ class Executor:
 
     def __init__(self, weights: PackedWeights, batch_size: int, max_context: int, *,
                  schedule: Any = None, kernels: KernelSet | None = None,
-                 use_graphs: bool = True, streams: PartitionStreams | None = None) -> None:
-        self.step = DecodeStep(weights, batch_size, max_context, kernels=kernels)
+                 use_graphs: bool = True, streams: PartitionStreams | None = None,
+                 step: DecodeStep | None = None) -> None:
+        """`step`: share another executor's buffers and KV cache (benchmarks, A/B checks)."""
+        self.step = step or DecodeStep(weights, batch_size, max_context, kernels=kernels)
         self.schedule = schedule
         self.layout = layout_of(schedule, batch_size) if schedule is not None \
             else RowLayout.single(batch_size)

@@ -1,0 +1,336 @@
+"""Decode-step benchmark: pipedecode sequential vs interleaved vs transformers, at real shapes.
+
+Random weights (all layers) of Llama-3-8B / Llama-2-7B, a KV cache of random values, CUDA graphs
+for pipedecode, medians of CUDA-event timings. Points whose weights + KV cache do not fit the GPU
+are listed as skipped. Columns: transformers eager (DynamicCache), transformers StaticCache +
+torch.compile (reduce-overhead; a few points, compiling is slow), pipedecode sequential,
+pipedecode interleaved (the planner's schedule where one is given in --schedules, else the best of
+--splits memory partitions, which the table says), the planner's predicted step, the roofline floor.
+
+Usage: python benchmarks/decode_step.py --out DIR [--models llama-3-8b,llama-2-7b] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+GRID = {"llama-3-8b": [(64, 512), (64, 1024), (64, 2048), (64, 4096), (128, 512), (128, 1024),
+                       (128, 2048), (256, 512), (256, 1024), (512, 512), (1024, 512)],
+        "llama-2-7b": [(64, 512), (64, 1024), (64, 2048), (128, 512), (256, 512)]}
+MIXED = {"llama-3-8b": (256, 64, 1024), "llama-2-7b": (64, 64, 1024)}  # batch, min, max ctx
+SLACK = 16  # cache positions beyond the longest context
+
+
+def context_lens_for(batch: int, context: int | None, mixed: tuple | None, seed: int = 0):
+    if mixed is None:
+        return [context] * batch
+    gen = torch.Generator().manual_seed(seed)
+    return [int(x) for x in torch.randint(mixed[1], mixed[2] + 1, (batch,), generator=gen)]
+
+
+def fits(shape, batch: int, max_context: int, free_bytes: int) -> bool:
+    weights = (shape.weight_bytes_per_layer() * shape.num_layers
+               + 2 * shape.vocab_size * shape.hidden_size * shape.dtype_bytes)
+    kv = shape.kv_bytes_per_token() * batch * max_context
+    activations = batch * (shape.vocab_size + 4 * shape.intermediate_size) * 4
+    return weights + kv + activations < 0.92 * free_bytes
+
+
+def roofline_floor_us(shape, lens, peak_flops: float, hbm_bytes_per_s: float) -> float:
+    batch, kv_tokens = len(lens), sum(lens)
+    params = (shape.weight_bytes_per_layer() // shape.dtype_bytes * shape.num_layers
+              + shape.vocab_size * shape.hidden_size)
+    flops = 2 * batch * params + 4 * kv_tokens * shape.num_heads * shape.head_dim * shape.num_layers
+    bytes_moved = params * shape.dtype_bytes + kv_tokens * shape.kv_bytes_per_token()
+    return max(flops / peak_flops, bytes_moved / hbm_bytes_per_s) * 1e6
+
+
+def balanced_halves(lens: list[int]) -> list[list[int]]:
+    """Two micro-batches of equal size and near-equal KV tokens (longest first, alternating)."""
+    order = sorted(range(len(lens)), key=lambda r: -lens[r])
+    return [order[0::2], order[1::2]]
+
+
+def make_schedule(shape, lens, memory_sms: int, compute_sms: int, groups=None):
+    from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
+
+    groups = groups or balanced_halves(lens)
+    mbs = tuple(MicroBatch(i, tuple(g), tuple(lens[r] for r in g)) for i, g in enumerate(groups))
+    slots = (Slot("attention", 0, "memory"), Slot("post_attn", 1, "compute", layer_offset=-1),
+             Slot("pre_attn", 1, "compute"))
+    return Schedule(model=shape, device="bench", mode="interleaved", memory_sms=memory_sms,
+                    compute_sms=compute_sms, micro_batches=mbs, slots=slots,
+                    predicted_step_us=1.0, sequential_step_us=1.0, roofline_floor_us=1.0)
+
+
+def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / iters)
+    return statistics.median(times)
+
+
+def pipedecode_point(weights, lens, splits, planner_schedule=None) -> dict:
+    from pipedecode.runtime.executor import Executor
+    from pipedecode.runtime.step import DecodeStep
+
+    shape, batch = weights.shape, len(lens)
+    step = DecodeStep(weights, batch, max(lens) + SLACK)
+    for cache in step.k_cache + step.v_cache:
+        cache.normal_()
+    tokens = torch.randint(0, shape.vocab_size, (batch,), device="cuda")
+    ctx = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    row = {}
+    seq = Executor(weights, batch, step.max_context, step=step)
+    seq.set_inputs(tokens, ctx)
+    row["sequential_us"] = time_us(seq.run)
+    del seq
+    candidates = [("planner", planner_schedule)] if planner_schedule is not None else []
+    total = torch.cuda.get_device_properties(0).multi_processor_count
+    candidates += [(f"split{m}", make_schedule(shape, lens, m, total - m)) for m in splits]
+    best = None
+    for name, schedule in candidates:
+        ex = Executor(weights, batch, step.max_context, step=step, schedule=schedule)
+        ex.set_inputs(tokens, ctx)
+        us = time_us(ex.run)
+        info = ex.describe()
+        row.setdefault("interleaved_by_split", {})[name] = {"us": us, **info}
+        if name == "planner":
+            row["planner_us"] = us
+        if best is None or us < best[1]:
+            best = (name, us, info)
+        del ex
+        gc.collect()
+    row["interleaved_best_us"], row["interleaved_best"] = best[1], best[0]
+    del step
+    return row
+
+
+def hf_model(spec: str):
+    import transformers
+
+    from pipedecode.models import SUPPORTED_FAMILIES, make_config
+
+    config = make_config(spec)
+    config._attn_implementation = "sdpa"
+    cls = getattr(transformers, SUPPORTED_FAMILIES[config.model_type][1])
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = cls(config).eval()
+    torch.set_default_dtype(torch.float32)
+    return model
+
+
+@torch.no_grad()
+def hf_eager_us(model, batch: int, context: int) -> float:
+    from transformers import DynamicCache
+
+    cfg = model.config
+    kv_heads, dim = cfg.num_key_value_heads, cfg.head_dim
+    cache = DynamicCache(config=cfg)
+    for layer in range(cfg.num_hidden_layers):
+        k = torch.randn(batch, kv_heads, context - 1, dim, device="cuda", dtype=torch.bfloat16)
+        cache.update(k, torch.randn_like(k), layer)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device="cuda")
+    pos = torch.full((batch, 1), context - 1, device="cuda")
+
+    def step():
+        model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True)
+        cache.crop(-1)                  # drop the token this step appended
+
+    us = time_us(step, iters=2, repeats=3)
+    del cache
+    return us
+
+
+@torch.no_grad()
+def hf_compiled_us(model, batch: int, context: int) -> float:
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=context + SLACK)
+    ids = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
+    model(input_ids=ids, past_key_values=cache, use_cache=True)     # allocates the cache
+    for layer in cache.layers:
+        layer.keys.normal_()
+        layer.values.normal_()
+    pos = torch.full((batch, 1), context - 1, device="cuda")
+    cache_position = torch.tensor([context - 1], device="cuda")
+    compiled = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+
+    def step():
+        compiled(input_ids=ids, position_ids=pos, cache_position=cache_position,
+                 past_key_values=cache, use_cache=True)
+
+    for _ in range(3):
+        step()
+    us = time_us(step, iters=3, repeats=3)
+    del cache, compiled
+    return us
+
+
+def load_planner_schedule(directory: str | None, name: str):
+    if not directory:
+        return None
+    path = os.path.join(directory, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    from pipedecode.planner.schedule import Schedule
+
+    with open(path) as fh:
+        return Schedule.from_json(fh.read()) if hasattr(Schedule, "from_json") else None
+
+
+def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
+    from pipedecode.models import model_shape
+    from pipedecode.runtime.weights import random_weights
+
+    shape = model_shape(spec)
+    points = [(b, c, None) for b, c in GRID[spec]] + [(MIXED[spec][0], None, MIXED[spec])]
+    if args.quick:
+        points = points[:2] + points[-1:]
+    free = torch.cuda.mem_get_info()[0]
+    rows, todo = [], []
+    for batch, context, mixed in points:
+        lens = context_lens_for(batch, context, mixed)
+        name = f"{spec}_b{batch}_" + (f"c{context}" if mixed is None else "mixed")
+        row = {"model": spec, "batch": batch, "context": context if mixed is None else
+               f"mixed {mixed[1]}-{mixed[2]}", "kv_tokens": sum(lens), "name": name,
+               "roofline_floor_us": roofline_floor_us(shape, lens, peak_flops, hbm)}
+        if not fits(shape, batch, max(lens) + SLACK, free):
+            row["skipped"] = "weights + KV cache do not fit in GPU memory"
+        else:
+            todo.append((row, lens))
+        rows.append(row)
+    weights = random_weights(shape, max_positions=max(max(l) for _, l in todo) + SLACK,
+                             device="cuda", dtype=torch.bfloat16)
+    for row, lens in todo:
+        schedule = load_planner_schedule(args.schedules, row["name"])
+        if schedule is not None:
+            row["planner_predicted_us"] = schedule.predicted_step_us
+            row["planner_mode"] = schedule.mode
+            row["planner_roofline_floor_us"] = schedule.roofline_floor_us
+        try:
+            row.update(pipedecode_point(weights, lens, args.splits, schedule))
+        except torch.OutOfMemoryError as exc:
+            row["skipped"] = f"out of memory: {str(exc)[:80]}"
+        torch.cuda.empty_cache()
+        print(_short(row), flush=True)
+    del weights
+    gc.collect()
+    torch.cuda.empty_cache()
+    if args.hf_eager or args.compile_points:
+        model = hf_model(spec)
+        for row, lens in todo:
+            if row.get("skipped") or not isinstance(row["context"], int):
+                continue
+            key = f"{row['batch']}x{row['context']}"
+            try:
+                if args.hf_eager:
+                    row["hf_eager_us"] = hf_eager_us(model, row["batch"], row["context"])
+                if f"{spec}:{key}" in args.compile_points:
+                    row["hf_compile_us"] = hf_compiled_us(model, row["batch"], row["context"])
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                row["hf_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            gc.collect()
+            torch.cuda.empty_cache()
+            print(_short(row), flush=True)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _short(row: dict) -> dict:
+    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
+            if k != "interleaved_by_split"}
+
+
+def _ms(row: dict, key: str) -> str:
+    return f"{row[key] / 1000:.2f}" if key in row else "-"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Decode step, {result['gpu']}, {result['date']}", "",
+             f"torch {result['torch']}, transformers {result['transformers']}; milliseconds per "
+             f"decode step (all layers, bf16, random weights), median of CUDA-event timings. "
+             f"interleaved = {result['interleaved_source']}. floor = max(FLOPs / "
+             f"{result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} TB/s).", "",
+             "| model | batch | context | HF eager | HF static+compile | pd sequential | "
+             "pd interleaved (split) | speedup | planner predicted | floor | floor/measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if r.get("skipped"):
+            lines.append(f"| {r['model']} | {r['batch']} | {r['context']} | skipped: "
+                         f"{r['skipped']} |||||||| ")
+            continue
+        best = min(r.get("sequential_us", 1e30), r.get("interleaved_best_us", 1e30))
+        speed = r["sequential_us"] / r["interleaved_best_us"] if "interleaved_best_us" in r else 0
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['context']} | {_ms(r, 'hf_eager_us')} | "
+            f"{_ms(r, 'hf_compile_us')} | {_ms(r, 'sequential_us')} | "
+            f"{_ms(r, 'interleaved_best_us')} ({r.get('interleaved_best', '-')}) | {speed:.3f} | "
+            f"{_ms(r, 'planner_predicted_us')} | {_ms(r, 'roofline_floor_us')} | "
+            f"{r['roofline_floor_us'] / best:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for decode_step.json and .md")
+    parser.add_argument("--models", default="llama-3-8b,llama-2-7b")
+    parser.add_argument("--splits", default="40,48,64",
+                        help="memory-partition SM counts tried when no planner schedule is given")
+    parser.add_argument("--schedules", default=None, help="folder of planner schedule JSONs")
+    parser.add_argument("--hf-eager", action="store_true")
+    parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
+    parser.add_argument("--quick", action="store_true", help="two points and the mixed one")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args(argv)
+    args.splits = [int(s) for s in args.splits.split(",") if s]
+    args.compile_points = set(filter(None, args.compile_points.split(",")))
+    if not torch.cuda.is_available():
+        print("decode_step: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import transformers
+
+    from pipedecode.profiles.registry import load_profile
+
+    gpu = torch.cuda.get_device_name()
+    profile = load_profile("h200" if "H200" in gpu else "h100")
+    result = {"gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "peak_tflops": profile.peak_flops_per_s / 1e12,
+              "hbm_tbs": profile.hbm_bytes_per_s / 1e12,
+              "interleaved_source": "the planner's schedule" if args.schedules else
+              f"best measured of memory partitions {args.splits} SMs (no planner schedule)",
+              "rows": []}
+    for spec in args.models.split(","):
+        result["rows"] += run_model(spec, args, profile.peak_flops_per_s, profile.hbm_bytes_per_s)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))
+    with open(stem + ".json", "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(stem + ".md", "w") as fh:
+        fh.write(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
