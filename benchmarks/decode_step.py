@@ -7,7 +7,7 @@ torch.compile (reduce-overhead; a few points, compiling is slow), pipedecode seq
 pipedecode interleaved (the planner's schedule where one is given in --schedules, else the best of
 --splits memory partitions, which the table says), the planner's predicted step, the roofline floor.
 
-Usage: python benchmarks/decode_step.py --out DIR [--models llama-3-8b,llama-2-7b] [--quick]
+Usage: python benchmarks/decode_step.py --out DIR [--models llama-3-8b,llama-2-7b] [--points ...]
 """
 
 from __future__ import annotations
@@ -202,8 +202,9 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
 
     shape = model_shape(spec)
     points = [(b, c, None) for b, c in GRID[spec]] + [(MIXED[spec][0], None, MIXED[spec])]
-    if args.quick:
-        points = points[:2] + points[-1:]
+    if args.points:
+        points = [p for p in points if (f"{p[0]}x{p[1]}" if p[2] is None else "mixed")
+                  in args.points]
     free = torch.cuda.mem_get_info()[0]
     rows, todo = [], []
     for batch, context, mixed in points:
@@ -299,11 +300,12 @@ def main(argv=None) -> int:
     parser.add_argument("--schedules", default=None, help="folder of planner schedule JSONs")
     parser.add_argument("--hf-eager", action="store_true")
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
-    parser.add_argument("--quick", action="store_true", help="two points and the mixed one")
+    parser.add_argument("--points", default="", help="only these, e.g. 64x512,256x1024,mixed")
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
+    args.points = set(filter(None, args.points.split(",")))
     if not torch.cuda.is_available():
         print("decode_step: needs a CUDA GPU", file=sys.stderr)
         return 2
