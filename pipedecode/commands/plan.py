@@ -1,14 +1,165 @@
-"""`pipedecode plan`: placeholder until its owner module lands."""
+"""`pipedecode plan`: plan a decode step (SM split, micro-batches, switch point) to schedule JSON.
+
+Owns parsing workload specs (a length, a file of lengths, a seeded distribution) and the
+summary it prints. Knows nothing of how planning works: it calls `pipedecode.planner.plan`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+
+from pipedecode.errors import PipedecodeError, PlanningError
+
+SPEC_HELP = ("a length (1024), a file of lengths (one per line, or a JSON list), or a seeded "
+             "distribution: uniform:LO:HI or normal:MEAN:STD")
+
+EPILOG = """\
+examples:
+  pipedecode plan --model llama-3-8b --device h100 --batch 256 --context 1024 --out s.json
+  pipedecode plan --model llama-3-8b --device h200 --batch 512 --context uniform:512:4096 \\
+      --remaining uniform:1:512 --waiting 64 --prompt-len normal:1024:256 --output-len 256
+  pipedecode plan --model ./my-llama --device profiles/h100.json --context lens.txt --out s.json
+
+The schedule is JSON (docs/schedule-schema.md); `pipedecode show s.json` draws it."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("plan", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "plan", help="plan the SM split, micro-batches and switch point; write schedule JSON",
+        description="Plan one decode step of a batch: how many SMs the memory-bound side "
+                    "(attention) gets, which requests form which micro-batch, and, with "
+                    "--waiting, when to stop decoding and prefill the queue (TD-Pipe's switch "
+                    "point). Pure CPU work: no GPU is touched.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="preset name (llama-3-8b, ...), hub id, or local model directory")
+    parser.add_argument("--device", required=True,
+                        help="device profile name (h100, h200, a100, rtx4090, nvidia-h100-x1, "
+                             "...) or a profile JSON file")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="requests in the running batch (default: as many as --context lists)")
+    parser.add_argument("--context", required=True, help=f"context lengths: {SPEC_HELP}")
+    parser.add_argument("--waiting", default=None,
+                        help="waiting prompts for the switch point: a count (lengths from "
+                             "--prompt-len/--output-len) or a file of 'prompt_len output_len' lines")
+    parser.add_argument("--prompt-len", default="1024", help=f"waiting prompt lengths: {SPEC_HELP}")
+    parser.add_argument("--output-len", default="256",
+                        help=f"predicted output lengths of waiting prompts: {SPEC_HELP}")
+    parser.add_argument("--remaining", default="uniform:1:512",
+                        help=f"predicted remaining output lengths of the batch: {SPEC_HELP}")
+    parser.add_argument("--switch-cost-us", type=float, default=2000.0,
+                        help="cost of a decode-to-prefill phase switch in microseconds")
+    parser.add_argument("--micro-batches", type=int, default=2, help="micro-batches (>= 2)")
+    parser.add_argument("--kv-budget-gib", type=float, default=None,
+                        help="memory for the KV cache (default: 90%% of the device minus weights)")
+    parser.add_argument("--solver", choices=("cbc", "ortools"), default="cbc",
+                        help="ILP solver: PuLP's bundled CBC (default) or OR-Tools")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the length distributions")
+    parser.add_argument("--out", default="schedule.json", help="schedule JSON to write")
     parser.set_defaults(func=_run)
 
 
+def lengths(spec: str, count: int | None, rng: random.Random, what: str) -> list[int]:
+    """Integer lengths from a spec; `count` None takes a file's length (or 1)."""
+    if os.path.isfile(spec):
+        values = _read_lengths(spec, what)
+        if count is not None and len(values) != count:
+            raise PlanningError(f"{what}: {spec} lists {len(values)} lengths but --batch is {count}")
+        return values
+    kind, _, rest = spec.partition(":")
+    n = 1 if count is None else count
+    try:
+        if not rest:
+            return [_positive(int(kind), what)] * n
+        args = [float(a) for a in rest.split(":")]
+        if kind == "uniform" and len(args) == 2 and 0 < args[0] <= args[1]:
+            return [rng.randint(int(args[0]), int(args[1])) for _ in range(n)]
+        if kind == "normal" and len(args) == 2 and args[1] >= 0:
+            return [max(1, round(rng.gauss(args[0], args[1]))) for _ in range(n)]
+    except ValueError:
+        pass
+    raise PlanningError(f"{what}: cannot read {spec!r}; use {SPEC_HELP}")
+
+
+def _positive(value: int, what: str) -> int:
+    if value <= 0:
+        raise PlanningError(f"{what}: lengths must be positive, got {value}")
+    return value
+
+
+def _read_lengths(path: str, what: str) -> list[int]:
+    with open(path) as f:
+        text = f.read()
+    try:
+        values = json.loads(text) if text.lstrip().startswith("[") else text.split()
+        values = [int(v) for v in values]
+    except (ValueError, TypeError):
+        raise PlanningError(f"{what}: {path} must hold integers (one per line or a JSON list)") from None
+    if not values or min(values) <= 0:
+        raise PlanningError(f"{what}: {path} must hold at least one positive length")
+    return values
+
+
+def _waiting(args: argparse.Namespace, rng: random.Random) -> list[tuple[int, int]]:
+    if args.waiting is None:
+        return []
+    if os.path.isfile(args.waiting):
+        values = _read_lengths(args.waiting, "--waiting")
+        if len(values) % 2:
+            raise PlanningError("--waiting: the file must hold 'prompt_len output_len' pairs")
+        return list(zip(values[::2], values[1::2]))
+    try:
+        count = int(args.waiting)
+    except ValueError:
+        raise PlanningError(f"--waiting: {args.waiting!r} is neither a count nor a file") from None
+    if count <= 0:
+        raise PlanningError("--waiting: the count must be positive")
+    prompts = lengths(args.prompt_len, count, rng, "--prompt-len")
+    return list(zip(prompts, lengths(args.output_len, count, rng, "--output-len")))
+
+
 def _run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("pipedecode plan is not implemented yet")
+    from pipedecode.models import model_shape
+    from pipedecode.planner import plan
+
+    if args.batch is not None and args.batch <= 0:
+        raise PlanningError("--batch must be positive")
+    rng = random.Random(args.seed)
+    context = lengths(args.context, args.batch, rng, "--context")
+    waiting = _waiting(args, rng)
+    remaining = lengths(args.remaining, len(context), rng, "--remaining") if waiting else None
+    budget = None if args.kv_budget_gib is None else int(args.kv_budget_gib * 2 ** 30)
+    schedule = plan(model_shape(args.model), args.device, context, waiting=waiting,
+                    remaining_output_lens=remaining, solver=args.solver,
+                    num_micro_batches=args.micro_batches, kv_budget_bytes=budget,
+                    switch_cost_us=args.switch_cost_us)
+    try:
+        with open(args.out, "w") as f:
+            f.write(schedule.to_json())
+    except OSError as exc:
+        raise PipedecodeError(f"cannot write {args.out!r}: {exc.strerror or exc}") from None
+    print(summary(schedule))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def summary(schedule) -> str:
+    """A few lines: the split, the micro-batches, the predictions, the switch point."""
+    s = schedule
+    split = (f"{s.memory_sms} memory + {s.compute_sms} compute SMs" if s.mode == "interleaved"
+             else f"no split ({s.compute_sms} SMs)")
+    sizes = ", ".join(f"{m.tokens} req/{m.kv_tokens} ctx" for m in s.micro_batches)
+    lines = [f"{s.model.name} on {s.device}: {s.mode}, {split}",
+             f"  micro-batches: {sizes}",
+             f"  predicted step {s.predicted_step_us / 1e3:.3f} ms | sequential "
+             f"{s.sequential_step_us / 1e3:.3f} ms ({s.speedup:.2f}x) | roofline floor "
+             f"{s.roofline_floor_us / 1e3:.3f} ms"]
+    if s.switch is not None:
+        w = s.switch
+        lines.append(f"  switch to prefill after {w.step} decode steps, admitting "
+                     f"{len(w.admitted_prompts)} prompts: {w.tokens_per_s:.0f} tok/s "
+                     f"(TD-Pipe rule: after {w.tdpipe_step}, {w.tdpipe_tokens_per_s:.0f} tok/s)")
+    return "\n".join(lines)

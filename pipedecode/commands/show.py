@@ -1,14 +1,135 @@
-"""`pipedecode show`: placeholder until its owner module lands."""
+"""`pipedecode show`: a schedule as a table, a timeline PNG and a Chrome/Perfetto trace.
+
+Owns the text table and the drawing (matplotlib, Agg backend). Knows nothing of planning:
+it reads a schedule file and `pipedecode.planner.timeline` lays it out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from pipedecode.errors import PipedecodeError
+
+STAGE_COLORS = {"pre_attn": "#4C72B0", "attention": "#DD8452", "post_attn": "#55A868",
+                "head": "#8C8C8C"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("show", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "show", help="print a schedule as a table; draw its timeline (PNG) and a trace",
+        description="Print a schedule written by `pipedecode plan` as tables (micro-batches, the "
+                    "slots of one layer, predictions, switch point); optionally draw the "
+                    "timeline of the first layers as a PNG and write the whole step as a "
+                    "Chrome/Perfetto trace (open it in ui.perfetto.dev or chrome://tracing).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("schedule", help="schedule JSON written by `pipedecode plan`")
+    parser.add_argument("--png", default=None, help="write the timeline to this PNG file")
+    parser.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace JSON here")
+    parser.add_argument("--layers", type=int, default=2,
+                        help="decoder layers drawn in the PNG (default 2; the trace has all)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("pipedecode show is not implemented yet")
+    from pipedecode.planner import load_schedule
+    from pipedecode.planner.timeline import chrome_trace
+
+    if args.layers <= 0:
+        raise PipedecodeError("--layers must be positive")
+    schedule = load_schedule(args.schedule)
+    print(table(schedule))
+    if args.png:
+        draw(schedule, args.png, args.layers)
+        print(f"wrote {args.png}")
+    if args.trace:
+        _write(args.trace, json.dumps(chrome_trace(schedule)))
+        print(f"wrote {args.trace}")
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise PipedecodeError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
+def table(schedule) -> str:
+    """Plain-text tables of a schedule."""
+    s = schedule
+    split = f"memory {s.memory_sms} SMs | compute {s.compute_sms} SMs" if s.mode == "interleaved" \
+        else f"all {s.compute_sms} SMs"
+    out = [f"schedule v{s.version}: {s.model.name} ({s.model.num_layers} layers) on {s.device}, "
+           f"{s.mode}, {split}, solver {s.solver or '-'}", "",
+           f"{'micro-batch':>11} {'requests':>8} {'kv tokens':>10} {'mean ctx':>9}  request ids"]
+    for m in s.micro_batches:
+        ids = ",".join(map(str, m.request_ids[:8])) + (",..." if m.tokens > 8 else "")
+        out.append(f"{m.index:>11} {m.tokens:>8} {m.kv_tokens:>10} {m.kv_tokens / m.tokens:>9.0f}  {ids}")
+    out += ["", "one decoder layer:",
+            f"{'phase':>5} {'partition':>9} {'stage':>10} {'mb':>3} {'layer':>6} {'alone us':>9} "
+            f"{'phase us':>9}"]
+    for slot in s.slots:
+        phase_us = s.phase_us[slot.phase] if slot.phase < len(s.phase_us) else float("nan")
+        layer = "l" if slot.layer_offset == 0 else f"l{slot.layer_offset:+d}"
+        out.append(f"{slot.phase:>5} {slot.partition:>9} {slot.stage:>10} {slot.micro_batch:>3} "
+                   f"{layer:>6} {slot.predicted_us:>9.1f} {phase_us:>9.1f}")
+    out += ["", f"predicted step   {s.predicted_step_us / 1e3:9.3f} ms",
+            f"sequential step  {s.sequential_step_us / 1e3:9.3f} ms  (speedup {s.speedup:.2f}x)",
+            f"roofline floor   {s.roofline_floor_us / 1e3:9.3f} ms"]
+    if s.switch is not None:
+        w = s.switch
+        out += ["", f"switch to prefill after {w.step} of {w.horizon_steps} decode steps, "
+                    f"{len(w.admitted_prompts)} prompts admitted, prefill {w.prefill_us / 1e3:.1f} ms"
+                    f" + switch {w.switch_cost_us / 1e3:.1f} ms",
+                f"  {w.tokens_per_s:.0f} tok/s | TD-Pipe rule: after {w.tdpipe_step} steps, "
+                f"{w.tdpipe_tokens_per_s:.0f} tok/s | at horizon end: "
+                f"{w.horizon_end_tokens_per_s:.0f} tok/s"]
+    return "\n".join(out)
+
+
+def draw(schedule, path: str, layers: int) -> None:
+    """Gantt chart of the prologue and the first `layers` layers: one lane per partition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from pipedecode.planner.timeline import timeline
+
+    events = timeline(schedule, layers)
+    lanes = ["memory", "compute", "all"] if schedule.mode == "interleaved" else ["all"]
+    labels = {"memory": f"memory\n{schedule.memory_sms} SMs",
+              "compute": f"compute\n{schedule.compute_sms} SMs",
+              "all": f"all\n{schedule.memory_sms + schedule.compute_sms} SMs"}
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.9 * len(lanes)))
+    for e in events:
+        y = lanes.index(e.partition)
+        ms = e.start_us / 1e3, e.duration_us / 1e3
+        ax.broken_barh([ms], (y - 0.4, 0.8), facecolors=STAGE_COLORS[e.stage],
+                       edgecolors="white", linewidth=0.8,
+                       hatch="//" if e.micro_batch % 2 else None)
+        if ms[1] > 0.035 * max(ev.end_us for ev in events) / 1e3:
+            ax.text(ms[0] + ms[1] / 2, y, f"mb{e.micro_batch}\nL{e.layer}", ha="center",
+                    va="center", fontsize=7, color="white")
+    ax.set_yticks(range(len(lanes)), [labels[lane] for lane in lanes])
+    ax.set_ylim(len(lanes) - 0.5, -0.5)
+    ax.set_xlabel("time (ms, predicted)")
+    shown = "prologue + first" if schedule.prologue else "first"
+    ax.set_title(f"{schedule.model.name} on {schedule.device}: {schedule.mode}, {shown} "
+                 f"{min(layers, schedule.model.num_layers)} of {schedule.model.num_layers} layers "
+                 f"(step {schedule.predicted_step_us / 1e3:.2f} ms, sequential "
+                 f"{schedule.sequential_step_us / 1e3:.2f} ms)", fontsize=10)
+    handles = [Patch(color=STAGE_COLORS[s], label=s) for s in ("pre_attn", "attention", "post_attn")]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="odd micro-batch"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4,
+              fontsize=8, frameon=False)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise PipedecodeError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)

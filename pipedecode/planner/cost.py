@@ -131,6 +131,19 @@ class CostModel:
         tokens = sum(t for t, _ in sizes)
         return layers + self.fill_drain_us(sizes) + self.head_us(tokens)
 
+    def prefill_us(self, prompt_lens: list[int]) -> float:
+        """Prefill of prompts as one ragged batch on all SMs: GEMMs over every prompt token plus
+        causal attention (roofline of its FLOPs and KV bytes), then the head for the last tokens."""
+        if not prompt_lens:
+            return 0.0
+        m, p, sms = self.model, self.profile, self.profile.sm_count
+        tokens = sum(prompt_lens)
+        attn_flops = sum(2 * n * n for n in prompt_lens) * m.num_heads * m.head_dim  # causal
+        attn_bytes = self.attention_bytes(tokens, tokens)
+        attn_us = max(attn_flops / p.peak_flops_per_s, attn_bytes / p.hbm_bytes_per_s) * 1e6
+        layer = self.linear_us(tokens, sms) + attn_us + p.launch_overhead_us
+        return m.num_layers * layer + self.head_us(len(prompt_lens))
+
     def roofline_floor_us(self, tokens: float, kv_tokens: float) -> float:
         """max(FLOPs / peak, bytes / bandwidth) of the whole step, weights read once."""
         m, p = self.model, self.profile

@@ -71,6 +71,8 @@ class Problem:
         if self.remaining_output_lens is not None and \
                 len(self.remaining_output_lens) != len(self.request_ids):
             raise ValueError("Problem.remaining_output_lens must have one entry per request")
+        if self.remaining_output_lens is not None and min(self.remaining_output_lens) < 1:
+            raise ValueError("Problem.remaining_output_lens must be >= 1 (finished requests leave)")
 
     @property
     def kv_bytes(self) -> int:

@@ -76,18 +76,20 @@ class Slot:
 class SwitchPoint:
     """When to stop decoding and prefill the waiting prompts (TD-Pipe's decode-to-prefill switch).
 
-    `step` is the decode step (0 = now) after which to switch; None: keep decoding over the whole
-    horizon. `tdpipe_step` is what TD-Pipe's intensity rule picks on the same inputs.
+    Decode `step` more steps, then switch and prefill `admitted_prompts` (indices into the
+    waiting queue). `tokens_per_s` is over that cycle (decode steps, switch, prefill);
+    `horizon_end_tokens_per_s` is the same if the switch waits until the horizon's end, and
+    `tdpipe_step` / `tdpipe_tokens_per_s` what TD-Pipe's intensity rule picks on the same inputs.
     """
 
-    step: int | None
+    step: int
     horizon_steps: int
     tokens_per_s: float
     admitted_prompts: tuple[int, ...]
     prefill_us: float
     switch_cost_us: float
-    never_switch_tokens_per_s: float
-    tdpipe_step: int | None
+    horizon_end_tokens_per_s: float
+    tdpipe_step: int
     tdpipe_tokens_per_s: float
 
 
