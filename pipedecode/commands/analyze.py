@@ -1,14 +1,46 @@
-"""`pipedecode analyze`: placeholder until its owner module lands."""
+"""`pipedecode analyze`: the per-layer compute/memory stages of a model's decode step.
+
+Builds the model on the meta device (real shapes, no weights downloaded), captures one decode
+step, classifies it for a device profile and prints stages and nodes with FLOPs, bytes moved,
+arithmetic intensity and bound; `--json` writes the same as JSON.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from pipedecode.models import DEFAULT_PRESET, PRESETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("analyze", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "analyze", help="per-layer compute/memory stages with FLOPs, bytes and intensity",
+        description="Capture a decode step and print its compute- and memory-bound stages.")
+    parser.add_argument("--model", default=DEFAULT_PRESET,
+                        help=f"preset ({', '.join(PRESETS)}), local directory or hub id")
+    parser.add_argument("--device", default="h100",
+                        help="device profile name (h100, h200, a100, rtx4090) or JSON path")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per decode step")
+    parser.add_argument("--context", type=int, default=1024,
+                        help="tokens in the KV cache after the step (live context length)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    parser.add_argument("--all-nodes", action="store_true",
+                        help="also list free layout ops (views, transposes)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("pipedecode analyze is not implemented yet")
+    from pipedecode.backend import resolve_device
+    from pipedecode.passes.report import analyze_model, format_table
+
+    device = resolve_device(args.device)
+    report = analyze_model(args.model, device, batch_size=args.batch, context_len=args.context,
+                           dtype=args.dtype)
+    print(format_table(report, all_nodes=args.all_nodes))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+        print(f"wrote {args.json}")
+    return 0
