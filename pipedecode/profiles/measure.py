@@ -216,9 +216,13 @@ class CudaTimer:
                 call()
         stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for call in calls:
-                call()
+        with torch.cuda.stream(stream):         # capture_begin: no gc.collect per capture
+            graph.capture_begin()
+            try:
+                for call in calls:
+                    call()
+            finally:
+                graph.capture_end()
         return graph
 
     def replay_us(self, runs: list, per_graph: int) -> float:

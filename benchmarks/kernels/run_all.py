@@ -1,0 +1,72 @@
+"""Check, then time, pipedecode's kernels across SM partitions against torch / cuBLAS / SDPA.
+
+One device call: `PYTHONUNBUFFERED=1 python benchmarks/kernels/run_all.py --out $OUT`.
+Sections (each guarded, so one failure does not lose the rest; each skipped once the time
+budget is spent): environment and partitions (granted counts, SM ids of each side), GPU
+correctness against the float32 references, streaming bandwidth per SM count, decode attention
+(config sweep, then per SM count against SDPA and the streaming ceiling), linear layers (per SM
+count against cuBLAS, proportionality, a tile sweep against the chooser), fused gate/up SiLU.
+Writes kernels_<gpu>.json and kernels_<gpu>.md under --out and prints the short tables last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sections  # noqa: E402  (benchmarks/kernels/sections.py)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--budget-s", type=float, default=420.0)
+    parser.add_argument("--only", default="", help="comma-separated section names")
+    args = parser.parse_args()
+    t0 = time.time()
+    from pipedecode.profiles.measure import CudaTimer, device_name
+
+    props = torch.cuda.get_device_properties(0)
+    gpu = device_name(props.name)
+    results = {"gpu": props.name, "date": datetime.date.today().isoformat(),
+               "torch": torch.__version__, "errors": {}}
+    try:
+        import triton
+        results["triton"] = triton.__version__
+    except ImportError:
+        results["triton"] = None
+    timer = CudaTimer(reps=12, warmup=3)
+    ctx = sections.Context(timer=timer, results=results, F=F, deadline=t0 + args.budget_s)
+    chosen = [s for s in sections.ORDER if not args.only or s in args.only.split(",")]
+    for name in chosen:
+        if time.time() - t0 > args.budget_s:
+            results["errors"][name] = "skipped: time budget spent"
+            continue
+        started = time.time()
+        try:
+            results[name] = getattr(sections, name)(ctx)
+        except Exception:  # noqa: BLE001 - keep the other sections
+            results["errors"][name] = traceback.format_exc()[-3000:]
+            print(f"[{name}] FAILED\n{results['errors'][name]}", flush=True)
+        print(f"[{name}] {time.time() - started:.1f} s", flush=True)
+        with open(os.path.join(args.out, f"kernels_{gpu}.json"), "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+    markdown = sections.markdown(results)
+    with open(os.path.join(args.out, f"kernels_{gpu}.md"), "w") as fh:
+        fh.write(markdown)
+    print(markdown)
+    print(f"total {time.time() - t0:.0f} s; errors in: {list(results['errors'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
