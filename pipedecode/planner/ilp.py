@@ -59,24 +59,72 @@ def _grid(top: float, start: float) -> list[float]:
     return sorted(points)
 
 
-def build_split_lp(problem: Problem, cost: CostModel) -> LinearProgram:
-    """The named-constraint ILP for the split and the grouping."""
-    m, layers = problem.num_micro_batches, problem.model.num_layers
-    buckets = problem.buckets
-    total_tokens, total_kv = len(problem.context_lens), sum(problem.context_lens)
-    tok_grid = _grid(float(total_tokens), 1.0)
+@dataclass(frozen=True)
+class SidePrices:
+    """Linear under-estimates for one memory-partition size s (microseconds, bytes)."""
+
+    attention: tuple[tuple[float, float], ...]   # (us, us per KV token) pieces
+    linear: tuple[tuple[float, float], ...]      # (us, us per token) pieces
+    floor_fixed_us: float                        # weights over the whole-chip bandwidth
+    floor_per_token_us: float                    # per token of the linear side
+    floor_per_request_us: float                  # per request of the attention side
+    floor_per_kv_us: float                       # per KV token of the attention side
+    slowdown: float
+    fill_us: float
+
+
+def side_prices(problem: Problem, cost: CostModel, s: int) -> SidePrices:
+    m, total_tokens = problem.num_micro_batches, len(problem.context_lens)
+    total_kv = sum(problem.context_lens)
     kv_grid = _grid(float(max(total_kv, 1)), 0.0)
-    mean_tokens = total_tokens / m
+    tok_grid = _grid(float(total_tokens), 1.0)
+    hbm = 1e6 / problem.profile.hbm_bytes_per_s
+    return SidePrices(
+        attention=tuple(convex_pieces(kv_grid, [cost.attention_us(total_tokens / m, kv, s)
+                                                for kv in kv_grid])),
+        linear=tuple(convex_pieces(tok_grid, [cost.linear_us(t, problem.profile.sm_count - s)
+                                              for t in tok_grid])),
+        floor_fixed_us=cost.linear_bytes(0) * hbm,
+        floor_per_token_us=(cost.linear_bytes(1) - cost.linear_bytes(0)) * hbm,
+        floor_per_request_us=cost.attention_bytes(1, 0) * hbm,
+        floor_per_kv_us=cost.attention_bytes(0, 1) * hbm,
+        slowdown=problem.profile.corun_slowdown,
+        fill_us=cost.fill_drain_us([(total_tokens // m, total_kv // m)] * m))
+
+
+def split_objective_us(problem: Problem, cost: CostModel, s: int,
+                       counts: tuple[tuple[int, ...], ...],
+                       prices: SidePrices | None = None) -> float:
+    """The ILP's objective for fixed decisions (s = 0: sequential); a reference for tests."""
+    layers, m = problem.model.num_layers, problem.num_micro_batches
+    if s == 0:
+        return layers * cost.sequential_layer_us(len(problem.context_lens),
+                                                 sum(problem.context_lens))
+    pr = prices or side_prices(problem, cost, s)
+    tokens = [sum(c[j] for c in counts) for j in range(m)]
+    kv = [sum(c[j] * b.mean_context for c, b in zip(counts, problem.buckets)) for j in range(m)]
+    total = pr.fill_us
+    for j in range(m):
+        att = max(a0 + a1 * kv[j] for a0, a1 in pr.attention)
+        lin = max(c0 + c1 * tokens[j - 1] for c0, c1 in pr.linear)
+        floor = pr.floor_fixed_us + pr.floor_per_token_us * tokens[j - 1] \
+            + pr.floor_per_request_us * tokens[j] + pr.floor_per_kv_us * kv[j]
+        total += layers * max(pr.slowdown * att, pr.slowdown * lin, floor)
+    return total
+
+
+def build_split_lp(problem: Problem, cost: CostModel, *,
+                   allow_sequential: bool = True) -> LinearProgram:
+    """The named-constraint ILP for the split and the grouping."""
+    m, layers, buckets = problem.num_micro_batches, problem.model.num_layers, problem.buckets
     b = Builder("pipedecode_split")
-    objective: dict[str, float] = {b.var("y_seq", 0, 1, True):
-                                   layers * cost.sequential_layer_us(total_tokens, total_kv)}
+    objective = {b.var("y_seq", 0, 1 if allow_sequential else 0, True):
+                 split_objective_us(problem, cost, 0, ())}
     one_split = {"y_seq": 1.0}
-    equal = [(total_tokens // m, total_kv // m)] * m
-    kv_row = cost.attention_bytes(0, 1)
     for s in problem.memory_sms_options:
+        pr = side_prices(problem, cost, s)
         y = b.var(f"y_{s}", 0, 1, True)
-        one_split[y] = 1.0
-        objective[y] = cost.fill_drain_us(equal)
+        one_split[y], objective[y] = 1.0, pr.fill_us
         x = {(k, j): b.var(f"x_{k}_{j}_{s}", 0, bk.count, True)
              for k, bk in enumerate(buckets) for j in range(m)}
         tokens = [{x[k, j]: 1.0 for k in range(len(buckets))} for j in range(m)]
@@ -84,11 +132,6 @@ def build_split_lp(problem: Problem, cost: CostModel) -> LinearProgram:
         for k, bk in enumerate(buckets):
             b.add(f"assign_bucket{k}_s{s}", {**{x[k, j]: 1.0 for j in range(m)}, y: -bk.count},
                   "==", 0)
-        att = convex_pieces(kv_grid, [cost.attention_us(mean_tokens, kv, s) for kv in kv_grid])
-        lin = convex_pieces(tok_grid, [cost.linear_us(t, problem.profile.sm_count - s)
-                                       for t in tok_grid])
-        slow = problem.profile.corun_slowdown
-        hbm = 1e6 / problem.profile.hbm_bytes_per_s
         for j in range(m):
             t = b.var(f"t_{j}_{s}")
             objective[t] = float(layers)
@@ -97,21 +140,19 @@ def build_split_lp(problem: Problem, cost: CostModel) -> LinearProgram:
             if j:
                 b.add(f"largest_first_mb{j}_s{s}", {**tokens[0], **{v: -1.0 for v in tokens[j]}},
                       ">=", 0)
-            for i, (a0, a1) in enumerate(att):
-                b.add(f"attention_mb{j}_s{s}_piece{i}",
-                      {t: 1.0, y: -slow * a0, **{v: -slow * a1 * c for v, c in kv[j].items()}},
+            for i, (a0, a1) in enumerate(pr.attention):
+                b.add(f"attention_mb{j}_s{s}_piece{i}", {t: 1.0, y: -pr.slowdown * a0,
+                      **{v: -pr.slowdown * a1 * c for v, c in kv[j].items()}}, ">=", 0)
+            for i, (c0, c1) in enumerate(pr.linear):
+                b.add(f"linear_mb{(j - 1) % m}_s{s}_piece{i}",
+                      {t: 1.0, y: -pr.slowdown * c0, **{v: -pr.slowdown * c1 for v in prev}},
                       ">=", 0)
-            for i, (c0, c1) in enumerate(lin):
-                b.add(f"linear_mb{j - 1 if j else m - 1}_s{s}_piece{i}",
-                      {t: 1.0, y: -slow * c0, **{v: -slow * c1 for v in prev}}, ">=", 0)
-            weights = cost.linear_bytes(0) * hbm
-            per_prev = (cost.linear_bytes(1) - cost.linear_bytes(0)) * hbm
-            per_tok = (cost.attention_bytes(1, 0)) * hbm
-            floor = {t: 1.0, y: -weights}
+            floor = {t: 1.0, y: -pr.floor_fixed_us}
             for k, bk in enumerate(buckets):
-                floor[x[k, j]] = floor.get(x[k, j], 0.0) - (per_tok + kv_row * bk.mean_context * hbm)
-                prev_x = x[k, (j - 1) % m]
-                floor[prev_x] = floor.get(prev_x, 0.0) - per_prev
+                mine, before = x[k, j], x[k, (j - 1) % m]
+                floor[mine] = floor.get(mine, 0.0) - pr.floor_per_request_us \
+                    - pr.floor_per_kv_us * bk.mean_context
+                floor[before] = floor.get(before, 0.0) - pr.floor_per_token_us
             b.add(f"shared_hbm_phase{j}_s{s}", floor, ">=", 0)
     b.add("one_split", one_split, "==", 1)
     b.add("kv_cache_fits", {v: float(problem.kv_bytes) for v in one_split}, "<=",

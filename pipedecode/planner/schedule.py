@@ -236,7 +236,7 @@ def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = _fields(cls, data, where)
-    kwargs = {k: _tuple(v, where) if isinstance(v, list) else v for k, v in kwargs.items()}
+    kwargs = {k: _tuple(v, where) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -244,12 +244,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _build_list(cls: type, rows: Any, where: str, name: str) -> tuple:
-    if not isinstance(rows, list):
+    if not isinstance(rows, (list, tuple)):
         raise ScheduleError(f"{where}: field {name!r} must be a list")
     return tuple(_build(cls, row, f"{where}: field '{name}[{i}]'") for i, row in enumerate(rows))
 
 
 def _tuple(values: Any, where: str) -> tuple:
-    if not isinstance(values, list):
+    if not isinstance(values, (list, tuple)):
         raise ScheduleError(f"{where} must be a list")
     return tuple(values)

@@ -169,7 +169,7 @@ class DeviceProfile:
 
 
 def _points(rows: Any, point_cls: type, where: str) -> tuple:
-    if not isinstance(rows, list):
+    if not isinstance(rows, (list, tuple)):
         raise ProfileError(f"{where} must be a list of objects")
     names = [f.name for f in dataclasses.fields(point_cls)]
     out = []

@@ -1,0 +1,90 @@
+import itertools
+import random
+
+import pytest
+
+from pipedecode.planner.cost import CostModel
+from pipedecode.planner.ilp import (build_split_lp, convex_pieces, decode_split, side_prices,
+                                    split_objective_us)
+from pipedecode.planner.problem import build_problem
+from pipedecode.planner.solvers import solve_lp
+
+
+def test_convex_pieces_of_a_parabola_and_a_step():
+    assert convex_pieces([0, 1, 2], [0, 1, 4]) == [(0.0, 1.0), (-2.0, 3.0)]
+    # a step (wave quantization) is under-estimated by its hull, never over-estimated
+    xs, ys = [0, 1, 2, 3], [1, 1, 2, 2]
+    pieces = convex_pieces(xs, ys)
+    assert all(max(a + b * x for a, b in pieces) <= y + 1e-12 for x, y in zip(xs, ys))
+
+
+def _brute_force(problem, cost):
+    """Minimum of the ILP's objective over every split and every grouping."""
+    m = problem.num_micro_batches
+    best = split_objective_us(problem, cost, 0, ())
+    per_bucket = [[c for c in itertools.product(range(b.count + 1), repeat=m) if sum(c) == b.count]
+                  for b in problem.buckets]
+    for s in problem.memory_sms_options:
+        prices = side_prices(problem, cost, s)
+        for counts in itertools.product(*per_bucket):
+            tokens = [sum(c[j] for c in counts) for j in range(m)]
+            if min(tokens) == 0 or any(tokens[0] < t for t in tokens):
+                continue
+            best = min(best, split_objective_us(problem, cost, s, counts, prices))
+    return best
+
+
+def _solve_and_check(problem, solver):
+    cost = CostModel(problem.model, problem.profile)
+    solution = solve_lp(build_split_lp(problem, cost), solver)
+    assert solution.optimal
+    assert solution.objective == pytest.approx(_brute_force(problem, cost), rel=1e-6)
+    choice = decode_split(problem, solution)
+    assert solution.objective == pytest.approx(
+        split_objective_us(problem, cost, choice.memory_sms, choice.counts), rel=1e-6)
+    return choice
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("solver", ["cbc", "ortools"])
+def test_small_batches_stay_sequential_as_brute_force_says(llama8b, seed, solver):
+    # 9 requests: a second micro-batch reads the weights again for too little attention
+    rng = random.Random(seed)
+    contexts = [rng.choice([256, 2048, 8192, 16384]) for _ in range(9)]
+    problem = build_problem(llama8b, "h100", contexts, memory_sms_options=(32, 64, 96))
+    assert _solve_and_check(problem, solver).memory_sms == 0
+
+
+@pytest.mark.parametrize("solver", ["cbc", "ortools"])
+def test_large_batch_split_matches_brute_force(llama8b, solver):
+    # 64 requests of 512 and 64 of 2048 tokens on an H200: every grouping of two buckets tried
+    problem = build_problem(llama8b, "h200", [512] * 64 + [2048] * 64,
+                            memory_sms_options=(32, 64, 96))
+    choice = _solve_and_check(problem, solver)
+    assert choice.memory_sms in (32, 64, 96)
+
+
+def test_cbc_and_ortools_agree_on_a_512_request_problem(llama8b):
+    rng = random.Random(7)
+    contexts = [rng.randint(128, 4096) for _ in range(512)]
+    problem = build_problem(llama8b, "h200", contexts, max_buckets=12, kv_budget_bytes=2 ** 40)
+    lp = build_split_lp(problem, CostModel(llama8b, problem.profile), allow_sequential=False)
+    cbc, ortools = solve_lp(lp, "cbc"), solve_lp(lp, "ortools")
+    assert cbc.optimal and ortools.optimal
+    assert cbc.objective == pytest.approx(ortools.objective, rel=1e-6)
+
+
+def test_every_constraint_is_named_and_the_memory_constraint_is_there(llama8b):
+    problem = build_problem(llama8b, "h100", [1024] * 8, memory_sms_options=(64,))
+    lp = build_split_lp(problem, CostModel(llama8b, problem.profile))
+    names = {c.name for c in lp.constraints}
+    assert {"one_split", "kv_cache_fits", "assign_bucket0_s64", "nonempty_mb1_s64",
+            "shared_hbm_phase0_s64"} <= names
+    assert len(names) == len(lp.constraints)
+
+
+def test_without_sequential_the_split_is_forced(llama8b):
+    problem = build_problem(llama8b, "h100", [512] * 4, memory_sms_options=(64,))
+    cost = CostModel(llama8b, problem.profile)
+    choice = decode_split(problem, solve_lp(build_split_lp(problem, cost, allow_sequential=False)))
+    assert choice.memory_sms == 64 and sorted(sum(c) for c in zip(*choice.counts)) == [2, 2]

@@ -1,0 +1,65 @@
+import pytest
+
+from pipedecode.profiles import (AttentionPoint, DeviceProfile, GemmPoint, attention_latency_us,
+                                 bandwidth_bytes_per_s, gemm_latency_us, load_profile)
+from pipedecode.profiles.latency import analytic_attention_us, analytic_gemm_us
+
+
+def _with_tables(**tables) -> DeviceProfile:
+    return DeviceProfile(**{**load_profile("h100").__dict__, "source": "measured", **tables})
+
+
+def test_bandwidth_table_points_and_interpolation():
+    h100 = load_profile("h100")
+    assert bandwidth_bytes_per_s(h100, 64) == pytest.approx(2.87e12)
+    assert bandwidth_bytes_per_s(h100, 56) == pytest.approx((2.65e12 + 2.87e12) / 2)
+    assert bandwidth_bytes_per_s(h100, 4) == pytest.approx(0.61e12 / 2)   # proportional below
+    assert bandwidth_bytes_per_s(h100, 200) == pytest.approx(3.08e12)      # flat above
+
+
+def test_saturation_model_without_table_is_monotone_and_capped():
+    a100 = load_profile("a100")
+    values = [bandwidth_bytes_per_s(a100, s) for s in range(4, 109, 4)]
+    assert values == sorted(values) and values[-1] < a100.hbm_bytes_per_s
+    assert values[-1] > 0.95 * a100.hbm_bytes_per_s
+
+
+def test_gemm_table_exact_at_points_linear_between_scaled_outside():
+    points = (GemmPoint(64, 4096, 4096, 64, 30.0), GemmPoint(256, 4096, 4096, 64, 50.0),
+              GemmPoint(64, 4096, 4096, 128, 20.0), GemmPoint(256, 4096, 4096, 128, 40.0))
+    p = _with_tables(gemm_latency=points)
+    assert gemm_latency_us(p, 64, 4096, 4096, 64) == pytest.approx(30.0)
+    assert gemm_latency_us(p, 160, 4096, 4096, 64) == pytest.approx(40.0)
+    assert gemm_latency_us(p, 160, 4096, 4096, 96) == pytest.approx(35.0)
+    # above the largest token count: the point at 256, scaled by the analytic ratio
+    ratio = analytic_gemm_us(p, 1024, 4096, 4096, 128) / analytic_gemm_us(p, 256, 4096, 4096, 128)
+    assert gemm_latency_us(p, 1024, 4096, 4096, 128) == pytest.approx(40.0 * ratio)
+    # other shapes fall back to the analytic model
+    assert gemm_latency_us(p, 64, 1024, 4096, 64) == pytest.approx(analytic_gemm_us(p, 64, 1024, 4096, 64))
+
+
+def test_attention_table_interpolates_in_kv_tokens():
+    points = (AttentionPoint(8, 1024, 32, 8, 128, 64, 10.0),
+              AttentionPoint(8, 4096, 32, 8, 128, 64, 34.0))
+    p = _with_tables(attention_latency=points)
+    assert attention_latency_us(p, 8, 2560, 32, 8, 128, 64) == pytest.approx(22.0)
+    assert attention_latency_us(p, 16, 1280, 32, 8, 128, 64) == pytest.approx(22.0)
+    fallback = attention_latency_us(p, 8, 1024, 32, 32, 128, 64)
+    assert fallback == pytest.approx(analytic_attention_us(p, 8, 1024, 32, 32, 128, 64))
+
+
+def test_analytic_attention_is_bandwidth_bound_and_slower_on_fewer_sms():
+    h100 = load_profile("h100")
+    # 512 sequences x 1024 context, Llama-3-8B GQA: 2 GiB of K and V
+    kv_bytes = 512 * 1024 * 8 * 128 * 2 * 2
+    full = analytic_attention_us(h100, 512, 1024, 32, 8, 128, 132)
+    assert full == pytest.approx(kv_bytes / 3.08e12 * 1e6, rel=0.02)
+    assert analytic_attention_us(h100, 512, 1024, 32, 8, 128, 32) > 1.4 * full
+
+
+def test_decode_gemm_suffers_wave_quantization():
+    h100 = load_profile("h100")
+    # 512 tokens x 6144 outputs: 4 x 48 = 192 tiles -> 2 waves on 100 SMs, 2 on 132
+    t100 = analytic_gemm_us(h100, 4096, 6144, 4096, 100)
+    t132 = analytic_gemm_us(h100, 4096, 6144, 4096, 132)
+    assert t100 > t132

@@ -1,0 +1,46 @@
+import pytest
+
+from pipedecode.errors import ProfileError
+from pipedecode.profiles import DeviceProfile, list_profiles, load_profile, registry
+
+
+def test_builtin_names_and_aliases():
+    assert {"h100", "h200", "a100", "rtx4090"} <= set(list_profiles())
+    assert load_profile("nvidia-h100-x1") == load_profile("h100")
+    assert load_profile("NVIDIA-H200").name == "h200"
+
+
+def test_hopper_profiles_are_seeded_with_measurements():
+    h100, h200 = load_profile("h100"), load_profile("h200")
+    assert h100.peak_flops_per_s == pytest.approx(798e12)
+    assert h100.hbm_bytes_per_s == pytest.approx(3.08e12)
+    assert h200.hbm_bytes_per_s == pytest.approx(4.39e12)
+    assert dict(h100.bandwidth_by_sms)[64] == pytest.approx(2.87e12)
+    assert (h100.min_partition_sms, h100.sm_granularity) == (8, 8)
+    assert (load_profile("rtx4090").min_partition_sms, load_profile("rtx4090").sm_granularity) == (4, 2)
+
+
+def test_unknown_name_lists_known_profiles():
+    with pytest.raises(ProfileError, match="h100.*h200"):
+        load_profile("h900")
+
+
+def test_profile_file_and_missing_file(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(load_profile("a100").to_json())
+    assert load_profile(str(path)) == load_profile("a100")
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(str(tmp_path / "other.json"))
+    path.write_text('{"version": 0}')
+    with pytest.raises(ProfileError, match="'version'"):
+        load_profile(str(path))
+
+
+def test_shipped_measured_json_overrides_analytic(tmp_path, monkeypatch):
+    measured = DeviceProfile(**{**load_profile("h100").__dict__, "source": "measured",
+                                "corun_slowdown": 1.6})
+    (tmp_path / "h100.json").write_text(measured.to_json())
+    monkeypatch.setattr(registry, "_data_dir", lambda: tmp_path)
+    got = load_profile("nvidia-h100-x1")
+    assert got.source == "measured" and got.corun_slowdown == 1.6
+    assert load_profile("a100").source == "analytic"
