@@ -38,9 +38,10 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     report = analyze_model(args.model, device, batch_size=args.batch, context_len=args.context,
                            dtype=args.dtype)
-    print(format_table(report, all_nodes=args.all_nodes))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)
+    print(format_table(report, all_nodes=args.all_nodes))
+    if args.json:
         print(f"wrote {args.json}")
     return 0

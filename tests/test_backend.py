@@ -1,0 +1,81 @@
+"""The torch.compile backend: found by name through its entry point, exact, pass-through."""
+
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+
+from pipedecode.backend import BackendOptions, make_executor, pipedecode_backend
+from pipedecode.errors import PipedecodeError
+from pipedecode.models import build_model
+from pipedecode.profiles.schema import DeviceProfile
+
+LOW_RIDGE = DeviceProfile("ridge-1", 132, 8, 8, peak_flops_per_s=1e12, hbm_bytes_per_s=1e12,
+                          memory_bytes=1 << 30)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_registered_once_through_the_entry_point():
+    names = [ep.name for ep in entry_points(group="torch_dynamo_backends")]
+    assert names.count("pipedecode") == 1
+    assert "pipedecode" in torch._dynamo.list_backends(exclude_tags=())
+    assert torch._dynamo.lookup_backend("pipedecode") is pipedecode_backend
+
+
+def test_torch_compile_by_name_matches_eager():
+    model = build_model("tiny-llama")
+    record: list = []
+    compiled = torch.compile(model, backend="pipedecode",
+                             options={"device": LOW_RIDGE, "record": record})
+    ids = torch.randint(0, 256, (64, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids, use_cache=False).logits
+        got = compiled(ids, use_cache=False).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(record) == 1 and record[0].num_layers == 2
+    # no KV cache here: at 5 query tokens even attention is over the 1 FLOP/B ridge
+    attention = [c for c in record[0].node_classes().values() if c.role == "attention"]
+    assert len(attention) == 2 and all(c.bound == "compute" for c in attention)
+
+
+def test_graph_breaks_split_layers_and_pass_the_rest_through():
+    model = build_model("tiny-mistral")
+    record: list = []
+
+    def step(ids):
+        logits = model(ids, use_cache=False).logits
+        torch._dynamo.graph_break()
+        return torch.log_softmax(logits * 2.0, dim=-1)
+
+    compiled = torch.compile(step, backend="pipedecode",
+                             options={"device": LOW_RIDGE, "record": record})
+    ids = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids), step(ids), rtol=1e-5, atol=1e-5)
+    assert len(record) == 1        # the log_softmax graph has no decoder layer: passed through
+
+
+def test_graph_without_decoder_layers_runs_as_is():
+    gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
+    assert pipedecode_backend(gm, [torch.randn(2, 4)]) == gm.forward
+
+
+def test_options_are_validated_and_default_to_h100():
+    assert BackendOptions.from_dict(None).device.name == "h100"
+    with pytest.raises(PipedecodeError, match="unknown pipedecode backend option"):
+        BackendOptions.from_dict({"devcie": "h100"})
+    with pytest.raises(PipedecodeError, match="context_len"):
+        BackendOptions.from_dict({"context_len": 0})
+    with pytest.raises(PipedecodeError):
+        BackendOptions.from_dict({"device": "no-such-gpu"})
+
+
+def test_cpu_executor_is_the_staged_graph_itself():
+    staged = object()
+    assert make_executor(staged, [torch.zeros(1)]) is staged
