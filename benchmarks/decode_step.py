@@ -113,13 +113,71 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None) -> dict:
         row.setdefault("interleaved_by_split", {})[name] = {"us": us, **info}
         if name == "planner":
             row["planner_us"] = us
-        if best is None or us < best[1]:
+        if name != "planner" and (best is None or us < best[1]):
             best = (name, us, info)
         del ex
         gc.collect()
-    row["interleaved_best_us"], row["interleaved_best"] = best[1], best[0]
+    if best is not None:
+        row["interleaved_best_split_us"], row["interleaved_best_split"] = best[1], best[0]
     del step
     return row
+
+
+def _graph_of(fn, stream=None):
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    torch.cuda.synchronize()
+    return graph
+
+
+def stage_breakdown(weights, lens, memory_sms: int) -> dict:
+    """Why interleaving wins or loses: compute-only and attention-only parts of the step, whole
+    GPU (full batch) vs each partition (two micro-batches), and the two partitions at once."""
+    from pipedecode.runtime.partition_streams import open_partition_streams
+    from pipedecode.runtime.step import DecodeStep
+
+    batch = len(lens)
+    step = DecodeStep(weights, batch, max(lens) + SLACK)
+    for cache in step.k_cache + step.v_cache:
+        cache.normal_()
+    step.set_inputs(torch.randint(0, weights.shape.vocab_size, (batch,), device="cuda"),
+                    torch.tensor(lens, dtype=torch.int32, device="cuda"))
+    total = torch.cuda.get_device_properties(0).multi_processor_count
+    streams = open_partition_streams(memory_sms, total - memory_sms, torch.device("cuda"))
+    halves = [slice(0, batch // 2), slice(batch // 2, batch)]
+
+    def compute(rows_list, sms):
+        return lambda: [(step.pre_attn(l, r, sms), step.post_attn(l, r, sms))
+                        for l in range(step.num_layers) for r in rows_list]
+
+    def attention(rows_list, sms):
+        return lambda: [step.attention(l, r, sms) for l in range(step.num_layers)
+                        for r in rows_list]
+
+    whole = slice(0, batch)
+    out = {"memory_sms": streams.memory_sms, "compute_sms": streams.compute_sms}
+    out["compute_whole_us"] = time_us(_graph_of(compute([whole], None)).replay, 2, 3)
+    out["attention_whole_us"] = time_us(_graph_of(attention([whole], None)).replay, 2, 3)
+    out["compute_2mb_whole_us"] = time_us(_graph_of(compute(halves, None)).replay, 2, 3)
+    g_c = _graph_of(compute(halves, streams.compute_sms), streams.compute_stream)
+    g_a = _graph_of(attention(halves, streams.memory_sms), streams.memory_stream)
+    out["compute_partition_us"] = time_us(g_c.replay, 2, 3)
+    out["attention_partition_us"] = time_us(g_a.replay, 2, 3)
+
+    def both():
+        main = torch.cuda.current_stream()
+        for s, g in ((streams.compute_stream, g_c), (streams.memory_stream, g_a)):
+            s.wait_stream(main)
+            with torch.cuda.stream(s):
+                g.replay()
+            main.wait_stream(s)
+
+    out["both_partitions_concurrent_us"] = time_us(both, 2, 3)
+    del step
+    return out
 
 
 def hf_model(spec: str):
@@ -228,6 +286,8 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
             row.update(pipedecode_point(weights, lens, args.splits, schedule))
+            if row["name"].split("_", 1)[1] in args.breakdown:
+                row["breakdown"] = [stage_breakdown(weights, lens, m) for m in args.splits]
         except torch.OutOfMemoryError as exc:
             row["skipped"] = f"out of memory: {str(exc)[:80]}"
         torch.cuda.empty_cache()
@@ -259,7 +319,7 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
 
 def _short(row: dict) -> dict:
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
-            if k != "interleaved_by_split"}
+            if k not in ("interleaved_by_split",)}
 
 
 def _ms(row: dict, key: str) -> str:
@@ -267,26 +327,36 @@ def _ms(row: dict, key: str) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Decode step, {result['gpu']}, {result['date']}", "",
+    lines = [f"# Decode step, {result['gpu']}, {result['date'][:16]} UTC", "",
              f"torch {result['torch']}, transformers {result['transformers']}; milliseconds per "
-             f"decode step (all layers, bf16, random weights), median of CUDA-event timings. "
-             f"interleaved = {result['interleaved_source']}. floor = max(FLOPs / "
-             f"{result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} TB/s).", "",
+             f"decode step (all layers, bf16, random weights), median of CUDA-event timings of "
+             f"graph replays. planner = the executor running the planner's schedule (mode in "
+             f"brackets; 'seq' means it chose sequential); best split = fastest measured "
+             f"interleaved run over memory partitions of {result['splits']} SMs. floor = "
+             f"max(FLOPs / {result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} "
+             f"TB/s) over weights + KV cache.", "",
              "| model | batch | context | HF eager | HF static+compile | pd sequential | "
-             "pd interleaved (split) | speedup | planner predicted | floor | floor/measured |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "pd planner | speedup | best split | predicted | pred. err | floor | "
+             "floor/best |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r.get("skipped"):
             lines.append(f"| {r['model']} | {r['batch']} | {r['context']} | skipped: "
-                         f"{r['skipped']} |||||||| ")
+                         f"{r['skipped']} |" + " |" * 9)
             continue
-        best = min(r.get("sequential_us", 1e30), r.get("interleaved_best_us", 1e30))
-        speed = r["sequential_us"] / r["interleaved_best_us"] if "interleaved_best_us" in r else 0
+        seq = r["sequential_us"]
+        chosen = r.get("planner_us", seq)
+        mode = {"interleaved": "il", "sequential": "seq"}.get(r.get("planner_mode"), "none")
+        split = r.get("interleaved_best_split_us")
+        pred = r.get("planner_predicted_us")
+        err = f"{(pred - chosen) / chosen:+.1%}" if pred else "-"
+        best = min(seq, chosen, split or seq)
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['context']} | {_ms(r, 'hf_eager_us')} | "
-            f"{_ms(r, 'hf_compile_us')} | {_ms(r, 'sequential_us')} | "
-            f"{_ms(r, 'interleaved_best_us')} ({r.get('interleaved_best', '-')}) | {speed:.3f} | "
-            f"{_ms(r, 'planner_predicted_us')} | {_ms(r, 'roofline_floor_us')} | "
+            f"{_ms(r, 'hf_compile_us')} | {seq / 1000:.2f} | {chosen / 1000:.2f} ({mode}) | "
+            f"{seq / chosen:.3f} | "
+            + (f"{split / 1000:.2f} ({r['interleaved_best_split']}, {seq / split:.3f}x)"
+               if split else "-")
+            + f" | {_ms(r, 'planner_predicted_us')} | {err} | {_ms(r, 'roofline_floor_us')} | "
             f"{r['roofline_floor_us'] / best:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -302,10 +372,12 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
     parser.add_argument("--points", default="", help="only these, e.g. 64x512,256x1024,mixed")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
     args = parser.parse_args(argv)
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
     args.points = set(filter(None, args.points.split(",")))
+    args.breakdown = set(filter(None, args.breakdown.split(",")))
     if not torch.cuda.is_available():
         print("decode_step: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -319,17 +391,16 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "transformers": transformers.__version__,
               "peak_tflops": profile.peak_flops_per_s / 1e12,
               "hbm_tbs": profile.hbm_bytes_per_s / 1e12,
-              "interleaved_source": "the planner's schedule" if args.schedules else
-              f"best measured of memory partitions {args.splits} SMs (no planner schedule)",
+              "splits": args.splits,
               "rows": []}
-    for spec in args.models.split(","):
-        result["rows"] += run_model(spec, args, profile.peak_flops_per_s, profile.hbm_bytes_per_s)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))
-    with open(stem + ".json", "w") as fh:
-        json.dump(result, fh, indent=1)
-    with open(stem + ".md", "w") as fh:
-        fh.write(markdown(result))
+    for spec in args.models.split(","):
+        result["rows"] += run_model(spec, args, profile.peak_flops_per_s, profile.hbm_bytes_per_s)
+        with open(stem + ".json", "w") as fh:       # after each model: partial runs keep data
+            json.dump(result, fh, indent=1)
+        with open(stem + ".md", "w") as fh:
+            fh.write(markdown(result))
     print(markdown(result))
     return 0
 

@@ -74,3 +74,17 @@ def generate(executor: Executor, prompts: Sequence[torch.Tensor], max_new_tokens
     generated = torch.stack(out, 1)[inverse].cpu()
     logits_out = tuple(t[inverse].cpu() for t in kept)
     return GenerationResult(generated, logits_out, elapsed, max(max_new_tokens - 2, 0))
+
+
+def build_executor(model_or_weights, *, batch_size: int, max_context: int, schedule=None,
+                   use_graphs: bool = True) -> Executor:
+    """An Executor for a transformers Llama-family model (weights packed once) or PackedWeights.
+
+    `schedule`: a planner Schedule (interleaved where it says so and partitions exist on this
+    GPU; sequential otherwise, with `executor.fallback_reason` saying why) or None (sequential).
+    """
+    from pipedecode.runtime.weights import PackedWeights, pack_hf_model
+
+    weights = model_or_weights if isinstance(model_or_weights, PackedWeights) \
+        else pack_hf_model(model_or_weights, max_positions=max_context)
+    return Executor(weights, batch_size, max_context, schedule=schedule, use_graphs=use_graphs)

@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+from pipedecode.models import build_model
+from pipedecode.runtime.engine import build_executor, generate
+from pipedecode.runtime.weights import pack_hf_model
+
+
+def test_build_executor_packs_once_and_generates_like_packed_weights():
+    model = build_model("tiny-qwen2", seed=9)
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 256, (n,), generator=gen) for n in (4, 7)]
+    a = generate(build_executor(model, batch_size=2, max_context=20), prompts, 5)
+    b = generate(build_executor(pack_hf_model(model), batch_size=2, max_context=20), prompts, 5)
+    assert torch.equal(a.tokens, b.tokens) and a.tokens.shape == (2, 5)
+    assert a.decode_steps == 3
+
+
+def test_generate_rejects_bad_token_counts():
+    executor = build_executor(build_model("tiny-llama"), batch_size=1, max_context=8)
+    with pytest.raises(ValueError):
+        generate(executor, [torch.tensor([1, 2])], 0)
