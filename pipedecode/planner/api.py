@@ -7,7 +7,7 @@ rule and the predicted times. Knows nothing of files, CLIs or GPUs.
 from __future__ import annotations
 
 from pipedecode.planner.cost import CostModel
-from pipedecode.planner.ilp import SplitChoice, build_split_lp, decode_split
+from pipedecode.planner.ilp import SplitChoice, build_split_lp, decode_split, refine
 from pipedecode.planner.problem import Problem, build_problem
 from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
 from pipedecode.planner.solvers import solve_lp
@@ -63,7 +63,7 @@ def solve(problem: Problem, solver: str = "cbc", *,
     """The Schedule for `problem`: ILP, exact re-pricing, sequential if that is not slower."""
     cost = CostModel(problem.model, problem.profile)
     solution = solve_lp(build_split_lp(problem, cost), solver, time_limit_s=time_limit_s)
-    choice = decode_split(problem, solution)
+    choice = refine(problem, cost, decode_split(problem, solution))
     tokens, kv_tokens = len(problem.context_lens), sum(problem.context_lens)
     sequential_us = cost.sequential_step_us(tokens, kv_tokens)
     common = dict(model=problem.model, device=problem.profile.name,

@@ -1,0 +1,77 @@
+import random
+
+import pytest
+
+from pipedecode.planner.cost import CostModel
+from pipedecode.planner.problem import build_problem
+from pipedecode.planner.switch import Horizon, plan_switch, tdpipe_step
+
+KV_PER_TOKEN = 131072   # Llama-3-8B
+
+
+def _cliff(llama8b, switch_cost_us=1000.0, budget_tokens=None):
+    # 8 requests of 1000 tokens: 6 finish after 20 steps, 2 after 200; 8 prompts wait
+    return build_problem(llama8b, "h100", [1000] * 8, remaining_output_lens=[20] * 6 + [200] * 2,
+                         waiting=[(1000, 200)] * 8, switch_cost_us=switch_cost_us,
+                         kv_budget_bytes=None if budget_tokens is None
+                         else budget_tokens * KV_PER_TOKEN)
+
+
+def _switch(problem, solver="cbc"):
+    return plan_switch(problem, CostModel(problem.model, problem.profile), solver)
+
+
+def test_tdpipe_rule_switches_at_the_cliff(llama8b):
+    problem = _cliff(llama8b)
+    horizon = Horizon(problem, CostModel(problem.model, problem.profile))
+    # intensity stays ~1 until 6 of 8 requests finish at step 20, then drops far below
+    # (T_prefill - 1 ms) / T_prefill
+    assert tdpipe_step(horizon) == 20
+
+
+def test_tdpipe_rule_never_switches_when_the_bubble_exceeds_the_prefill(llama8b):
+    problem = _cliff(llama8b, switch_cost_us=1e9)
+    horizon = Horizon(problem, CostModel(problem.model, problem.profile))
+    assert tdpipe_step(horizon) == horizon.steps == 200
+
+
+def test_memory_decides_the_switch_when_nothing_fits_before_the_cliff(llama8b):
+    # 9000 tokens of KV: before step 20 the batch's predicted peak (8520) leaves no room for a
+    # 1200-token prompt; at step 20 only 2 x 1200 remain, so 5 prompts fit.
+    switch = _switch(_cliff(llama8b, budget_tokens=9000))
+    assert switch.step == 20 and switch.admitted_prompts == (0, 1, 2, 3, 4)
+    assert switch.tdpipe_step == 20
+    assert switch.tokens_per_s == pytest.approx(switch.tdpipe_tokens_per_s)
+
+
+def test_planner_beats_tdpipe_when_memory_is_plentiful(llama8b):
+    # Everything fits now: prefilling at once lets the queue join a full batch, while TD-Pipe's
+    # rule waits for the intensity to drop at the cliff (step 20).
+    switch = _switch(_cliff(llama8b))
+    assert switch.step == 1 and len(switch.admitted_prompts) == 8
+    assert switch.tdpipe_step == 20
+    assert switch.tokens_per_s > 1.05 * switch.tdpipe_tokens_per_s
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_planner_matches_or_beats_tdpipe_and_both_solvers_agree(llama8b, seed):
+    rng = random.Random(seed)
+    n = rng.randint(16, 96)
+    problem = build_problem(
+        llama8b, "h100", [rng.randint(128, 4096) for _ in range(n)],
+        remaining_output_lens=[rng.randint(1, 300) for _ in range(n)],
+        waiting=[(rng.randint(128, 2048), rng.randint(16, 300)) for _ in range(32)],
+        switch_cost_us=rng.choice([500.0, 5000.0, 50000.0]),
+        kv_budget_bytes=rng.choice([None, 20 * 2 ** 30]))
+    cbc, ortools = _switch(problem, "cbc"), _switch(problem, "ortools")
+    assert cbc.tokens_per_s >= cbc.tdpipe_tokens_per_s * (1 - 1e-9)
+    assert cbc.tokens_per_s == pytest.approx(ortools.tokens_per_s, rel=1e-9)
+
+
+def test_the_plan_carries_the_switch_point(llama8b):
+    from pipedecode.planner import plan
+
+    schedule = plan(llama8b, "h100", [1000] * 8, remaining_output_lens=[20] * 6 + [200] * 2,
+                    waiting=[(1000, 200)] * 8)
+    assert schedule.switch is not None and schedule.switch.step == 1
+    assert plan(llama8b, "h100", [1000] * 8).switch is None
