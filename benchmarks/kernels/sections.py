@@ -64,13 +64,6 @@ def env_partitions(ctx):
         row["distinct_sm_ids"] = [len(s) for s in sides]
         row["shared_sm_ids"] = len(sides[0] & sides[1])
     ids = sm_ids(4 * ctx.timer.total, "cuda")
-            part.stream.synchronize()
-            sides.append(set(ids.tolist()))
-        out[label] = {"route": pair.memory.route, "granted": [p.granted_sms for p in pair],
-                      "granularity": pair.memory.granularity, "min_sms": pair.memory.min_sms,
-                      "distinct_sm_ids": [len(s) for s in sides],
-                      "shared_sm_ids": len(sides[0] & sides[1])}
-    ids = sm_ids(4 * ctx.timer.total, "cuda")
     torch.cuda.synchronize()
     out["whole_gpu_distinct_sm_ids"] = len(set(ids.tolist()))
     return out

@@ -94,6 +94,7 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     if head_dim & (head_dim - 1) or head_dim < 16:
         raise ValueError(f"decode_attention: head_dim must be a power of two >= 16, got {head_dim}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    sms = _check_sm_count(sm_count, q)
     if out is None:
         out = torch.empty_like(q)
     if not _use_triton(q):
@@ -105,7 +106,7 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
 
     max_ctx = k_cache.shape[2] if max_context_len is None else int(max_context_len)
     return _attention.decode_attention(
-        q, k_cache, v_cache, context_lens, out, sm_count=_check_sm_count(sm_count, q),
+        q, k_cache, v_cache, context_lens, out, sm_count=sms,
         scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
         cfg=config or _attention.AttentionConfig())
 
@@ -127,13 +128,13 @@ def linear(x, weight, *, bias=None, sm_count=None, out=None, config: MatmulConfi
     _check_linear(x, weight, weight.shape[0], out, "linear")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    sms = _check_sm_count(sm_count, x)
     if out is None:
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     if not _use_triton(x):
         return reference.linear(x, weight, bias=bias, out=out)
     from pipedecode.runtime.kernels import _matmul
 
-    sms = _check_sm_count(sm_count, x)
     m, k = x.shape
     cfg = config or choose_config(m, weight.shape[0], k, sms)
     return _matmul.matmul(_contiguous_rows(x), _contiguous_rows(weight), out, bias, cfg, sms,
@@ -147,13 +148,13 @@ def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, config: MatmulConfig 
                          f"{w_gate_up.shape[0]}")
     inter = w_gate_up.shape[0] // 2
     _check_linear(x, w_gate_up, inter, out, "gate_up_silu")
+    sms = _check_sm_count(sm_count, x)
     if out is None:
         out = torch.empty((x.shape[0], inter), dtype=x.dtype, device=x.device)
     if not _use_triton(x):
         return reference.gate_up_silu(x, w_gate_up, out=out)
     from pipedecode.runtime.kernels import _matmul
 
-    sms = _check_sm_count(sm_count, x)
     cfg = config or choose_config(x.shape[0], inter, x.shape[1], sms, pair=True)
     return _matmul.matmul(_contiguous_rows(x), _contiguous_rows(w_gate_up), out, None, cfg, sms,
                           pair=True)
