@@ -122,8 +122,8 @@ def _waiting(args: argparse.Namespace, rng: random.Random) -> list[tuple[int, in
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipedecode.models import model_shape
     from pipedecode.planner import plan
+    from pipedecode.planner.problem import resolve_model
 
     if args.batch is not None and args.batch <= 0:
         raise PlanningError("--batch must be positive")
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     waiting = _waiting(args, rng)
     remaining = lengths(args.remaining, len(context), rng, "--remaining") if waiting else None
     budget = None if args.kv_budget_gib is None else int(args.kv_budget_gib * 2 ** 30)
-    schedule = plan(model_shape(args.model), args.device, context, waiting=waiting,
+    schedule = plan(resolve_model(args.model), args.device, context, waiting=waiting,
                     remaining_output_lens=remaining, solver=args.solver,
                     num_micro_batches=args.micro_batches, kv_budget_bytes=budget,
                     switch_cost_us=args.switch_cost_us)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipedecode.errors import PlanningError
-from pipedecode.models import ModelShape, model_shape
+from pipedecode.models import PRESETS, ModelShape, model_shape
 from pipedecode.profiles.registry import load_profile
 from pipedecode.profiles.schema import DeviceProfile
 
@@ -80,6 +80,24 @@ class Problem:
         return sum(c + 1 for c in self.context_lens) * self.model.kv_bytes_per_token()
 
 
+def resolve_model(spec: ModelShape | str) -> ModelShape:
+    """A ModelShape from a ModelShape, a preset name (read from the preset table directly, which
+    skips the seconds importing transformers takes), or anything `model_shape` accepts."""
+    if isinstance(spec, ModelShape):
+        return spec
+    if isinstance(spec, str) and spec in PRESETS:
+        fields = PRESETS[spec]
+        heads = fields["num_attention_heads"]
+        return ModelShape(
+            name=spec, family=fields["model_type"], hidden_size=fields["hidden_size"],
+            intermediate_size=fields["intermediate_size"], num_layers=fields["num_hidden_layers"],
+            num_heads=heads, num_kv_heads=fields.get("num_key_value_heads") or heads,
+            head_dim=fields.get("head_dim") or fields["hidden_size"] // heads,
+            vocab_size=fields["vocab_size"],
+            qkv_bias=fields["model_type"] == "qwen2" or bool(fields.get("attention_bias", False)))
+    return model_shape(spec)
+
+
 def weight_bytes(model: ModelShape) -> int:
     """Decoder weights, embedding and LM head (counted untied)."""
     return model.num_layers * model.weight_bytes_per_layer() \
@@ -114,7 +132,7 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
                   horizon_steps: int | None = None,
                   switch_cost_us: float = DEFAULT_SWITCH_COST_US) -> Problem:
     """A checked Problem; PlanningError when the batch's KV cache cannot fit the device."""
-    shape = model if isinstance(model, ModelShape) else model_shape(model)
+    shape = resolve_model(model)
     profile = load_profile(device)
     lens = tuple(int(c) for c in context_lens)
     if not lens or min(lens) < 0:

@@ -186,8 +186,8 @@ def load_schedule(path: str | os.PathLike, model: ModelShape | str | None = None
 def check_model(schedule: Schedule, model: ModelShape | str, where: str = "schedule") -> None:
     """Raise ScheduleError naming the first shape field where the schedule's model differs."""
     if isinstance(model, str):
-        from pipedecode.models import model_shape
-        model = model_shape(model)
+        from pipedecode.planner.problem import resolve_model
+        model = resolve_model(model)
     for field in dataclasses.fields(ModelShape):
         if field.name == "name":
             continue

@@ -34,7 +34,7 @@ def test_three_micro_batches_cycle(llama8b):
 def test_never_slower_than_sequential(llama8b):
     rng = random.Random(3)
     for device in ("h100", "h200", "a100", "rtx4090"):
-        for batch in (1, 16, 128):
+        for batch in (1, 96):
             contexts = [rng.randint(64, 2048) for _ in range(batch)]
             schedule = plan(llama8b, device, contexts, kv_budget_bytes=2 ** 40)
             assert schedule.predicted_step_us <= schedule.sequential_step_us

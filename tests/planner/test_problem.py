@@ -1,7 +1,13 @@
 import pytest
 
 from pipedecode.errors import PlanningError
-from pipedecode.planner.problem import build_problem, make_buckets, weight_bytes
+from pipedecode.models import PRESETS, model_shape
+from pipedecode.planner.problem import build_problem, make_buckets, resolve_model, weight_bytes
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_shapes_without_transformers_match_model_shape(preset):
+    assert resolve_model(preset) == model_shape(preset)
 
 
 def test_buckets_group_equal_lengths_and_cap_the_count():

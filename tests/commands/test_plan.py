@@ -1,0 +1,68 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipedecode.cli import main
+from pipedecode.commands.plan import lengths
+from pipedecode.errors import PlanningError
+from pipedecode.planner import load_schedule
+
+
+def test_plan_writes_a_schedule_and_prints_a_summary(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    rc = main(["plan", "--model", "llama-3-8b", "--device", "nvidia-h200", "--batch", "256",
+               "--context", "uniform:256:2048", "--waiting", "32", "--out", str(out)])
+    assert rc == 0
+    schedule = load_schedule(out, model="llama-3-8b")
+    assert schedule.num_requests == 256 and schedule.device == "h200"
+    assert schedule.switch is not None
+    text = capsys.readouterr().out
+    assert "predicted step" in text and "switch to prefill" in text and str(out) in text
+
+
+def test_context_file_and_seeded_distributions(tmp_path):
+    path = tmp_path / "lens.txt"
+    path.write_text("100\n200\n300\n")
+    assert lengths(str(path), None, __import__("random").Random(0), "--context") == [100, 200, 300]
+    path.write_text("[5, 6]")
+    assert lengths(str(path), 2, __import__("random").Random(0), "--context") == [5, 6]
+    rng = lambda: __import__("random").Random(4)  # noqa: E731
+    a = lengths("normal:1000:100", 50, rng(), "--context")
+    assert a == lengths("normal:1000:100", 50, rng(), "--context") and len(set(a)) > 1
+    assert all(256 <= x <= 512 for x in lengths("uniform:256:512", 50, rng(), "--context"))
+    assert lengths("64", 3, rng(), "--context") == [64, 64, 64]
+    with pytest.raises(PlanningError, match="lists 2 lengths but --batch is 3"):
+        lengths(str(path), 3, rng(), "--context")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--context", "uniform:9:1"], "cannot read 'uniform:9:1'"),
+    (["--context", "-5"], "must be positive"),
+    (["--device", "h900"], "unknown device profile 'h900'"),
+    (["--model", "gpt-9"], "Llama-family"),
+    (["--batch", "4096", "--context", "8192"], "does not fit"),
+    (["--waiting", "lots"], "neither a count nor a file"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, args, message):
+    base = {"--model": "llama-3-8b", "--device": "h100", "--batch": "8", "--context": "512",
+            "--out": str(tmp_path / "s.json")}
+    for key, value in zip(args[::2], args[1::2]):
+        base[key] = value
+    argv = ["plan"] + [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("pipedecode plan: error:")
+
+
+def test_the_installed_script_runs_plan(tmp_path):
+    exe = shutil.which("pipedecode")
+    cmd = [exe] if exe else [sys.executable, "-m", "pipedecode.cli"]
+    out = tmp_path / "s.json"
+    done = subprocess.run(cmd + ["plan", "--model", "llama-3-8b", "--device", "h100", "--batch",
+                                 "64", "--context", "1024", "--solver", "ortools", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["solver"] == "ortools"

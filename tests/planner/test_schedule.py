@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from pipedecode.errors import ScheduleError
+from pipedecode.planner import (MicroBatch, Schedule, Slot, SwitchPoint, check_model,
+                                load_schedule, plan)
+
+
+@pytest.fixture(scope="module")
+def schedule(llama8b) -> Schedule:
+    return plan(llama8b, "h200", [512] * 96 + [2048] * 32,
+                remaining_output_lens=[50] * 64 + [300] * 64, waiting=[(512, 100)] * 16)
+
+
+def test_round_trip_through_a_file(schedule, tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(schedule.to_json())
+    again = load_schedule(path)
+    assert again == schedule
+    assert isinstance(again.switch, SwitchPoint) and isinstance(again.slots[0], Slot)
+    assert json.loads(schedule.to_json())["version"] == 1
+
+
+def _broken(schedule, tmp_path, mutate):
+    data = schedule.to_dict()
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(version=2), "'version'"),
+    (lambda d: d.pop("slots"), "'slots'"),
+    (lambda d: d.update(extra=1), "'extra'"),
+    (lambda d: d["micro_batches"][0].pop("request_ids"), r"micro_batches\[0\]"),
+    (lambda d: d["slots"][0].update(stage="lm_head"), r"slots\[0\]"),
+    (lambda d: d["model"].update(hidden_size="big"), "'model'"),
+    (lambda d: d.update(predicted_step_us=-1.0), "predicted_step_us"),
+    (lambda d: d.update(mode="sideways"), "mode"),
+    (lambda d: d["slots"][0].update(micro_batch=7), "micro_batch 7"),
+    (lambda d: d["switch"].pop("step"), "'switch'"),
+])
+def test_bad_files_name_the_field(schedule, tmp_path, mutate, field):
+    with pytest.raises(ScheduleError, match=field):
+        load_schedule(_broken(schedule, tmp_path, mutate))
+
+
+def test_malformed_json_and_missing_file(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text("{")
+    with pytest.raises(ScheduleError, match="not valid JSON"):
+        load_schedule(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ScheduleError, match="JSON object"):
+        load_schedule(path)
+    with pytest.raises(ScheduleError, match="cannot read"):
+        load_schedule(tmp_path / "none.json")
+
+
+def test_schedule_for_another_model_is_rejected(schedule, tmp_path):
+    from pipedecode.models import ModelShape
+
+    path = tmp_path / "s.json"
+    path.write_text(schedule.to_json())
+    other = ModelShape(**{**schedule.model.__dict__, "name": "llama-2-7b", "num_kv_heads": 32})
+    with pytest.raises(ScheduleError, match="'model.num_kv_heads'.*plan again"):
+        load_schedule(path, model=other)
+    renamed = ModelShape(**{**schedule.model.__dict__, "name": "my-llama"})
+    check_model(schedule, renamed)   # the same shape under another name is fine
+
+
+def test_invariants_are_checked_on_construction(schedule):
+    mb = MicroBatch(0, (1, 2), (10, 20))
+    with pytest.raises(ValueError, match="memory_sms must be 0"):
+        Schedule(schedule.model, "h100", "sequential", 8, 124, (mb,), (), 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="two or more"):
+        Schedule(schedule.model, "h100", "interleaved", 8, 124, (mb,), (), 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="appears twice"):
+        Schedule(schedule.model, "h100", "interleaved", 8, 124,
+                 (mb, MicroBatch(1, (2,), (5,))), (), 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="equally long"):
+        MicroBatch(0, (1,), ())

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from pipedecode.planner import plan
+from pipedecode.planner.timeline import chrome_trace, timeline
+
+
+@pytest.fixture(scope="module", params=["interleaved", "sequential"])
+def schedule(request, llama8b):
+    contexts = [512] * 192 + [2048] * 64 if request.param == "interleaved" else [512] * 4
+    s = plan(llama8b, "h200", contexts)
+    assert s.mode == request.param
+    return s
+
+
+def test_whole_step_adds_up_to_the_prediction(schedule):
+    events = timeline(schedule)
+    assert max(e.end_us for e in events) == pytest.approx(schedule.predicted_step_us)
+    assert events[-1].stage == "head"
+
+
+def test_ops_on_one_partition_never_overlap(schedule):
+    for lane in ("memory", "compute", "all"):
+        spans = sorted((e.start_us, e.end_us) for e in timeline(schedule) if e.partition == lane)
+        assert all(a_end <= b_start + 1e-6 for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def test_every_layer_runs_every_stage_of_every_micro_batch_once(schedule):
+    events = timeline(schedule)
+    layers = schedule.model.num_layers
+    for mb in schedule.micro_batches:
+        for stage in ("pre_attn", "attention", "post_attn"):
+            got = sorted(e.layer for e in events if e.stage == stage and e.micro_batch == mb.index)
+            assert got == list(range(layers))
+
+
+def test_attention_follows_its_pre_attn(schedule):
+    events = timeline(schedule)
+    done = {(e.micro_batch, e.layer): e.end_us for e in events if e.stage == "pre_attn"}
+    for e in events:
+        if e.stage == "attention":
+            assert e.start_us >= done[e.micro_batch, e.layer] - 1e-6
+
+
+def test_chrome_trace_is_trace_event_json(schedule):
+    trace = json.loads(json.dumps(chrome_trace(schedule)))
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == len(timeline(schedule))
+    assert {e["tid"] for e in spans} <= {1, 2, 3}
+    assert any(e["ph"] == "M" and e["name"] == "thread_name" for e in trace["traceEvents"])
+
+
+def test_post_attn_follows_its_attention(schedule):
+    events = timeline(schedule)
+    done = {(e.micro_batch, e.layer): e.end_us for e in events if e.stage == "attention"}
+    for e in events:
+        if e.stage == "post_attn":
+            assert e.start_us >= done[e.micro_batch, e.layer] - 1e-6
