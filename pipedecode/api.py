@@ -20,13 +20,18 @@ from pipedecode.profiles.schema import DeviceProfile
 
 
 def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEVICE,
-            context_len: int | None = None) -> torch.nn.Module:
+            context_len: int | None = None, dynamic: bool | None = None) -> torch.nn.Module:
     """A copy of `model` whose forward runs as pipedecode stages; `generate` works as before.
 
     device: profile name ("h100", "h200", "a100", "rtx4090"), JSON path or DeviceProfile; it
     decides which stages are compute- and which memory-bound. context_len: the live KV length
-    used for the cost annotations (default: the static buffer). Raises UnsupportedModelError
-    for models pipedecode cannot split and ProfileError for an unknown device.
+    used for the cost annotations (default: the static buffer). dynamic: passed to
+    torch.compile; the default None lets Dynamo make a dimension symbolic once it changes (new
+    batch or prompt length) instead of recompiling each shape until its recompile limit sends
+    calls back to eager. A symbolic graph is classified at the sizes of the call that compiled
+    it; dynamic=False keeps one static graph per shape (what a per-batch GPU plan wants).
+    Raises UnsupportedModelError for models pipedecode cannot split and ProfileError for an
+    unknown device.
 
     The stages built for each captured graph (prefill and decode) are appended to the returned
     model's `pipedecode_stages` list, in the order Dynamo compiled them.
@@ -37,7 +42,7 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
         {"device": device, "context_len": context_len, "record": record})
     backend = functools.partial(pipedecode_backend, options=_as_dict(options))
     compiled = copy.copy(model)     # shares parameters and submodules with `model`
-    compiled.forward = torch.compile(model.forward, backend=backend, dynamic=False)
+    compiled.forward = torch.compile(model.forward, backend=backend, dynamic=dynamic)
     config = copy.deepcopy(model.generation_config)
     config.cache_implementation = "static"
     config.disable_compile = True   # the forward is compiled already; no second HF auto-compile
