@@ -101,13 +101,14 @@ def _sweep(res):
     if not rows:
         return []
     lines = ["## Tile chooser against the best of the sweep", "",
-             "| n x k | tokens | SMs | chosen (bm,bn,split) | µs | best (bm,bn,split) | µs |",
+             "| n x k | tokens | SMs | chosen (bm,bn,split) | µs | best (bm,bn,split,programs/SM) | µs |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         c, b = r["chosen"], r["best"]
         lines.append(f"| {r['n']}x{r['k']} | {r['tokens']} | {r['sms']} | "
                      f"{c['block_m']},{c['block_n']},{c['split_k']} | {_f(r['chosen_us'], 1)} | "
-                     f"{b['block_m']},{b['block_n']},{b['split_k']} | {_f(r['best_us'], 1)} |")
+                     f"{b['block_m']},{b['block_n']},{b['split_k']},{b['programs_per_sm']} | "
+                     f"{_f(r['best_us'], 1)} |")
     return lines + [""]
 
 

@@ -260,13 +260,15 @@ def gate_up(ctx):
 
 
 def linear_sweep(ctx):
+    # programs_per_sm=64: one program per unit (no persistence), to see what the loop costs
     configs = [MatmulConfig(block_m=t[0], block_n=t[1], block_k=t[2], split_k=sk,
-                            num_warps=t[3], num_stages=t[4]) for t in TILES for sk in (1, 2, 4)]
+                            num_warps=t[3], num_stages=t[4], programs_per_sm=pp)
+               for t in TILES for sk in (1, 2, 4) for pp in (1, 64)]
     rows = []
     for n, k in ((6144, 4096), (4096, 14336)):
         for m in (256, 1024):
             sets = _gemm_sets(m, n, k)
-            for sms in (64, 104, 132):
+            for sms in (64, 132):
                 g = ctx.timer.granted_sms(sms)
                 times = [_gemm_us(ctx, sets, sms, "triton", cfg) for cfg in configs]
                 chosen = choose_config(m, n, k, g)

@@ -23,7 +23,7 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, M, N, K, s_am, s_w
                        k_per_split, pair_offset, num_pid_m, num_pid_n, num_units,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       PAIR: tl.constexpr, DOT_F32: tl.constexpr):
+                       PAIR: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     for unit in range(pid, num_units, nprog):
@@ -47,15 +47,22 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, M, N, K, s_am, s_w
             u_p = w_p + pair_offset * s_wn
             acc_u = tl.zeros([BM, BN], tl.float32)
         for k0 in range(k_lo, k_hi, BK):
-            kmask = (k0 + rk) < k_hi
-            a = tl.load(a_p, mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(w_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
+            if EVEN_K:   # every K slice is whole blocks: mask rows only
+                a = tl.load(a_p, mask=(rm < M)[:, None], other=0.0)
+                w = tl.load(w_p, mask=(rn < N)[:, None], other=0.0)
+            else:
+                kmask = (k0 + rk) < k_hi
+                a = tl.load(a_p, mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
+                w = tl.load(w_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
             if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
                 a = a.to(tl.float32)
                 w = w.to(tl.float32)
             acc = tl.dot(a, tl.trans(w), acc)
             if PAIR:
-                u = tl.load(u_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
+                if EVEN_K:
+                    u = tl.load(u_p, mask=(rn < N)[:, None], other=0.0)
+                else:
+                    u = tl.load(u_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
                 if DOT_F32:
                     u = u.to(tl.float32)
                 acc_u = tl.dot(a, tl.trans(u), acc_u)
@@ -116,7 +123,8 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
         x, weight, out, bias if has_bias else out, ws, m, n, k, x.stride(0), weight.stride(0),
         out.stride(0), k_per_split, n, num_pid_m, num_pid_n, units,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
-        HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda,
+        EVEN_K=k_per_split * cfg.split_k == k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.split_k > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(m * n, block),)](
