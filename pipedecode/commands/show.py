@@ -104,7 +104,7 @@ def draw(schedule, path: str, layers: int) -> None:
     labels = {"memory": f"memory\n{schedule.memory_sms} SMs",
               "compute": f"compute\n{schedule.compute_sms} SMs",
               "all": f"all\n{schedule.memory_sms + schedule.compute_sms} SMs"}
-    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.9 * len(lanes)))
+    fig, ax = plt.subplots(figsize=(12, 1.6 + 0.9 * len(lanes)), layout="constrained")
     for e in events:
         y = lanes.index(e.partition)
         ms = e.start_us / 1e3, e.duration_us / 1e3
@@ -114,19 +114,27 @@ def draw(schedule, path: str, layers: int) -> None:
         if ms[1] > 0.035 * max(ev.end_us for ev in events) / 1e3:
             ax.text(ms[0] + ms[1] / 2, y, f"mb{e.micro_batch}\nL{e.layer}", ha="center",
                     va="center", fontsize=7, color="white")
+    edge = sum(slot.predicted_us for slot in schedule.prologue)
+    for _ in range(min(layers, schedule.model.num_layers)):
+        for phase_us in schedule.phase_us:
+            ax.axvline(edge / 1e3, color="#999999", linestyle=":", linewidth=0.8)
+            edge += phase_us
+    ax.axvline(edge / 1e3, color="#999999", linestyle=":", linewidth=0.8)
     ax.set_yticks(range(len(lanes)), [labels[lane] for lane in lanes])
     ax.set_ylim(len(lanes) - 0.5, -0.5)
-    ax.set_xlabel("time (ms, predicted)")
+    ax.set_xlabel("time (ms, predicted; dotted lines: phases, each as long as its slower side "
+                  "after co-run slowdown and shared-HBM floor)" if schedule.mode == "interleaved"
+                  else "time (ms, predicted; dotted lines: phases)")
     shown = "prologue + first" if schedule.prologue else "first"
     ax.set_title(f"{schedule.model.name} on {schedule.device}: {schedule.mode}, {shown} "
                  f"{min(layers, schedule.model.num_layers)} of {schedule.model.num_layers} layers "
                  f"(step {schedule.predicted_step_us / 1e3:.2f} ms, sequential "
                  f"{schedule.sequential_step_us / 1e3:.2f} ms)", fontsize=10)
     handles = [Patch(color=STAGE_COLORS[s], label=s) for s in ("pre_attn", "attention", "post_attn")]
-    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="odd micro-batch"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=4,
-              fontsize=8, frameon=False)
-    fig.tight_layout()
+    if len(schedule.micro_batches) > 1:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
+                             label="odd micro-batch"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     try:
         fig.savefig(path, dpi=120)
     except OSError as exc:
