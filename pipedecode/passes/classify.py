@@ -23,7 +23,14 @@ from pipedecode.profiles.schema import DeviceProfile
 META_KEY = "pipedecode"
 BOUNDS = ("compute", "memory")
 PROLOGUE, EPILOGUE = "prologue", "epilogue"
-_LAYER_RE = re.compile(r"layers(?:\.|\[)(\d+)")
+_LAYER_RE = re.compile(r"layers\.(\d+)")
+
+
+def module_fqn(path: str) -> str:
+    """Dynamo's module path in dotted form: "L['self'].model.layers[0]" and
+    "L['self']._modules['model']._modules['layers']._modules['0']" -> "model.layers.0"."""
+    path = path.replace("._modules['", ".").replace("']", "").replace("L['self", "")
+    return re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ def layer_of(node: torch.fx.Node) -> int | None:
     stack = node.meta.get("nn_module_stack") or {}
     for entry in reversed(list(stack.values())):
         path = entry[0] if isinstance(entry, tuple) else str(entry)
-        match = _LAYER_RE.search(path)
+        match = _LAYER_RE.search(module_fqn(path))
         if match:
             return int(match.group(1))
     return None

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from pipedecode.passes.capture import capture_decode, check_workload, meta_model
-from pipedecode.passes.classify import META_KEY, classify
+from pipedecode.passes.classify import META_KEY, classify, module_fqn
 from pipedecode.passes.partition import StagedGraph, partition
 from pipedecode.profiles.schema import DeviceProfile
 
@@ -25,8 +25,7 @@ def module_path(node: torch.fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
-    path = list(stack.values())[-1][0]
-    path = path.replace("L['self'].", "").replace("L['self']", "")
+    path = module_fqn(list(stack.values())[-1][0])
     head, sep, tail = path.partition("layers.")
     return tail.partition(".")[2] if sep else path
 
