@@ -15,11 +15,12 @@ from pipedecode.errors import PipedecodeError, PlanningError
 
 SPEC_HELP = ("a length (1024), a file of lengths (one per line, or a JSON list), or a seeded "
              "distribution: uniform:LO:HI or normal:MEAN:STD")
+SPEC = "SPEC"
 
 EPILOG = """\
 examples:
   pipedecode plan --model llama-3-8b --device h100 --batch 256 --context 1024 --out s.json
-  pipedecode plan --model llama-3-8b --device h200 --batch 512 --context uniform:512:4096 \\
+  pipedecode plan --model llama-3-8b --device h200 --batch 256 --context uniform:512:4096 \\
       --remaining uniform:1:512 --waiting 64 --prompt-len normal:1024:256 --output-len 256
   pipedecode plan --model ./my-llama --device profiles/h100.json --context lens.txt --out s.json
 
@@ -40,19 +41,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="device profile name (h100, h200, a100, rtx4090, nvidia-h100-x1, "
                              "...) or a profile JSON file")
     parser.add_argument("--batch", type=int, default=None,
-                        help="requests in the running batch (default: as many as --context lists)")
-    parser.add_argument("--context", required=True, help=f"context lengths: {SPEC_HELP}")
+                        help="requests in the running batch (default: the count a --context "
+                             "file lists, else 1)")
+    parser.add_argument("--context", required=True, metavar=SPEC,
+                        help=f"context lengths of the batch: {SPEC_HELP}")
     parser.add_argument("--waiting", default=None,
                         help="waiting prompts for the switch point: a count (lengths from "
                              "--prompt-len/--output-len) or a file of 'prompt_len output_len' lines")
-    parser.add_argument("--prompt-len", default="1024", help=f"waiting prompt lengths: {SPEC_HELP}")
-    parser.add_argument("--output-len", default="256",
-                        help=f"predicted output lengths of waiting prompts: {SPEC_HELP}")
-    parser.add_argument("--remaining", default="uniform:1:512",
-                        help=f"predicted remaining output lengths of the batch: {SPEC_HELP}")
+    parser.add_argument("--prompt-len", default="1024", metavar=SPEC,
+                        help="prompt lengths of the waiting prompts, as --context (default 1024)")
+    parser.add_argument("--output-len", default="256", metavar=SPEC,
+                        help="predicted output lengths of the waiting prompts (default 256)")
+    parser.add_argument("--remaining", default="uniform:1:512", metavar=SPEC,
+                        help="predicted remaining output lengths of the batch, used with "
+                             "--waiting (default uniform:1:512)")
     parser.add_argument("--switch-cost-us", type=float, default=2000.0,
-                        help="cost of a decode-to-prefill phase switch in microseconds")
-    parser.add_argument("--micro-batches", type=int, default=2, help="micro-batches (>= 2)")
+                        help="cost of a decode-to-prefill phase switch in microseconds "
+                             "(default 2000)")
+    parser.add_argument("--micro-batches", type=int, default=2,
+                        help="micro-batches to interleave, >= 2 (default 2)")
     parser.add_argument("--kv-budget-gib", type=float, default=None,
                         help="memory for the KV cache (default: 90%% of the device minus weights)")
     parser.add_argument("--solver", choices=("cbc", "ortools"), default="cbc",

@@ -147,12 +147,16 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
                             f"allowed: {profile.partition_sizes()}")
     if kv_budget_bytes is None:
         kv_budget_bytes = int(profile.memory_bytes * DEFAULT_MEMORY_UTILIZATION - weight_bytes(shape))
-    prompts = tuple(w if isinstance(w, WaitingPrompt) else WaitingPrompt(*w) for w in waiting or ())
     remaining = None if remaining_output_lens is None else tuple(int(r) for r in remaining_output_lens)
     horizon = horizon_steps if horizon_steps is not None else (max(remaining) if remaining else 0)
-    problem = Problem(shape, profile, ids, lens, make_buckets(ids, lens, max_buckets),
-                      num_micro_batches, options, kv_budget_bytes, remaining, prompts,
-                      int(horizon), float(switch_cost_us))
+    try:
+        prompts = tuple(w if isinstance(w, WaitingPrompt) else WaitingPrompt(*w)
+                        for w in waiting or ())
+        problem = Problem(shape, profile, ids, lens, make_buckets(ids, lens, max_buckets),
+                          num_micro_batches, options, kv_budget_bytes, remaining, prompts,
+                          int(horizon), float(switch_cost_us))
+    except (TypeError, ValueError) as exc:
+        raise PlanningError(f"bad planning input: {exc}") from None
     if problem.kv_bytes > kv_budget_bytes:
         gib = 2 ** 30
         raise PlanningError(

@@ -45,6 +45,7 @@ def test_context_file_and_seeded_distributions(tmp_path):
     (["--model", "gpt-9"], "Llama-family"),
     (["--batch", "4096", "--context", "8192"], "does not fit"),
     (["--waiting", "lots"], "neither a count nor a file"),
+    (["--micro-batches", "1"], "num_micro_batches must be >= 2"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, args, message):
     base = {"--model": "llama-3-8b", "--device": "h100", "--batch": "8", "--context": "512",

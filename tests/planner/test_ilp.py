@@ -88,3 +88,22 @@ def test_without_sequential_the_split_is_forced(llama8b):
     cost = CostModel(llama8b, problem.profile)
     choice = decode_split(problem, solve_lp(build_split_lp(problem, cost, allow_sequential=False)))
     assert choice.memory_sms == 64 and sorted(sum(c) for c in zip(*choice.counts)) == [2, 2]
+
+
+def test_refine_never_makes_the_exact_prediction_worse(llama8b):
+    from pipedecode.planner.ilp import refine
+
+    rng = random.Random(11)
+    problem = build_problem(llama8b, "h200", [rng.randint(128, 4096) for _ in range(256)])
+    cost = CostModel(llama8b, problem.profile)
+    choice = decode_split(problem, solve_lp(build_split_lp(problem, cost, allow_sequential=False)))
+    better = refine(problem, cost, choice)
+
+    def exact(c):
+        sizes = [(sum(r[j] for r in c.counts),
+                  round(sum(r[j] * b.mean_context for r, b in zip(c.counts, problem.buckets))))
+                 for j in range(2)]
+        return cost.interleaved_step_us(sizes, c.memory_sms)
+
+    assert exact(better) <= exact(choice)
+    assert [sum(r) for r in better.counts] == [b.count for b in problem.buckets]
