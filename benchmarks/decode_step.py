@@ -101,19 +101,21 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None) -> dict:
     seq.set_inputs(tokens, ctx)
     row["sequential_us"] = time_us(seq.run)
     del seq
-    candidates = [("planner", planner_schedule)] if planner_schedule is not None else []
+    candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
+        [("planner+guard", planner_schedule)] if planner_schedule.mode == "interleaved" else [])
     total = torch.cuda.get_device_properties(0).multi_processor_count
     candidates += [(f"split{m}", make_schedule(shape, lens, m, total - m)) for m in splits]
     best = None
     for name, schedule in candidates:
-        ex = Executor(weights, batch, step.max_context, step=step, schedule=schedule)
+        ex = Executor(weights, batch, step.max_context, step=step, schedule=schedule,
+                      autotune=name == "planner+guard")
         ex.set_inputs(tokens, ctx)
         us = time_us(ex.run)
         info = ex.describe()
         row.setdefault("interleaved_by_split", {})[name] = {"us": us, **info}
-        if name == "planner":
-            row["planner_us"] = us
-        if name != "planner" and (best is None or us < best[1]):
+        if name.startswith("planner"):
+            row[name.replace("+", "_") + "_us"] = us
+        if not name.startswith("planner") and (best is None or us < best[1]):
             best = (name, us, info)
         del ex
         gc.collect()
@@ -169,10 +171,12 @@ def stage_breakdown(weights, lens, memory_sms: int) -> dict:
 
     def both():
         main = torch.cuda.current_stream()
-        for s, g in ((streams.compute_stream, g_c), (streams.memory_stream, g_a)):
+        pairs = ((streams.compute_stream, g_c), (streams.memory_stream, g_a))
+        for s, g in pairs:               # fork both first, then join: no false dependency
             s.wait_stream(main)
             with torch.cuda.stream(s):
                 g.replay()
+        for s, _ in pairs:
             main.wait_stream(s)
 
     out["both_partitions_concurrent_us"] = time_us(both, 2, 3)
@@ -259,7 +263,8 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
     from pipedecode.runtime.weights import random_weights
 
     shape = model_shape(spec)
-    points = [(b, c, None) for b, c in GRID[spec]] + [(MIXED[spec][0], None, MIXED[spec])]
+    points = [(b, c, None) for b, c in GRID[spec] + args.extra] \
+        + [(MIXED[spec][0], None, MIXED[spec])]
     if args.points:
         points = [p for p in points if (f"{p[0]}x{p[1]}" if p[2] is None else "mixed")
                   in args.points]
@@ -331,7 +336,10 @@ def markdown(result: dict) -> str:
              f"torch {result['torch']}, transformers {result['transformers']}; milliseconds per "
              f"decode step (all layers, bf16, random weights), median of CUDA-event timings of "
              f"graph replays. planner = the executor running the planner's schedule (mode in "
-             f"brackets; 'seq' means it chose sequential); best split = fastest measured "
+             f"brackets; 'seq' means it chose sequential; for 'il' the time shown includes the "
+             f"executor's guard, which times interleaved against sequential at set-up and keeps "
+             f"the faster, and the unguarded time follows); pred. err = planner predicted vs the "
+             f"unguarded measured time of its schedule; best split = fastest measured "
              f"interleaved run over memory partitions of {result['splits']} SMs. floor = "
              f"max(FLOPs / {result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} "
              f"TB/s) over weights + KV cache.", "",
@@ -344,14 +352,19 @@ def markdown(result: dict) -> str:
                          f"{r['skipped']} |" + " |" * 9)
             continue
         seq = r["sequential_us"]
-        chosen = r.get("planner_us", seq)
+        raw = r.get("planner_us", seq)
+        chosen = r.get("planner_guard_us", raw)   # with the executor's measured fallback
         mode = {"interleaved": "il", "sequential": "seq"}.get(r.get("planner_mode"), "none")
+        if "planner_guard_us" in r:
+            mode += f", unguarded {raw / 1000:.2f}"
+        label = "" if isinstance(r["context"], str) or (r["batch"], r["context"]) in \
+            [tuple(p) for p in GRID.get(r["model"], [])] else " (extra)"
         split = r.get("interleaved_best_split_us")
         pred = r.get("planner_predicted_us")
-        err = f"{(pred - chosen) / chosen:+.1%}" if pred else "-"
+        err = f"{(pred - raw) / raw:+.1%}" if pred else "-"
         best = min(seq, chosen, split or seq)
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['context']} | {_ms(r, 'hf_eager_us')} | "
+            f"| {r['model']} | {r['batch']} | {r['context']}{label} | {_ms(r, 'hf_eager_us')} | "
             f"{_ms(r, 'hf_compile_us')} | {seq / 1000:.2f} | {chosen / 1000:.2f} ({mode}) | "
             f"{seq / chosen:.3f} | "
             + (f"{split / 1000:.2f} ({r['interleaved_best_split']}, {seq / split:.3f}x)"
@@ -372,11 +385,13 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
     parser.add_argument("--points", default="", help="only these, e.g. 64x512,256x1024,mixed")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--extra", default="", help="points outside the grid, e.g. 1024x256")
     parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
     args = parser.parse_args(argv)
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
     args.points = set(filter(None, args.points.split(",")))
+    args.extra = [tuple(int(v) for v in p.split("x")) for p in args.extra.split(",") if p]
     args.breakdown = set(filter(None, args.breakdown.split(",")))
     if not torch.cuda.is_available():
         print("decode_step: needs a CUDA GPU", file=sys.stderr)

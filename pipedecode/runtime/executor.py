@@ -50,14 +50,30 @@ def layout_of(schedule: Any, batch_size: int) -> RowLayout:
                                         batch_size)
 
 
+def _graph_us(graph: torch.cuda.CUDAGraph, replays: int) -> float:
+    """Median replay time (CUDA events); replays rewrite the same KV positions, so no state moves."""
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
 class Executor:
     """A compiled decode step for `batch_size` requests; see the module docstring."""
 
     def __init__(self, weights: PackedWeights, batch_size: int, max_context: int, *,
                  schedule: Any = None, kernels: KernelSet | None = None,
                  use_graphs: bool = True, streams: PartitionStreams | None = None,
-                 step: DecodeStep | None = None) -> None:
-        """`step`: share another executor's buffers and KV cache (benchmarks, A/B checks)."""
+                 step: DecodeStep | None = None, autotune: bool = False) -> None:
+        """`step`: share another executor's buffers and KV cache (benchmarks, A/B checks).
+        `autotune`: at the first step, time the interleaved graph against a sequential graph of
+        the same step and keep the faster (the guard against a plan that cannot pay here)."""
         self.step = step or DecodeStep(weights, batch_size, max_context, kernels=kernels)
         self.schedule = schedule
         self.layout = layout_of(schedule, batch_size) if schedule is not None \
@@ -73,6 +89,8 @@ class Executor:
         self._ready = [torch.cuda.Event() for _ in range(n_attn)] if self.mode != "sequential" else []
         self._done = [torch.cuda.Event() for _ in range(n_attn)] if self.mode != "sequential" else []
         self._graph: torch.cuda.CUDAGraph | None = None
+        self.autotune = bool(autotune and self.mode == "interleaved" and self.use_graphs)
+        self.measured_us: dict[str, float] = {}
 
     # Set-up ---------------------------------------------------------------------------------
     def _choose_mode(self, streams: PartitionStreams | None) -> str:
@@ -167,11 +185,28 @@ class Executor:
         """One decode step; returns the static logits buffer [batch, vocab] in buffer-row order."""
         if self.use_graphs and self._graph is None:
             self.capture()
+            if self.autotune:
+                self._choose_by_measurement()
         if self._graph is not None:
             self._graph.replay()
         else:
             self._launch()
         return self.step.logits
+
+    def _choose_by_measurement(self, replays: int = 4) -> None:
+        """Keep the interleaved graph only if it beats sequential on this GPU, inputs and batch."""
+        sequential = torch.cuda.CUDAGraph()
+        self.step.run_sequential()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(sequential):
+            self.step.run_sequential()
+        inter_us = _graph_us(self._graph, replays)
+        seq_us = _graph_us(sequential, replays)
+        self.measured_us = {"interleaved": inter_us, "sequential": seq_us}
+        if inter_us >= seq_us:
+            self.mode, self._graph = "sequential", sequential
+            self.fallback_reason = (f"measured interleaved {inter_us:.0f} us >= sequential "
+                                    f"{seq_us:.0f} us for this batch on this GPU")
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"mode": self.mode, "graphs": self.use_graphs,
@@ -181,6 +216,8 @@ class Executor:
         if self.streams is not None:
             info.update(memory_sms=self.streams.memory_sms, compute_sms=self.streams.compute_sms,
                         partition_source=self.streams.source)
+        if self.measured_us:
+            info["measured_us"] = self.measured_us
         if self.fallback_reason:
             info["fallback_reason"] = self.fallback_reason
         return info
