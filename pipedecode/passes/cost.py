@@ -93,7 +93,9 @@ def is_layout(node: torch.fx.Node) -> bool:
 
 
 def is_write(node: torch.fx.Node) -> bool:
-    return node.op == "call_method" and node.target in WRITE_METHODS
+    """cache.index_copy_(...), cache.copy_(...) or cache[idx] = rows."""
+    return (node.op == "call_method" and node.target in WRITE_METHODS) or \
+        node.target is operator.setitem
 
 
 def layout_root(node: torch.fx.Node) -> torch.fx.Node:
@@ -191,7 +193,7 @@ def kv_buffer_nodes(graph: torch.fx.Graph) -> set:
         if node.op == "placeholder" and "past_key_values" in node.name and (
                 node.name.endswith("_keys") or node.name.endswith("_values")):
             found.add(node)
-        elif node.op == "call_method" and is_write(node):
+        elif is_write(node) and isinstance(node.args[0], torch.fx.Node):
             root = layout_root(node.args[0])
             info = tensor_info(root)
             if info is not None and len(info.shape) == 4:

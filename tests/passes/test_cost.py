@@ -1,5 +1,7 @@
 """FLOPs and bytes of single nodes against values computed by hand."""
 
+import operator
+
 import pytest
 import torch
 import torch.fx
@@ -85,3 +87,19 @@ def test_module_linear_with_bias_traced_by_fx():
     cost = node_cost(linear, context_len=None, kv_buffers=set())
     # 2*3*4*8 multiply-adds + 3*4 bias adds; x[3,8], w[4,8], y[3,4], b[4]
     assert (cost.role, cost.flops, cost.bytes_moved) == ("linear", 204, (24 + 32 + 12 + 4) * 4)
+
+
+def test_setitem_into_a_cache_buffer_is_a_kv_write():
+    from pipedecode.passes.capture import dynamo_graph
+
+    def write(cache, rows, index):
+        cache[:, :, index] = rows
+        return cache.sum()
+
+    cache, rows = torch.zeros(2, 2, 8, 4), torch.randn(2, 2, 1, 4)
+    gm, _ = dynamo_graph(write, cache, rows, torch.tensor([3]))
+    buffers = kv_buffer_nodes(gm.graph)
+    setitem = [n for n in gm.graph.nodes if n.target is operator.setitem][0]
+    cost = node_cost(setitem, context_len=None, kv_buffers=buffers)
+    # rows [2, 2, 1, 4] float32 read + written, index int64 [1] read
+    assert (cost.role, cost.bytes_moved) == ("kv_write", 2 * 16 * 4 + 8)
