@@ -17,7 +17,7 @@ def test_plan_writes_a_schedule_and_prints_a_summary(tmp_path, capsys):
                "--context", "uniform:256:2048", "--waiting", "32", "--out", str(out)])
     assert rc == 0
     schedule = load_schedule(out, model="llama-3-8b")
-    assert schedule.num_requests == 256 and schedule.device == "h200"
+    assert schedule.num_requests == 256 and schedule.device.startswith("h200")
     assert schedule.switch is not None
     text = capsys.readouterr().out
     assert "predicted step" in text and "switch to prefill" in text and str(out) in text

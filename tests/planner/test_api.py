@@ -4,14 +4,15 @@ import pytest
 
 from pipedecode.errors import PlanningError
 from pipedecode.planner import Schedule, build_problem, plan, solve
-from pipedecode.profiles import DeviceProfile, load_profile
+from pipedecode.profiles import DeviceProfile
+from pipedecode.profiles.analytic import BUILTIN
 
 
 def test_interleaved_plan_is_consistent(llama8b):
-    schedule = plan(llama8b, "h200", [512] * 192 + [2048] * 64)
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 192 + [2048] * 64)
     assert schedule.mode == "interleaved"
     assert schedule.memory_sms + schedule.compute_sms == 132
-    assert schedule.memory_sms in load_profile("h200").partition_sizes()
+    assert schedule.memory_sms in BUILTIN["h200"].partition_sizes()
     ids = sorted(i for m in schedule.micro_batches for i in m.request_ids)
     assert ids == list(range(256))
     assert schedule.roofline_floor_us < schedule.predicted_step_us < schedule.sequential_step_us
@@ -24,7 +25,7 @@ def test_interleaved_plan_is_consistent(llama8b):
 
 
 def test_three_micro_batches_cycle(llama8b):
-    schedule = plan(llama8b, "h200", [1024] * 384, num_micro_batches=3)
+    schedule = plan(llama8b, BUILTIN["h200"], [1024] * 384, num_micro_batches=3)
     if schedule.mode == "interleaved":
         pairs = [(s.phase, s.micro_batch) for s in schedule.slots if s.stage == "post_attn"]
         assert pairs == [(0, 2), (1, 0), (2, 1)]
@@ -33,7 +34,7 @@ def test_three_micro_batches_cycle(llama8b):
 
 def test_never_slower_than_sequential(llama8b):
     rng = random.Random(3)
-    for device in ("h100", "h200", "a100", "rtx4090"):
+    for device in BUILTIN.values():
         for batch in (1, 96):
             contexts = [rng.randint(64, 2048) for _ in range(batch)]
             schedule = plan(llama8b, device, contexts, kv_budget_bytes=2 ** 40)
@@ -42,7 +43,7 @@ def test_never_slower_than_sequential(llama8b):
 
 
 def test_a_big_corun_slowdown_forces_sequential(llama8b):
-    slow = DeviceProfile(**{**load_profile("h200").__dict__, "corun_slowdown": 3.0})
+    slow = DeviceProfile(**{**BUILTIN["h200"].__dict__, "corun_slowdown": 3.0})
     schedule = plan(llama8b, slow, [512] * 192 + [2048] * 64)
     assert schedule.mode == "sequential" and schedule.memory_sms == 0
     assert schedule.compute_sms == 132 and len(schedule.micro_batches) == 1
@@ -51,13 +52,13 @@ def test_a_big_corun_slowdown_forces_sequential(llama8b):
 
 def test_same_input_same_output(llama8b):
     contexts = [random.Random(5).randint(100, 3000) for _ in range(300)]
-    problem = build_problem(llama8b, "h200", contexts)
+    problem = build_problem(llama8b, BUILTIN["h200"], contexts)
     assert solve(problem).to_json() == solve(problem).to_json()
 
 
 def test_both_solvers_give_equally_good_schedules(llama8b):
     contexts = [512] * 192 + [2048] * 64
-    a, b = plan(llama8b, "h200", contexts), plan(llama8b, "h200", contexts, solver="ortools")
+    a, b = plan(llama8b, BUILTIN["h200"], contexts), plan(llama8b, BUILTIN["h200"], contexts, solver="ortools")
     # the ILP optimum is shared (test_ilp); its ties may be broken differently, and the exact
     # re-pricing then lands within a percent
     assert a.mode == b.mode == "interleaved"
@@ -66,9 +67,9 @@ def test_both_solvers_give_equally_good_schedules(llama8b):
 
 def test_kv_cache_that_does_not_fit_is_a_planning_error(llama8b):
     with pytest.raises(PlanningError, match="does not fit"):
-        plan(llama8b, "rtx4090", [8192] * 64)
+        plan(llama8b, BUILTIN["rtx4090"], [8192] * 64)
 
 
 def test_round_trip_of_a_planned_schedule(llama8b):
-    schedule = plan(llama8b, "h100", [300, 900, 2000, 4000] * 32)
+    schedule = plan(llama8b, BUILTIN["h100"], [300, 900, 2000, 4000] * 32)
     assert Schedule.from_json(schedule.to_json()) == schedule

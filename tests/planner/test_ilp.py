@@ -8,6 +8,7 @@ from pipedecode.planner.ilp import (build_split_lp, convex_pieces, decode_split,
                                     split_objective_us)
 from pipedecode.planner.problem import build_problem
 from pipedecode.planner.solvers import solve_lp
+from pipedecode.profiles.analytic import BUILTIN
 
 
 def test_convex_pieces_of_a_parabola_and_a_step():
@@ -51,14 +52,14 @@ def test_small_batches_stay_sequential_as_brute_force_says(llama8b, seed, solver
     # 9 requests: a second micro-batch reads the weights again for too little attention
     rng = random.Random(seed)
     contexts = [rng.choice([256, 2048, 8192, 16384]) for _ in range(9)]
-    problem = build_problem(llama8b, "h100", contexts, memory_sms_options=(32, 64, 96))
+    problem = build_problem(llama8b, BUILTIN["h100"], contexts, memory_sms_options=(32, 64, 96))
     assert _solve_and_check(problem, solver).memory_sms == 0
 
 
 @pytest.mark.parametrize("solver", ["cbc", "ortools"])
 def test_large_batch_split_matches_brute_force(llama8b, solver):
     # 64 requests of 512 and 64 of 2048 tokens on an H200: every grouping of two buckets tried
-    problem = build_problem(llama8b, "h200", [512] * 64 + [2048] * 64,
+    problem = build_problem(llama8b, BUILTIN["h200"], [512] * 64 + [2048] * 64,
                             memory_sms_options=(32, 64, 96))
     choice = _solve_and_check(problem, solver)
     assert choice.memory_sms in (32, 64, 96)
@@ -67,7 +68,7 @@ def test_large_batch_split_matches_brute_force(llama8b, solver):
 def test_cbc_and_ortools_agree_on_a_512_request_problem(llama8b):
     rng = random.Random(7)
     contexts = [rng.randint(128, 4096) for _ in range(512)]
-    problem = build_problem(llama8b, "h200", contexts, max_buckets=12, kv_budget_bytes=2 ** 40)
+    problem = build_problem(llama8b, BUILTIN["h200"], contexts, max_buckets=12, kv_budget_bytes=2 ** 40)
     lp = build_split_lp(problem, CostModel(llama8b, problem.profile), allow_sequential=False)
     cbc, ortools = solve_lp(lp, "cbc"), solve_lp(lp, "ortools")
     assert cbc.optimal and ortools.optimal
@@ -75,7 +76,7 @@ def test_cbc_and_ortools_agree_on_a_512_request_problem(llama8b):
 
 
 def test_every_constraint_is_named_and_the_memory_constraint_is_there(llama8b):
-    problem = build_problem(llama8b, "h100", [1024] * 8, memory_sms_options=(64,))
+    problem = build_problem(llama8b, BUILTIN["h100"], [1024] * 8, memory_sms_options=(64,))
     lp = build_split_lp(problem, CostModel(llama8b, problem.profile))
     names = {c.name for c in lp.constraints}
     assert {"one_split", "kv_cache_fits", "assign_bucket0_s64", "nonempty_mb1_s64",
@@ -84,7 +85,7 @@ def test_every_constraint_is_named_and_the_memory_constraint_is_there(llama8b):
 
 
 def test_without_sequential_the_split_is_forced(llama8b):
-    problem = build_problem(llama8b, "h100", [512] * 4, memory_sms_options=(64,))
+    problem = build_problem(llama8b, BUILTIN["h100"], [512] * 4, memory_sms_options=(64,))
     cost = CostModel(llama8b, problem.profile)
     choice = decode_split(problem, solve_lp(build_split_lp(problem, cost, allow_sequential=False)))
     assert choice.memory_sms == 64 and sorted(sum(c) for c in zip(*choice.counts)) == [2, 2]
@@ -94,7 +95,7 @@ def test_refine_never_makes_the_exact_prediction_worse(llama8b):
     from pipedecode.planner.ilp import refine
 
     rng = random.Random(11)
-    problem = build_problem(llama8b, "h200", [rng.randint(128, 4096) for _ in range(256)])
+    problem = build_problem(llama8b, BUILTIN["h200"], [rng.randint(128, 4096) for _ in range(256)])
     cost = CostModel(llama8b, problem.profile)
     choice = decode_split(problem, solve_lp(build_split_lp(problem, cost, allow_sequential=False)))
     better = refine(problem, cost, choice)

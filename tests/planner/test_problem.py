@@ -3,6 +3,7 @@ import pytest
 from pipedecode.errors import PlanningError
 from pipedecode.models import PRESETS, model_shape
 from pipedecode.planner.problem import build_problem, make_buckets, resolve_model, weight_bytes
+from pipedecode.profiles.analytic import BUILTIN
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -31,15 +32,15 @@ def test_many_lengths_are_cut_into_at_most_max_buckets():
 
 def test_bad_workloads_are_planning_errors(llama8b):
     with pytest.raises(PlanningError, match="non-empty"):
-        build_problem(llama8b, "h100", [])
+        build_problem(llama8b, BUILTIN["h100"], [])
     with pytest.raises(PlanningError, match="not allowed"):
-        build_problem(llama8b, "h100", [10], memory_sms_options=(12,))
+        build_problem(llama8b, BUILTIN["h100"], [10], memory_sms_options=(12,))
     with pytest.raises(PlanningError, match="distinct"):
-        build_problem(llama8b, "h100", [10, 10], request_ids=[1, 1])
+        build_problem(llama8b, BUILTIN["h100"], [10, 10], request_ids=[1, 1])
 
 
 def test_default_kv_budget_leaves_room_for_weights(llama8b):
-    problem = build_problem(llama8b, "h100", [10])
+    problem = build_problem(llama8b, BUILTIN["h100"], [10])
     # Llama-3-8B: 8.0e9 parameters in bf16 (embedding and head untied)
     assert weight_bytes(llama8b) == pytest.approx(16.06e9, rel=0.01)
     assert problem.kv_budget_bytes == int(problem.profile.memory_bytes * 0.9 - weight_bytes(llama8b))

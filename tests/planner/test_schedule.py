@@ -5,11 +5,12 @@ import pytest
 from pipedecode.errors import ScheduleError
 from pipedecode.planner import (MicroBatch, Schedule, Slot, SwitchPoint, check_model,
                                 load_schedule, plan)
+from pipedecode.profiles.analytic import BUILTIN
 
 
 @pytest.fixture(scope="module")
 def schedule(llama8b) -> Schedule:
-    return plan(llama8b, "h200", [512] * 96 + [2048] * 32,
+    return plan(llama8b, BUILTIN["h200"], [512] * 96 + [2048] * 32,
                 remaining_output_lens=[50] * 64 + [300] * 64, waiting=[(512, 100)] * 16)
 
 

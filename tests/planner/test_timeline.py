@@ -4,12 +4,13 @@ import pytest
 
 from pipedecode.planner import plan
 from pipedecode.planner.timeline import chrome_trace, timeline
+from pipedecode.profiles.analytic import BUILTIN
 
 
 @pytest.fixture(scope="module", params=["interleaved", "sequential"])
 def schedule(request, llama8b):
     contexts = [512] * 192 + [2048] * 64 if request.param == "interleaved" else [512] * 4
-    s = plan(llama8b, "h200", contexts)
+    s = plan(llama8b, BUILTIN["h200"], contexts)
     assert s.mode == request.param
     return s
 

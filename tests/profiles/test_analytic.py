@@ -4,7 +4,7 @@ import pytest
 
 from pipedecode.models import ModelShape
 from pipedecode.planner.cost import CostModel
-from pipedecode.profiles import gemm_latency_us, load_profile
+from pipedecode.profiles import gemm_latency_us
 from pipedecode.profiles.analytic import BUILTIN
 
 LLAMA3_8B = ModelShape(name="llama-3-8b", family="llama", hidden_size=4096,
@@ -20,7 +20,7 @@ SDPA_MS = {"h100": (0.703, 0.701, 0.705, 0.804, 1.079, 1.626),
 
 @pytest.mark.parametrize("device", ["h100", "h200"])
 def test_gemm_model_within_20_percent_of_cublas(device):
-    profile = load_profile(device)
+    profile = BUILTIN[device]
     for sms, measured in zip(SMS, CUBLAS_MS[device]):
         model_ms = sum(gemm_latency_us(profile, 512, s.n, s.k, sms) for s in LLAMA3_8B.linears()) / 1e3
         assert model_ms == pytest.approx(measured, rel=0.2), sms
@@ -28,7 +28,7 @@ def test_gemm_model_within_20_percent_of_cublas(device):
 
 @pytest.mark.parametrize("device", ["h100", "h200"])
 def test_attention_model_is_a_bandwidth_bound_of_sdpa(device):
-    cost = CostModel(LLAMA3_8B, load_profile(device))
+    cost = CostModel(LLAMA3_8B, BUILTIN[device])
     for sms, measured in zip(SMS, SDPA_MS[device]):
         model_ms = cost.attention_us(512, 512 * 1024, sms) / 1e3
         assert model_ms <= measured * 1.05

@@ -1,16 +1,17 @@
 import pytest
 
 from pipedecode.profiles import (AttentionPoint, DeviceProfile, GemmPoint, attention_latency_us,
-                                 bandwidth_bytes_per_s, gemm_latency_us, load_profile)
+                                 bandwidth_bytes_per_s, gemm_latency_us)
+from pipedecode.profiles.analytic import BUILTIN
 from pipedecode.profiles.latency import analytic_attention_us, analytic_gemm_us
 
 
 def _with_tables(**tables) -> DeviceProfile:
-    return DeviceProfile(**{**load_profile("h100").__dict__, "source": "measured", **tables})
+    return DeviceProfile(**{**BUILTIN["h100"].__dict__, "source": "measured", **tables})
 
 
 def test_bandwidth_table_points_and_interpolation():
-    h100 = load_profile("h100")
+    h100 = BUILTIN["h100"]
     assert bandwidth_bytes_per_s(h100, 64) == pytest.approx(2.87e12)
     assert bandwidth_bytes_per_s(h100, 56) == pytest.approx((2.65e12 + 2.87e12) / 2)
     assert bandwidth_bytes_per_s(h100, 4) == pytest.approx(0.61e12 / 2)   # proportional below
@@ -18,7 +19,7 @@ def test_bandwidth_table_points_and_interpolation():
 
 
 def test_saturation_model_without_table_is_monotone_and_capped():
-    a100 = load_profile("a100")
+    a100 = BUILTIN["a100"]
     values = [bandwidth_bytes_per_s(a100, s) for s in range(4, 109, 4)]
     assert values == sorted(values) and values[-1] < a100.hbm_bytes_per_s
     assert values[-1] > 0.95 * a100.hbm_bytes_per_s
@@ -49,7 +50,7 @@ def test_attention_table_interpolates_in_kv_tokens():
 
 
 def test_analytic_attention_is_bandwidth_bound_and_slower_on_fewer_sms():
-    h100 = load_profile("h100")
+    h100 = BUILTIN["h100"]
     # 512 sequences x 1024 context, Llama-3-8B GQA: 2 GiB of K and V
     kv_bytes = 512 * 1024 * 8 * 128 * 2 * 2
     full = analytic_attention_us(h100, 512, 1024, 32, 8, 128, 132)
@@ -58,7 +59,7 @@ def test_analytic_attention_is_bandwidth_bound_and_slower_on_fewer_sms():
 
 
 def test_decode_gemm_suffers_wave_quantization():
-    h100 = load_profile("h100")
+    h100 = BUILTIN["h100"]
     # 512 tokens x 6144 outputs: 4 x 48 = 192 tiles -> 2 waves on 100 SMs, 2 on 132
     t100 = analytic_gemm_us(h100, 4096, 6144, 4096, 100)
     t132 = analytic_gemm_us(h100, 4096, 6144, 4096, 132)

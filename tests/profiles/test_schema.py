@@ -4,11 +4,12 @@ import pytest
 
 from pipedecode.errors import ProfileError
 from pipedecode.profiles import (PROFILE_VERSION, AttentionPoint, CorunSample, DeviceProfile,
-                                 GemmPoint, load_profile)
+                                 GemmPoint)
+from pipedecode.profiles.analytic import BUILTIN
 
 
 def _measured() -> DeviceProfile:
-    base = load_profile("h100")
+    base = BUILTIN["h100"]
     return DeviceProfile(
         name="toy", sm_count=132, sm_granularity=8, min_partition_sms=8,
         peak_flops_per_s=base.peak_flops_per_s, hbm_bytes_per_s=base.hbm_bytes_per_s,
@@ -51,10 +52,10 @@ def test_not_json_is_a_profile_error():
 
 
 def test_partition_sizes_follow_granularity():
-    hopper = load_profile("h100")
+    hopper = BUILTIN["h100"]
     assert hopper.partition_sizes()[:3] == (8, 16, 24)
     assert hopper.partition_sizes()[-1] == 120 and all(s % 8 == 0 for s in hopper.partition_sizes())
-    ampere = load_profile("a100")
+    ampere = BUILTIN["a100"]
     assert ampere.partition_sizes()[:2] == (4, 6) and ampere.partition_sizes()[-1] == 104
 
 
