@@ -80,11 +80,10 @@ def analytic_attention_us(profile: DeviceProfile, batch: float, context_len: flo
 def gemm_latency_us(profile: DeviceProfile, tokens: float, n: int, k: int,
                     sm_count: float) -> float:
     """Latency of one bf16 GEMM on `sm_count` SMs: table when measured, else analytic."""
-    points = [p for p in profile.gemm_latency if (p.n, p.k) == (n, k)]
+    rows = _index(profile)[0].get((n, k))
     analytic = lambda t, s: analytic_gemm_us(profile, t, n, k, s)  # noqa: E731
-    if not points:
+    if rows is None:
         return analytic(tokens, sm_count)
-    rows = _rows([(p.sm_count, p.tokens, p.latency_us) for p in points])
     return _interp_2d(rows, tokens, sm_count, analytic)
 
 
@@ -93,16 +92,37 @@ def attention_latency_us(profile: DeviceProfile, batch: float, context_len: floa
                          sm_count: float) -> float:
     """Latency of decode attention over `batch` sequences of mean length `context_len`."""
     key = (num_heads, num_kv_heads, head_dim)
-    points = [p for p in profile.attention_latency
-              if (p.num_heads, p.num_kv_heads, p.head_dim) == key]
+    rows = _index(profile)[1].get(key)
 
     def analytic(kv_tokens: float, s: float) -> float:
         return analytic_attention_us(profile, batch, kv_tokens / max(batch, 1), *key, s)
 
-    if not points:
+    if rows is None:
         return analytic(batch * context_len, sm_count)
-    rows = _rows([(p.sm_count, p.batch * p.context_len, p.latency_us) for p in points])
     return _interp_2d(rows, batch * context_len, sm_count, analytic)
+
+
+# id(profile) -> (profile, (gemm rows by (n, k), attention rows by head shape)); a memo only.
+_INDEXES: dict[int, tuple[DeviceProfile, tuple[dict, dict]]] = {}
+
+
+def _index(profile: DeviceProfile) -> tuple[dict, dict]:
+    """The profile's tables grouped by shape, built once per profile object."""
+    entry = _INDEXES.get(id(profile))
+    if entry is not None and entry[0] is profile:
+        return entry[1]
+    gemm: dict = {}
+    for p in profile.gemm_latency:
+        gemm.setdefault((p.n, p.k), []).append((p.sm_count, p.tokens, p.latency_us))
+    attention: dict = {}
+    for p in profile.attention_latency:
+        attention.setdefault((p.num_heads, p.num_kv_heads, p.head_dim), []).append(
+            (p.sm_count, p.batch * p.context_len, p.latency_us))
+    index = ({k: _rows(v) for k, v in gemm.items()}, {k: _rows(v) for k, v in attention.items()})
+    if len(_INDEXES) > 64:
+        _INDEXES.clear()
+    _INDEXES[id(profile)] = (profile, index)
+    return index
 
 
 def _rows(triples: list[tuple[int, float, float]]) -> dict[int, tuple[list, list]]:
