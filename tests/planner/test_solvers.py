@@ -4,7 +4,7 @@ import pytest
 
 from pipedecode.errors import PlanningError
 from pipedecode.planner.lp import Builder
-from pipedecode.planner.solvers import get_solver, ortools_backend, solve_lp
+from pipedecode.planner.solvers import cbc_backend, get_solver, ortools_backend, solve_lp
 
 SOLVERS = ("cbc", "ortools")
 
@@ -42,8 +42,28 @@ def test_unknown_solver():
 def test_ortools_refuses_beside_new_highspy(monkeypatch):
     monkeypatch.setitem(sys.modules, "highspy", object())
     monkeypatch.setattr("importlib.metadata.version", lambda name: "1.15.0")
-    with pytest.raises(PlanningError, match="highspy 1.15"):
+    with pytest.raises(PlanningError, match="highspy >= 1.15"):
         ortools_backend.solve_lp(_knapsack())
+
+
+def test_old_highspy_is_no_obstacle(monkeypatch):
+    monkeypatch.setitem(sys.modules, "highspy", object())
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "1.14.2")
+    assert ortools_backend.solve_lp(_knapsack()).objective == pytest.approx(13.0)
+
+
+def test_pulp_is_imported_with_highspy_hidden_once_ortools_is_loaded(monkeypatch):
+    monkeypatch.delitem(sys.modules, "highspy", raising=False)
+    monkeypatch.setitem(sys.modules, "ortools", sys.modules.get("ortools") or object())
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "1.15.1")
+    with cbc_backend.hidden_highspy() as hidden:
+        assert hidden and sys.modules["highspy"] is None
+        with pytest.raises(ImportError):
+            import highspy  # noqa: F401
+    assert "highspy" not in sys.modules
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "1.14.0")
+    with cbc_backend.hidden_highspy() as hidden:
+        assert not hidden
 
 
 def test_ortools_import_failure_is_a_sentence(monkeypatch):

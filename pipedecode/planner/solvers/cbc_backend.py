@@ -1,19 +1,56 @@
-"""PuLP with its bundled CBC (pulp 3.x): the default backend. One thread, so runs repeat."""
+"""PuLP with its bundled CBC (pulp 3.x): the default backend. One thread, so runs repeat.
+
+`import pulp` also imports highspy when it is installed; highspy >= 1.15 and OR-Tools cannot
+share a process, so when OR-Tools is already loaded PuLP is imported with highspy hidden.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 
 from pipedecode.errors import PlanningError
 from pipedecode.planner.lp import LinearProgram, Solution
 
 
-def solve_lp(lp: LinearProgram, *, time_limit_s: float = 30.0) -> Solution:
+def _highspy_clashes() -> bool:
+    """True when highspy >= 1.15 is installed (not necessarily imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import pulp
+        major, minor = (int(x) for x in version("highspy").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (1, 15)
+
+
+@contextlib.contextmanager
+def hidden_highspy():
+    """Make `import highspy` fail inside the block if OR-Tools is loaded and highspy would clash."""
+    ortools_loaded = any(m == "ortools" or m.startswith("ortools.") for m in sys.modules)
+    hide = ortools_loaded and "highspy" not in sys.modules and _highspy_clashes()
+    if hide:
+        sys.modules["highspy"] = None    # import raises ImportError; PuLP marks HiGHS unavailable
+    try:
+        yield hide
+    finally:
+        if hide and sys.modules.get("highspy", 0) is None:
+            del sys.modules["highspy"]
+
+
+def _import_pulp():
+    try:
+        with hidden_highspy():
+            import pulp
     except ImportError as exc:
         raise PlanningError(f"PuLP is not installed ({exc}); `pip install 'pulp>=3,<4'` or use "
                             f"--solver ortools") from None
+    return pulp
+
+
+def solve_lp(lp: LinearProgram, *, time_limit_s: float = 30.0) -> Solution:
+    pulp = _import_pulp()
     sense = pulp.LpMaximize if lp.maximize else pulp.LpMinimize
     prob = pulp.LpProblem(lp.name, sense)
     xs = {v.name: prob.add_variable(v.name, v.lo, v.hi,

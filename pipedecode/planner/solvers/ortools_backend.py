@@ -14,17 +14,13 @@ from pipedecode.planner.lp import LinearProgram, Solution
 
 
 def _check_highspy() -> None:
-    if "highspy" not in sys.modules:
+    if "highspy" not in sys.modules or sys.modules["highspy"] is None:
         return
-    from importlib.metadata import PackageNotFoundError, version
+    from pipedecode.planner.solvers.cbc_backend import _highspy_clashes
 
-    try:
-        major, minor = (int(x) for x in version("highspy").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return
-    if (major, minor) >= (1, 15):
-        raise PlanningError(f"OR-Tools cannot be loaded in a process that has loaded highspy "
-                            f"{major}.{minor} (>= 1.15); use --solver cbc")
+    if _highspy_clashes():
+        raise PlanningError("OR-Tools cannot be loaded in a process that has loaded highspy "
+                            ">= 1.15 (PuLP loads it when installed); use --solver cbc")
 
 
 def _import_pywraplp():
