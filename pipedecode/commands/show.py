@@ -95,31 +95,51 @@ def draw(schedule, path: str, layers: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
+    lanes = ["memory", "compute", "all"] if schedule.mode == "interleaved" else ["all"]
+    fig, ax = plt.subplots(figsize=(12, 1.6 + 0.9 * len(lanes)), layout="constrained")
+    _boxes(ax, schedule, lanes, layers)
+    _phase_lines(ax, schedule, layers)
+    _decorate(fig, ax, schedule, lanes, layers)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise PipedecodeError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def _boxes(ax, schedule, lanes: list[str], layers: int) -> None:
     from pipedecode.planner.timeline import timeline
 
     events = timeline(schedule, layers)
-    lanes = ["memory", "compute", "all"] if schedule.mode == "interleaved" else ["all"]
-    labels = {"memory": f"memory\n{schedule.memory_sms} SMs",
-              "compute": f"compute\n{schedule.compute_sms} SMs",
-              "all": f"all\n{schedule.memory_sms + schedule.compute_sms} SMs"}
-    fig, ax = plt.subplots(figsize=(12, 1.6 + 0.9 * len(lanes)), layout="constrained")
+    end_ms = max(e.end_us for e in events) / 1e3
     for e in events:
         y = lanes.index(e.partition)
-        ms = e.start_us / 1e3, e.duration_us / 1e3
-        ax.broken_barh([ms], (y - 0.4, 0.8), facecolors=STAGE_COLORS[e.stage],
+        start, width = e.start_us / 1e3, e.duration_us / 1e3
+        ax.broken_barh([(start, width)], (y - 0.4, 0.8), facecolors=STAGE_COLORS[e.stage],
                        edgecolors="white", linewidth=0.8,
                        hatch="//" if e.micro_batch % 2 else None)
-        if ms[1] > 0.035 * max(ev.end_us for ev in events) / 1e3:
-            ax.text(ms[0] + ms[1] / 2, y, f"mb{e.micro_batch}\nL{e.layer}", ha="center",
+        if width > 0.035 * end_ms:
+            ax.text(start + width / 2, y, f"mb{e.micro_batch}\nL{e.layer}", ha="center",
                     va="center", fontsize=7, color="white")
+
+
+def _phase_lines(ax, schedule, layers: int) -> None:
     edge = sum(slot.predicted_us for slot in schedule.prologue)
     for _ in range(min(layers, schedule.model.num_layers)):
         for phase_us in schedule.phase_us:
             ax.axvline(edge / 1e3, color="#999999", linestyle=":", linewidth=0.8)
             edge += phase_us
     ax.axvline(edge / 1e3, color="#999999", linestyle=":", linewidth=0.8)
+
+
+def _decorate(fig, ax, schedule, lanes: list[str], layers: int) -> None:
+    from matplotlib.patches import Patch
+
+    labels = {"memory": f"memory\n{schedule.memory_sms} SMs",
+              "compute": f"compute\n{schedule.compute_sms} SMs",
+              "all": f"all\n{schedule.memory_sms + schedule.compute_sms} SMs"}
     ax.set_yticks(range(len(lanes)), [labels[lane] for lane in lanes])
     ax.set_ylim(len(lanes) - 0.5, -0.5)
     ax.set_xlabel("time (ms, predicted; dotted lines: phases, each as long as its slower side "
@@ -135,9 +155,3 @@ def draw(schedule, path: str, layers: int) -> None:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="odd micro-batch"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as exc:
-        raise PipedecodeError(f"cannot write {path!r}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)

@@ -67,3 +67,17 @@ def test_the_installed_script_runs_plan(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text())["solver"] == "ortools"
+
+
+def test_model_directory_and_profile_file(tmp_path, capsys):
+    from pipedecode.models import make_config
+    from pipedecode.profiles.analytic import BUILTIN
+
+    make_config("tiny-qwen2").save_pretrained(tmp_path / "model")
+    profile = tmp_path / "mine.json"
+    profile.write_text(BUILTIN["a100"].to_json())
+    out = tmp_path / "s.json"
+    assert main(["plan", "--model", str(tmp_path / "model"), "--device", str(profile),
+                 "--batch", "4", "--context", "32", "--out", str(out)]) == 0
+    schedule = load_schedule(out, model="tiny-qwen2")
+    assert schedule.device == "a100" and schedule.model.qkv_bias
