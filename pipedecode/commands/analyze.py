@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=1, help="sequences per decode step")
     parser.add_argument("--context", type=int, default=1024,
                         help="tokens in the KV cache after the step (live context length)")
+    parser.add_argument("--phase", default="decode", choices=("decode", "prefill"),
+                        help="decode: one new token per sequence; prefill: a --context prompt")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     parser.add_argument("--all-nodes", action="store_true",
@@ -37,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     report = analyze_model(args.model, device, batch_size=args.batch, context_len=args.context,
-                           dtype=args.dtype)
+                           dtype=args.dtype, phase=args.phase)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)

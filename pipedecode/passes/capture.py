@@ -5,8 +5,8 @@ a linear is one `torch._C._nn.linear` node and attention one `scaled_dot_product
 node, so the classification pass reads their shapes directly; each node keeps Dynamo's
 `nn_module_stack`, which names its decoder layer; and it is the very graph the
 `torch.compile(backend="pipedecode")` backend receives, so analysis and execution share one
-path. ATen would split linears into views + mm, sdpa into backend-specific ops, and drop
-nothing we need; it would add a functionalisation copy of every KV-cache write.
+path. At ATen level linears become views + mm, sdpa becomes backend-specific ops, the layer
+names are harder to recover, and functionalisation adds a copy to every KV-cache write.
 
 The KV cache is a transformers `StaticCache`, filled once eagerly so that its key and value
 tensors exist before tracing: Dynamo then lifts them as graph inputs (placeholders named

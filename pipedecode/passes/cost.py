@@ -2,7 +2,8 @@
 
 Owns the per-op counting rules: linear layers, scaled-dot-product attention (KV bytes at the
 live context length, not the static buffer), KV-cache writes, embedding gathers, free layout
-ops and a generic elementwise rule. Knows nothing of devices, rooflines or stages: it only
+ops and a generic elementwise rule that counts each node as its own unfused kernel (an upper
+bound on the bytes of norms and RoPE, which a fused kernel reads once). Knows nothing of devices, rooflines or stages: it only
 counts. Shapes come from `node.meta["example_value"]` (Dynamo) or `node.meta["tensor_meta"]`
 (torch.fx ShapeProp).
 """

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from pipedecode.passes.capture import capture_decode, check_workload, meta_model
+from pipedecode.passes.capture import (capture_decode, capture_prefill, check_workload,
+                                       meta_model)
 from pipedecode.passes.classify import META_KEY, classify, module_fqn
 from pipedecode.passes.partition import StagedGraph, partition
 from pipedecode.profiles.schema import DeviceProfile
@@ -31,7 +32,7 @@ def module_path(node: torch.fx.Node) -> str:
 
 
 def staged_report(staged: StagedGraph, *, model: str, device: DeviceProfile, batch_size: int,
-                  context_len: int, dtype: str) -> dict[str, Any]:
+                  context_len: int, dtype: str, phase: str = "decode") -> dict[str, Any]:
     """The JSON-ready report of a classified, partitioned graph."""
     nodes = {n.name: n for n in staged.original.graph.nodes}
     stages = []
@@ -45,7 +46,7 @@ def staged_report(staged: StagedGraph, *, model: str, device: DeviceProfile, bat
                        "bytes_moved": stage.bytes_moved,
                        "intensity_flops_per_byte": stage.intensity_flops_per_byte,
                        "nodes": rows})
-    return {"version": REPORT_VERSION, "model": model, "device": device.name,
+    return {"version": REPORT_VERSION, "model": model, "phase": phase, "device": device.name,
             "ridge_flops_per_byte": device.ridge_flops_per_byte, "batch_size": batch_size,
             "context_len": context_len, "dtype": dtype, "num_layers": staged.num_layers,
             "total_flops": sum(s.flops for s in staged.stages),
@@ -53,18 +54,27 @@ def staged_report(staged: StagedGraph, *, model: str, device: DeviceProfile, bat
 
 
 def analyze_model(spec: Any, device: DeviceProfile, *, batch_size: int, context_len: int,
-                  dtype: str = "bfloat16") -> dict[str, Any]:
-    """Capture the decode step of `spec` (preset, path, hub id, config) without weights and report."""
+                  dtype: str = "bfloat16", phase: str = "decode") -> dict[str, Any]:
+    """Capture a step of `spec` (preset, path, hub id, config) without weights and report it.
+
+    phase "decode": one new token per sequence with `context_len` tokens cached after it;
+    "prefill": a prompt of `context_len` tokens per sequence into an empty cache.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if phase not in ("decode", "prefill"):
+        raise ValueError(f"phase must be 'decode' or 'prefill', got {phase!r}")
     check_workload(batch_size, context_len)
     model = meta_model(spec, dtype=DTYPES[dtype])
-    captured = capture_decode(model, batch_size=batch_size, context_len=context_len)
+    if phase == "decode":
+        captured = capture_decode(model, batch_size=batch_size, context_len=context_len)
+    else:
+        captured = capture_prefill(model, batch_size=batch_size, prompt_len=context_len)
     classify(captured.gm, device, context_len=context_len)
     staged = partition(captured.gm)
     name = spec if isinstance(spec, str) else getattr(spec, "name_or_path", "") or "model"
     return staged_report(staged, model=name, device=device, batch_size=batch_size,
-                         context_len=context_len, dtype=dtype)
+                         context_len=context_len, dtype=dtype, phase=phase)
 
 
 def _si(value: float, unit: str) -> str:
@@ -76,7 +86,7 @@ def _si(value: float, unit: str) -> str:
 
 def format_table(report: dict[str, Any], *, all_nodes: bool = False) -> str:
     """Per-layer text table: one line per stage, then its nodes (free layout ops hidden)."""
-    lines = [f"{report['model']} on {report['device']} (ridge "
+    lines = [f"{report['model']} {report['phase']} step on {report['device']} (ridge "
              f"{report['ridge_flops_per_byte']:.1f} FLOP/B), batch {report['batch_size']}, "
              f"context {report['context_len']}, {report['dtype']}",
              f"{'stage / node':<40} {'role':<12} {'FLOPs':>12} {'bytes':>12} "

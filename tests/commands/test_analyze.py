@@ -21,10 +21,15 @@ def test_analyze_prints_per_layer_table_and_writes_json(tmp_path, capsys):
                  "--context", "32", "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 0
-    assert "tiny-qwen2 on h100" in text and "-- layer.1" in text and "self_attn.o_proj" in text
+    assert "tiny-qwen2 decode step on h100" in text and "-- layer.1" in text and "self_attn.o_proj" in text
     data = json.loads(out.read_text())
     assert data["version"] == 1 and data["batch_size"] == 4 and data["context_len"] == 32
     assert data["device"] == "h100" and data["num_layers"] == 2
+
+
+def test_analyze_prefill_phase(capsys):
+    assert main(["analyze", "--phase", "prefill", "--batch", "2", "--context", "16"]) == 0
+    assert "tiny-llama prefill step on h100" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -38,12 +38,14 @@ def test_table_lists_layers_stages_and_anchor_nodes(report):
     assert "layout" in format_table(report, all_nodes=True)
 
 
-def test_bad_dtype_is_rejected(report):
+def test_bad_dtype_or_phase_is_rejected(report):
     from pipedecode.profiles.schema import DeviceProfile
 
     device = DeviceProfile("h", 132, 8, 8, 800e12, 3e12, 80 << 30)
     with pytest.raises(ValueError, match="dtype"):
         analyze_model("tiny-llama", device, batch_size=1, context_len=8, dtype="int8")
+    with pytest.raises(ValueError, match="phase"):
+        analyze_model("tiny-llama", device, batch_size=1, context_len=8, phase="train")
 
 
 @pytest.mark.parametrize("batch,bounds", [(1, ["memory"]), (512, ["compute", "memory", "compute"])])
