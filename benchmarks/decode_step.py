@@ -374,6 +374,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_results(paths: list[str]) -> dict:
+    """One table from several runs on one GPU: per point, later files' values win."""
+    merged: dict = {}
+    result = None
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        result = result or {k: v for k, v in data.items() if k != "rows"}
+        result["splits"] = sorted(set(result.get("splits", [])) | set(data.get("splits", [])))
+        for row in data["rows"]:
+            key = (row["model"], row["batch"], str(row["context"]))
+            entry = merged.setdefault(key, {"sources": []})
+            entry.update(row)
+            entry["sources"].append(os.path.basename(path))
+    result["rows"] = list(merged.values())
+    result["merged_from"] = [os.path.basename(p) for p in paths]
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for decode_step.json and .md")
@@ -387,7 +406,18 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--extra", default="", help="points outside the grid, e.g. 1024x256")
     parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="no GPU: merge these result JSONs into --out/decode_step_TAG.*")
     args = parser.parse_args(argv)
+    if args.merge:
+        result = merge_results(args.merge)
+        stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))
+        with open(stem + ".json", "w") as fh:
+            json.dump(result, fh, indent=1)
+        with open(stem + ".md", "w") as fh:
+            fh.write(markdown(result))
+        print(markdown(result))
+        return 0
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
     args.points = set(filter(None, args.points.split(",")))

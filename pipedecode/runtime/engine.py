@@ -77,14 +77,16 @@ def generate(executor: Executor, prompts: Sequence[torch.Tensor], max_new_tokens
 
 
 def build_executor(model_or_weights, *, batch_size: int, max_context: int, schedule=None,
-                   use_graphs: bool = True) -> Executor:
+                   use_graphs: bool = True, autotune: bool = True) -> Executor:
     """An Executor for a transformers Llama-family model (weights packed once) or PackedWeights.
 
     `schedule`: a planner Schedule (interleaved where it says so and partitions exist on this
     GPU; sequential otherwise, with `executor.fallback_reason` saying why) or None (sequential).
+    `autotune`: keep interleaving only if it measures faster than sequential at the first step.
     """
     from pipedecode.runtime.weights import PackedWeights, pack_hf_model
 
     weights = model_or_weights if isinstance(model_or_weights, PackedWeights) \
         else pack_hf_model(model_or_weights, max_positions=max_context)
-    return Executor(weights, batch_size, max_context, schedule=schedule, use_graphs=use_graphs)
+    return Executor(weights, batch_size, max_context, schedule=schedule, use_graphs=use_graphs,
+                    autotune=autotune)
