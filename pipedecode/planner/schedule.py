@@ -140,6 +140,26 @@ class Schedule:
         for slot in self.slots + self.prologue + self.epilogue:
             if not 0 <= slot.micro_batch < len(self.micro_batches):
                 raise ValueError(f"slots: micro_batch {slot.micro_batch} does not exist")
+        self._check_slots()
+
+    def _check_slots(self) -> None:
+        """Each micro-batch runs each stage once per layer, on the partition its mode implies."""
+        for mb in self.micro_batches:
+            stages = sorted(s.stage for s in self.slots if s.micro_batch == mb.index)
+            if stages != sorted(STAGES):
+                raise ValueError(f"slots: micro-batch {mb.index} runs {stages}, expected each of "
+                                 f"{list(STAGES)} once")
+        for slot in self.slots:
+            want = "all" if self.mode == "sequential" else \
+                ("memory" if slot.stage == "attention" else "compute")
+            if slot.partition != want:
+                raise ValueError(f"slots: {slot.stage} of micro-batch {slot.micro_batch} is on "
+                                 f"{slot.partition!r}, expected {want!r} in {self.mode} mode")
+        phases = sorted({s.phase for s in self.slots})
+        if phases != list(range(len(phases))):
+            raise ValueError(f"slots: phases must be numbered 0..n-1, got {phases}")
+        if self.phase_us and len(self.phase_us) != len(phases):
+            raise ValueError(f"phase_us has {len(self.phase_us)} entries for {len(phases)} phases")
 
     @property
     def num_requests(self) -> int:

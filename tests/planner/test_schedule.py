@@ -10,8 +10,10 @@ from pipedecode.profiles.analytic import BUILTIN
 
 @pytest.fixture(scope="module")
 def schedule(llama8b) -> Schedule:
-    return plan(llama8b, BUILTIN["h200"], [512] * 96 + [2048] * 32,
-                remaining_output_lens=[50] * 64 + [300] * 64, waiting=[(512, 100)] * 16)
+    s = plan(llama8b, BUILTIN["h200"], [512] * 192 + [2048] * 64,
+             remaining_output_lens=[50] * 128 + [300] * 128, waiting=[(512, 100)] * 16)
+    assert s.mode == "interleaved" and s.switch is not None
+    return s
 
 
 def test_round_trip_through_a_file(schedule, tmp_path):
@@ -24,7 +26,7 @@ def test_round_trip_through_a_file(schedule, tmp_path):
 
 
 def _broken(schedule, tmp_path, mutate):
-    data = schedule.to_dict()
+    data = json.loads(schedule.to_json())
     mutate(data)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
@@ -42,6 +44,9 @@ def _broken(schedule, tmp_path, mutate):
     (lambda d: d.update(mode="sideways"), "mode"),
     (lambda d: d["slots"][0].update(micro_batch=7), "micro_batch 7"),
     (lambda d: d["switch"].pop("step"), "'switch'"),
+    (lambda d: d["slots"].pop(), "expected each of"),
+    (lambda d: d["slots"][0].update(partition="compute"), "expected 'memory'"),
+    (lambda d: d.update(phase_us=[1.0]), "phase_us has 1 entries"),
 ])
 def test_bad_files_name_the_field(schedule, tmp_path, mutate, field):
     with pytest.raises(ScheduleError, match=field):
@@ -74,6 +79,11 @@ def test_schedule_for_another_model_is_rejected(schedule, tmp_path):
 
 def test_invariants_are_checked_on_construction(schedule):
     mb = MicroBatch(0, (1, 2), (10, 20))
+    seq = (Slot("pre_attn", 0, "all", 0), Slot("attention", 0, "all", 1),
+           Slot("post_attn", 0, "all", 2))
+    assert Schedule(schedule.model, "h100", "sequential", 0, 132, (mb,), seq, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="expected each of"):
+        Schedule(schedule.model, "h100", "sequential", 0, 132, (mb,), seq[:2], 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="memory_sms must be 0"):
         Schedule(schedule.model, "h100", "sequential", 8, 124, (mb,), (), 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="two or more"):
