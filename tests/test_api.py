@@ -34,6 +34,11 @@ def _generate(model, ids, mask, new_tokens=5):
                           pad_token_id=0, output_logits=True, return_dict_in_generate=True)
 
 
+def _query_len(staged):
+    input_ids = next(n for n in staged.original.graph.nodes if n.op == "placeholder")
+    return input_ids.meta["example_value"].shape[1]
+
+
 def _assert_same_generation(model, compiled, ids, mask):
     expected, got = _generate(model, ids, mask), _generate(compiled, ids, mask)
     assert torch.equal(got.sequences, expected.sequences)
@@ -54,8 +59,7 @@ def test_compiled_generate_matches_eager(preset, batch, length, left_pad):
     ids, mask = _prompts(batch, length, seed=batch * 10 + length, left_pad=left_pad)
     _assert_same_generation(model, compiled, ids, mask)
     # prefill and decode both went through the stages; the decode step has one query token
-    decode = [s for s in compiled.pipedecode_stages
-              if s.original.graph.find_nodes(op="placeholder")[0].meta["example_value"].shape[1] == 1]
+    decode = [s for s in compiled.pipedecode_stages if _query_len(s) == 1]
     assert len(compiled.pipedecode_stages) >= 2 and decode
     # fp32 q_proj intensity 2*b*64*64 / (4*(128*b + 4096)) crosses 1 FLOP/B between b=2 and 3
     expected_layer = ["compute", "memory", "compute"] if batch >= 3 else ["memory"]

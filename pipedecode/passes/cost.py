@@ -3,9 +3,9 @@
 Owns the per-op counting rules: linear layers, scaled-dot-product attention (KV bytes at the
 live context length, not the static buffer), KV-cache writes, embedding gathers, free layout
 ops and a generic elementwise rule that counts each node as its own unfused kernel (an upper
-bound on the bytes of norms and RoPE, which a fused kernel reads once). Knows nothing of devices, rooflines or stages: it only
-counts. Shapes come from `node.meta["example_value"]` (Dynamo) or `node.meta["tensor_meta"]`
-(torch.fx ShapeProp).
+bound on the bytes of norms and RoPE, which a fused kernel reads once). Knows nothing of
+devices, rooflines or stages: it only counts. Shapes come from `node.meta["example_value"]`
+(Dynamo) or `node.meta["tensor_meta"]` (torch.fx ShapeProp).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class OpCost:
-    role: str            # linear | attention | kv_write | embedding | layout | kv_view | elementwise | other
+    # linear | attention | kv_write | embedding | layout | kv_view | elementwise | other
+    role: str
     flops: int
     bytes_moved: int
 
@@ -160,7 +161,7 @@ def write_cost(node: torch.fx.Node) -> OpCost:
 
 
 def elementwise_cost(node: torch.fx.Node) -> OpCost:
-    """One FLOP per element of the larger of inputs and output; every tensor read or written once."""
+    """One FLOP per element of the larger of inputs and output; each tensor read/written once."""
     ins, out = _tensor_args(node), tensor_info(node)
     if out is None:
         return OpCost("other", 0, 0)

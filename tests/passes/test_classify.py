@@ -49,7 +49,8 @@ def test_large_batch_layer_reads_compute_memory_compute(low_ridge):
 
 def test_small_batch_layer_is_all_memory(low_ridge):
     nodes = _classified("tiny-llama", 1, low_ridge)
-    layer_bounds = {n.meta[META_KEY].stage_bound for n in nodes if n.meta[META_KEY].layer is not None}
+    layer_bounds = {n.meta[META_KEY].stage_bound for n in nodes
+                    if n.meta[META_KEY].layer is not None}
     assert layer_bounds == {"memory"}
     linears = [n.meta[META_KEY] for n in nodes if n.meta[META_KEY].role == "linear"]
     assert all(c.bound == "memory" and c.intensity_flops_per_byte < 1.0 for c in linears)
