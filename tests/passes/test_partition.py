@@ -84,3 +84,23 @@ def test_partition_needs_classification():
     cap = capture_decode(build_model("tiny-llama"), batch_size=1, context_len=4)
     with pytest.raises(ValueError, match="classify"):
         partition(cap.gm)
+
+
+def test_mechanism_follows_hand_written_classes():
+    """partition() only reads node.meta: hand-set classes give exactly those stages."""
+    from pipedecode.passes.classify import META_KEY, NodeClass
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+                                 torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    gm = torch.fx.symbolic_trace(module)
+    bounds = {"0": "compute", "1": "compute", "2": "memory", "3": "memory", "4": "compute"}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            node.meta[META_KEY] = NodeClass("elementwise", "layer.0", 0, 1, 1, "memory",
+                                            bounds[node.target])
+    staged = partition(gm)
+    assert [(s.bound, s.node_names) for s in staged.stages] == [
+        ("compute", ("_0", "_1")), ("memory", ("_2", "_3")), ("compute", ("_4",))]
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(staged(x), module(x), rtol=0, atol=0)
