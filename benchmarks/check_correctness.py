@@ -71,15 +71,10 @@ def check_partitions(memory_sms: int = 48) -> dict:
 
 
 def _schedule_for(shape, lens, memory_sms, compute_sms):
-    from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
+    from pipedecode.runtime.program import manual_schedule
 
     groups = [list(range(0, len(lens), 2)), list(range(1, len(lens), 2))]
-    mbs = tuple(MicroBatch(i, tuple(g), tuple(lens[r] for r in g)) for i, g in enumerate(groups))
-    slots = (Slot("attention", 0, "memory"), Slot("post_attn", 1, "compute", layer_offset=-1),
-             Slot("pre_attn", 1, "compute"))
-    return Schedule(model=shape, device="gpu", mode="interleaved", memory_sms=memory_sms,
-                    compute_sms=compute_sms, micro_batches=mbs, slots=slots,
-                    predicted_step_us=1.0, sequential_step_us=1.0, roofline_floor_us=1.0)
+    return manual_schedule(shape, lens, groups, memory_sms, compute_sms)
 
 
 def _hf_greedy(model, prompt, new_tokens):

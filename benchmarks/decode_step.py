@@ -60,15 +60,9 @@ def balanced_halves(lens: list[int]) -> list[list[int]]:
 
 
 def make_schedule(shape, lens, memory_sms: int, compute_sms: int, groups=None):
-    from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
+    from pipedecode.runtime.program import manual_schedule
 
-    groups = groups or balanced_halves(lens)
-    mbs = tuple(MicroBatch(i, tuple(g), tuple(lens[r] for r in g)) for i, g in enumerate(groups))
-    slots = (Slot("attention", 0, "memory"), Slot("post_attn", 1, "compute", layer_offset=-1),
-             Slot("pre_attn", 1, "compute"))
-    return Schedule(model=shape, device="bench", mode="interleaved", memory_sms=memory_sms,
-                    compute_sms=compute_sms, micro_batches=mbs, slots=slots,
-                    predicted_step_us=1.0, sequential_step_us=1.0, roofline_floor_us=1.0)
+    return manual_schedule(shape, lens, groups or balanced_halves(lens), memory_sms, compute_sms)
 
 
 def time_us(fn, iters: int = 5, repeats: int = 5) -> float:

@@ -19,7 +19,7 @@ from pipedecode.errors import PartitionUnavailableError
 from pipedecode.runtime.ops import KernelSet
 from pipedecode.runtime.partition_streams import PartitionStreams, open_partition_streams
 from pipedecode.runtime.program import (COMPUTE, Op, RowLayout, Slot, build_program,
-                                        serial_order, stage_partitions)
+                                        pattern_mismatch, serial_order, stage_partitions)
 from pipedecode.runtime.step import DecodeStep
 from pipedecode.runtime.weights import PackedWeights
 
@@ -104,6 +104,11 @@ class Executor:
             self.fallback_reason = "no CUDA device: SM partitions need a GPU"
             return "sequential"
         self.placement = stage_partitions(schedule)
+        mismatch = pattern_mismatch(schedule)
+        if mismatch:
+            self.fallback_reason = f"the schedule's slot pattern is not one this executor runs: " \
+                                   f"{mismatch}"
+            return "sequential"
         try:
             self.streams = streams or open_partition_streams(
                 int(schedule.memory_sms), int(schedule.compute_sms),

@@ -136,3 +136,42 @@ def stage_partitions(schedule: Any) -> dict[str, str]:
         raise ValueError(f"the executor runs attention on one partition and pre/post_attn on the "
                          f"other; the schedule places stages as {placement}")
     return placement
+
+
+def pattern_mismatch(schedule: Any) -> str | None:
+    """None when the schedule's per-layer slots are the pattern `build_program` runs: in phase p,
+    micro-batch p's attention beside micro-batch (p+1) % n's post_attn + pre_attn; else why not."""
+    n = len(getattr(schedule, "micro_batches", ()) or ())
+    slots = list(getattr(schedule, "slots", ()) or ())
+    for phase in sorted({s.phase for s in slots}):
+        here = [s for s in slots if s.phase == phase]
+        attn = [s.micro_batch for s in here if s.stage == "attention"]
+        other = {s.micro_batch for s in here if s.stage != "attention"}
+        if attn != [phase] or (other and other != {(phase + 1) % n}):
+            return (f"phase {phase} runs attention of micro-batch(es) {attn} beside "
+                    f"{sorted(other)}; the executor runs attention of {phase} beside "
+                    f"{(phase + 1) % n}")
+    return None
+
+
+def manual_schedule(shape: Any, context_lens: Sequence[int], groups: Sequence[Sequence[int]],
+                    memory_sms: int, compute_sms: int, *, step_us: float = 1.0) -> Any:
+    """A two-micro-batch interleaved Schedule with a fixed SM split, not planned (benchmarks,
+    tests): the layer pattern the executor runs, in the planner's slot form."""
+    from pipedecode.planner.schedule import MicroBatch, Schedule
+    from pipedecode.planner.schedule import Slot as PlanSlot
+
+    if len(groups) != 2:
+        raise ValueError(f"manual_schedule takes two micro-batches, got {len(groups)}")
+    mbs = tuple(MicroBatch(i, tuple(g), tuple(context_lens[r] for r in g))
+                for i, g in enumerate(groups))
+    slots = (PlanSlot("attention", 0, MEMORY, phase=0),
+             PlanSlot("post_attn", 1, COMPUTE, phase=0, layer_offset=-1),
+             PlanSlot("pre_attn", 1, COMPUTE, phase=0),
+             PlanSlot("attention", 1, MEMORY, phase=1),
+             PlanSlot("post_attn", 0, COMPUTE, phase=1),
+             PlanSlot("pre_attn", 0, COMPUTE, phase=1, layer_offset=1))
+    return Schedule(model=shape, device="manual", mode="interleaved", memory_sms=memory_sms,
+                    compute_sms=compute_sms, micro_batches=mbs, slots=slots,
+                    predicted_step_us=step_us, sequential_step_us=step_us,
+                    roofline_floor_us=step_us)

@@ -5,6 +5,7 @@ from pipedecode.models import build_model, model_shape
 from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
 from pipedecode.runtime.engine import generate
 from pipedecode.runtime.executor import Executor, run_serial
+from pipedecode.runtime.program import manual_schedule
 from pipedecode.runtime.weights import pack_hf_model
 
 PRESETS = ["tiny-llama", "tiny-llama-mha", "tiny-qwen2"]
@@ -24,13 +25,13 @@ def _hf_greedy(model, prompt, new_tokens):
 
 
 def _schedule(preset, lens, groups, mode="interleaved"):
+    if mode == "interleaved":
+        return manual_schedule(model_shape(preset), lens, groups, 48, 84)
     mbs = tuple(MicroBatch(i, tuple(g), tuple(lens[r] for r in g)) for i, g in enumerate(groups))
-    slots = (Slot("attention", 0, "memory"), Slot("post_attn", 1, "compute", layer_offset=-1),
-             Slot("pre_attn", 1, "compute"))
-    return Schedule(model=model_shape(preset), device="h100", mode=mode,
-                    memory_sms=48 if mode == "interleaved" else 0, compute_sms=84,
-                    micro_batches=mbs, slots=slots if mode == "interleaved" else (),
-                    predicted_step_us=10.0, sequential_step_us=12.0, roofline_floor_us=8.0)
+    slots = tuple(Slot(stage, 0, "all") for stage in ("pre_attn", "attention", "post_attn"))
+    return Schedule(model=model_shape(preset), device="h100", mode="sequential", memory_sms=0,
+                    compute_sms=132, micro_batches=mbs, slots=slots, predicted_step_us=10.0,
+                    sequential_step_us=10.0, roofline_floor_us=8.0)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

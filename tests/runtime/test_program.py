@@ -70,3 +70,29 @@ def test_stage_partitions_reads_schedule_and_rejects_mixed_placement():
     bad = _Schedule([_Slot("attention", "memory"), _Slot("pre_attn", "memory")])
     with pytest.raises(ValueError):
         stage_partitions(bad)
+
+
+def test_planner_schedules_match_the_executor_pattern():
+    from pipedecode.models import model_shape
+    from pipedecode.planner import plan
+    from pipedecode.runtime.program import manual_schedule, pattern_mismatch
+
+    shape = model_shape("llama-3-8b")
+    assert pattern_mismatch(manual_schedule(shape, [9] * 4, [[0, 1], [2, 3]], 32, 100)) is None
+    planned = plan("llama-3-8b", "h100", [512] * 512, time_limit_s=10)
+    if planned.mode == "interleaved":
+        assert pattern_mismatch(planned) is None
+
+
+def test_pattern_mismatch_names_the_wrong_phase():
+    from pipedecode.runtime.program import pattern_mismatch
+
+    class S:
+        def __init__(self, stage, mb, phase):
+            self.stage, self.micro_batch, self.phase = stage, mb, phase
+
+    class Sched:
+        micro_batches = (0, 1)
+        slots = (S("attention", 1, 0), S("pre_attn", 0, 0))
+
+    assert "phase 0" in pattern_mismatch(Sched())
