@@ -143,11 +143,14 @@ class Schedule:
         self._check_slots()
 
     def _check_slots(self) -> None:
-        """Each micro-batch runs each stage once per layer, on the partition its mode implies."""
-        for mb in self.micro_batches:
-            stages = sorted(s.stage for s in self.slots if s.micro_batch == mb.index)
+        """Interleaved: each micro-batch runs each stage once per layer; sequential: the layer
+        has every stage. Each on the partition its mode implies."""
+        groups = [mb.index for mb in self.micro_batches] if self.mode == "interleaved" else [None]
+        for index in groups:
+            stages = sorted(s.stage for s in self.slots if index in (None, s.micro_batch))
             if stages != sorted(STAGES):
-                raise ValueError(f"slots: micro-batch {mb.index} runs {stages}, expected each of "
+                who = "the layer" if index is None else f"micro-batch {index}"
+                raise ValueError(f"slots: {who} runs {stages}, expected each of "
                                  f"{list(STAGES)} once")
         for slot in self.slots:
             want = "all" if self.mode == "sequential" else \
