@@ -80,7 +80,7 @@ def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def pipedecode_point(weights, lens, splits, planner_schedule=None) -> dict:
+def pipedecode_point(weights, lens, splits, planner_schedule=None, cublas=False) -> dict:
     from pipedecode.runtime.executor import Executor
     from pipedecode.runtime.step import DecodeStep
 
@@ -95,6 +95,16 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None) -> dict:
     seq.set_inputs(tokens, ctx)
     row["sequential_us"] = time_us(seq.run)
     del seq
+    if cublas:                       # the same step with cuBLAS GEMMs on the whole GPU
+        from pipedecode.runtime.ops import kernel_set
+
+        own = step.kernels
+        step.kernels = kernel_set("cublas")
+        seq = Executor(weights, batch, step.max_context, step=step)
+        seq.set_inputs(tokens, ctx)
+        row["sequential_cublas_us"] = time_us(seq.run)
+        step.kernels = own
+        del seq
     candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
         [("planner+guard", planner_schedule)] if planner_schedule.mode == "interleaved" else [])
     total = torch.cuda.get_device_properties(0).multi_processor_count
@@ -284,7 +294,7 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_mode"] = schedule.mode
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
-            row.update(pipedecode_point(weights, lens, args.splits, schedule))
+            row.update(pipedecode_point(weights, lens, args.splits, schedule, args.cublas))
             if row["name"].split("_", 1)[1] in args.breakdown:
                 row["breakdown"] = [stage_breakdown(weights, lens, m) for m in args.splits]
         except torch.OutOfMemoryError as exc:
@@ -336,7 +346,8 @@ def markdown(result: dict) -> str:
              f"unguarded measured time of its schedule; best split = fastest measured "
              f"interleaved run over memory partitions of {result['splits']} SMs. floor = "
              f"max(FLOPs / {result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} "
-             f"TB/s) over weights + KV cache.", "",
+             f"TB/s) over weights + KV cache. pd sequential uses the partition-aware Triton GEMMs; "
+             f"(cuBLAS x) is the same step with cuBLAS GEMMs, where measured.", "",
              "| model | batch | context | HF eager | HF static+compile | pd sequential | "
              "pd planner | speedup | best split | predicted | pred. err | floor | "
              "floor/best |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -359,7 +370,10 @@ def markdown(result: dict) -> str:
         best = min(seq, chosen, split or seq)
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['context']}{label} | {_ms(r, 'hf_eager_us')} | "
-            f"{_ms(r, 'hf_compile_us')} | {seq / 1000:.2f} | {chosen / 1000:.2f} ({mode}) | "
+            f"{_ms(r, 'hf_compile_us')} | {seq / 1000:.2f}"
+            + (f" (cuBLAS {r['sequential_cublas_us'] / 1000:.2f})"
+               if "sequential_cublas_us" in r else "")
+            + f" | {chosen / 1000:.2f} ({mode}) | "
             f"{seq / chosen:.3f} | "
             + (f"{split / 1000:.2f} ({r['interleaved_best_split']}, {seq / split:.3f}x)"
                if split else "-")
@@ -398,6 +412,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
     parser.add_argument("--points", default="", help="only these, e.g. 64x512,256x1024,mixed")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--cublas", action="store_true",
+                        help="also time sequential with cuBLAS GEMMs (diagnostic column)")
     parser.add_argument("--extra", default="", help="points outside the grid, e.g. 1024x256")
     parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
     parser.add_argument("--merge", nargs="+", default=None,

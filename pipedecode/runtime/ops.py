@@ -145,12 +145,23 @@ def triton_kernel_set() -> KernelSet:
                      pick("decode_attention", att, torch_decode_attention), tuple(sorted(have)))
 
 
+def cublas_kernel_set() -> KernelSet:
+    """The kernels package's attention, RoPE and RMSNorm with torch (cuBLAS) GEMMs: the
+    whole-GPU comparison for the partition-aware matmul."""
+    fast = triton_kernel_set()
+    return KernelSet("cublas", fast.rms_norm, torch_linear, torch_gate_up_silu,
+                     fast.rope_kv_write, fast.decode_attention,
+                     tuple(n for n in fast.provided if n not in ("linear", "gate_up_silu")))
+
+
 def kernel_set(name: str = "auto", device: torch.device | str = "cpu") -> KernelSet:
-    """"torch", "triton", or "auto" (triton on CUDA, torch elsewhere)."""
+    """"torch", "triton", "cublas", or "auto" (triton on CUDA, torch elsewhere)."""
     if name == "auto":
         name = "triton" if torch.device(device).type == "cuda" else "torch"
     if name == "torch":
         return TORCH_KERNELS
     if name == "triton":
         return triton_kernel_set()
-    raise ValueError(f"kernel set must be 'auto', 'torch' or 'triton', got {name!r}")
+    if name == "cublas":
+        return cublas_kernel_set()
+    raise ValueError(f"kernel set must be 'auto', 'torch', 'triton' or 'cublas', got {name!r}")
