@@ -33,21 +33,22 @@ def realize(problem: Problem, choice: SplitChoice) -> tuple[MicroBatch, ...]:
 
 
 def interleaved_slots(cost: CostModel, mbs: tuple[MicroBatch, ...], memory_sms: int):
-    """(slots, prologue, epilogue): phase j runs attention(j) beside post/pre_attn(j-1)."""
+    """(slots, prologue, epilogue): phase j runs attention(j) beside post/pre_attn of
+    micro-batch (j+1) % n, the pattern the runtime's executor runs (runtime/program.py)."""
     m, compute_sms, all_sms = len(mbs), cost.profile.sm_count - memory_sms, cost.profile.sm_count
     slots = []
     for j, mb in enumerate(mbs):
-        prev = mbs[j - 1]
-        post_offset, pre_offset = (-1, 0) if j == 0 else (0, 1)
+        partner = mbs[(j + 1) % m]
+        post_offset, pre_offset = (-1, 0) if j < m - 1 else (0, 1)
         slots += [Slot("attention", j, "memory", j, 0,
                        cost.attention_us(mb.tokens, mb.kv_tokens, memory_sms)),
-                  Slot("post_attn", prev.index, "compute", j, post_offset,
-                       cost.post_attn_us(prev.tokens, compute_sms)),
-                  Slot("pre_attn", prev.index, "compute", j, pre_offset,
-                       cost.pre_attn_us(prev.tokens, compute_sms))]
-    prologue = tuple(Slot("pre_attn", mb.index, "all", 0, 0, cost.pre_attn_us(mb.tokens, all_sms))
-                     for mb in mbs[:-1])
-    epilogue = (Slot("post_attn", m - 1, "all", 0, 0, cost.post_attn_us(mbs[-1].tokens, all_sms)),)
+                  Slot("post_attn", partner.index, "compute", j, post_offset,
+                       cost.post_attn_us(partner.tokens, compute_sms)),
+                  Slot("pre_attn", partner.index, "compute", j, pre_offset,
+                       cost.pre_attn_us(partner.tokens, compute_sms))]
+    prologue = (Slot("pre_attn", 0, "all", 0, 0, cost.pre_attn_us(mbs[0].tokens, all_sms)),)
+    epilogue = tuple(Slot("post_attn", mb.index, "all", 0, 0, cost.post_attn_us(mb.tokens, all_sms))
+                     for mb in mbs[1:])
     return tuple(slots), prologue, epilogue
 
 

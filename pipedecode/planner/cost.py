@@ -106,14 +106,14 @@ class CostModel:
             + self.head_us(tokens)
 
     def interleaved_phases_us(self, sizes: list[tuple[int, int]], memory_sms: int) -> list[float]:
-        """Phase j: attention of micro-batch j beside post/pre_attn of micro-batch j-1.
+        """Phase j: attention of micro-batch j beside post/pre_attn of micro-batch (j+1) % n.
 
         `sizes` is [(tokens, kv_tokens)] per micro-batch.
         """
         compute_sms = self.profile.sm_count - memory_sms
         phases = []
         for j, (tokens, kv_tokens) in enumerate(sizes):
-            prev_tokens = sizes[j - 1][0]
+            prev_tokens = sizes[(j + 1) % len(sizes)][0]
             mem = self.attention_us(tokens, kv_tokens, memory_sms)
             comp = self.linear_us(prev_tokens, compute_sms)
             moved = self.attention_bytes(tokens, kv_tokens) + self.linear_bytes(prev_tokens)
@@ -121,10 +121,11 @@ class CostModel:
         return phases
 
     def fill_drain_us(self, sizes: list[tuple[int, int]]) -> float:
-        """Prologue (pre_attn of layer 0 for all but the last micro-batch) and epilogue."""
+        """Prologue (pre_attn of layer 0 of micro-batch 0) and epilogue (the last layer's
+        post_attn of micro-batches 1..n-1), on all SMs."""
         sms = self.profile.sm_count
-        return sum(self.pre_attn_us(t, sms) for t, _ in sizes[:-1]) \
-            + self.post_attn_us(sizes[-1][0], sms)
+        return self.pre_attn_us(sizes[0][0], sms) \
+            + sum(self.post_attn_us(t, sms) for t, _ in sizes[1:])
 
     def interleaved_step_us(self, sizes: list[tuple[int, int]], memory_sms: int) -> float:
         layers = self.model.num_layers * sum(self.interleaved_phases_us(sizes, memory_sms))

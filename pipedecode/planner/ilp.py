@@ -6,7 +6,7 @@ Schedule and re-prices it with the exact cost model. Knows nothing of files or G
 Variables, for each allowed memory-partition size s and micro-batch j:
   y_s              1 if the memory partition has s SMs;  y_seq: 1 for no split (sequential)
   x_b_j_s          requests of context bucket b in micro-batch j (integer)
-  t_j_s            time of phase j (attention of j beside post/pre_attn of j-1), microseconds
+  t_j_s            time of phase j (attention of j beside post/pre_attn of (j+1) % n), us
 Objective (microseconds per step, the LM head left out as it is the same everywhere):
   layers * sum_{j,s} t_j_s + sum_s fill_s * y_s + sequential_layers_us * y_seq
 Stage latencies are convex piecewise-linear under-estimates (lower convex hull of the cost model
@@ -106,8 +106,8 @@ def split_objective_us(problem: Problem, cost: CostModel, s: int,
     total = pr.fill_us
     for j in range(m):
         att = max(a0 + a1 * kv[j] for a0, a1 in pr.attention)
-        lin = max(c0 + c1 * tokens[j - 1] for c0, c1 in pr.linear)
-        floor = pr.floor_fixed_us + pr.floor_per_token_us * tokens[j - 1] \
+        lin = max(c0 + c1 * tokens[(j + 1) % m] for c0, c1 in pr.linear)
+        floor = pr.floor_fixed_us + pr.floor_per_token_us * tokens[(j + 1) % m] \
             + pr.floor_per_request_us * tokens[j] + pr.floor_per_kv_us * kv[j]
         total += layers * max(pr.slowdown * att, pr.slowdown * lin, floor)
     return total
@@ -135,7 +135,7 @@ def build_split_lp(problem: Problem, cost: CostModel, *,
         for j in range(m):
             t = b.var(f"t_{j}_{s}")
             objective[t] = float(layers)
-            prev = tokens[j - 1]
+            partner = tokens[(j + 1) % m]
             b.add(f"nonempty_mb{j}_s{s}", {**tokens[j], y: -1.0}, ">=", 0)
             if j:
                 b.add(f"largest_first_mb{j}_s{s}", {**tokens[0], **{v: -1.0 for v in tokens[j]}},
@@ -144,12 +144,12 @@ def build_split_lp(problem: Problem, cost: CostModel, *,
                 b.add(f"attention_mb{j}_s{s}_piece{i}", {t: 1.0, y: -pr.slowdown * a0,
                       **{v: -pr.slowdown * a1 * c for v, c in kv[j].items()}}, ">=", 0)
             for i, (c0, c1) in enumerate(pr.linear):
-                b.add(f"linear_mb{(j - 1) % m}_s{s}_piece{i}",
-                      {t: 1.0, y: -pr.slowdown * c0, **{v: -pr.slowdown * c1 for v in prev}},
+                b.add(f"linear_mb{(j + 1) % m}_s{s}_piece{i}",
+                      {t: 1.0, y: -pr.slowdown * c0, **{v: -pr.slowdown * c1 for v in partner}},
                       ">=", 0)
             floor = {t: 1.0, y: -pr.floor_fixed_us}
             for k, bk in enumerate(buckets):
-                mine, before = x[k, j], x[k, (j - 1) % m]
+                mine, before = x[k, j], x[k, (j + 1) % m]
                 floor[mine] = floor.get(mine, 0.0) - pr.floor_per_request_us \
                     - pr.floor_per_kv_us * bk.mean_context
                 floor[before] = floor.get(before, 0.0) - pr.floor_per_token_us

@@ -109,8 +109,8 @@ class Schedule:
     roofline_floor_us: float
     switch: SwitchPoint | None = None
     phase_us: tuple[float, ...] = ()        # per phase of one layer, co-run slowdown included
-    prologue: tuple[Slot, ...] = ()         # before layer 0 (pre_attn of layer 0)
-    epilogue: tuple[Slot, ...] = ()         # after the last layer (its last post_attn)
+    prologue: tuple[Slot, ...] = ()         # before layer 0: pre_attn(layer 0) of micro-batch 0
+    epilogue: tuple[Slot, ...] = ()         # after the last layer: its post_attn of mbs 1..n-1
     solver: str = ""
     version: int = SCHEDULE_VERSION
 

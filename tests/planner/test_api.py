@@ -25,11 +25,26 @@ def test_interleaved_plan_is_consistent(llama8b):
 
 
 def test_three_micro_batches_cycle(llama8b):
-    schedule = plan(llama8b, BUILTIN["h200"], [1024] * 384, num_micro_batches=3)
-    if schedule.mode == "interleaved":
-        pairs = [(s.phase, s.micro_batch) for s in schedule.slots if s.stage == "post_attn"]
-        assert pairs == [(0, 2), (1, 0), (2, 1)]
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 288 + [2048] * 96, num_micro_batches=3)
+    assert schedule.mode == "interleaved" and len(schedule.micro_batches) == 3
+    # phase j: attention of j beside post/pre_attn of (j + 1) % 3, as the executor runs it
+    pairs = [(s.phase, s.micro_batch, s.layer_offset) for s in schedule.slots
+             if s.stage == "post_attn"]
+    assert pairs == [(0, 1, -1), (1, 2, -1), (2, 0, 0)]
+    assert [s.micro_batch for s in schedule.prologue] == [0]
+    assert [s.micro_batch for s in schedule.epilogue] == [1, 2]
     assert schedule.predicted_step_us <= schedule.sequential_step_us
+
+
+@pytest.mark.parametrize("micro_batches", [2, 3])
+def test_the_runtime_accepts_the_slot_pattern(llama8b, micro_batches):
+    from pipedecode.runtime.program import pattern_mismatch, stage_partitions
+
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 288 + [2048] * 96,
+                    num_micro_batches=micro_batches)
+    assert schedule.mode == "interleaved"
+    assert pattern_mismatch(schedule) is None
+    assert stage_partitions(schedule)["attention"] == "memory"
 
 
 def test_never_slower_than_sequential(llama8b):
