@@ -13,6 +13,7 @@ from pipedecode.errors import PipedecodeError
 
 STAGE_COLORS = {"pre_attn": "#4C72B0", "attention": "#DD8452", "post_attn": "#55A868",
                 "head": "#8C8C8C"}
+HATCHES = (None, "//", "..", "xx", "\\\\", "++")   # one per micro-batch, cycling
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -119,10 +120,11 @@ def _boxes(ax, schedule, lanes: list[str], layers: int) -> None:
         start, width = e.start_us / 1e3, e.duration_us / 1e3
         ax.broken_barh([(start, width)], (y - 0.4, 0.8), facecolors=STAGE_COLORS[e.stage],
                        edgecolors="white", linewidth=0.8,
-                       hatch="//" if e.micro_batch % 2 else None)
+                       hatch=HATCHES[e.micro_batch % len(HATCHES)] if e.micro_batch >= 0 else None)
         if width > 0.035 * end_ms:
             ax.text(start + width / 2, y, f"mb{e.micro_batch}\nL{e.layer}", ha="center",
-                    va="center", fontsize=7, color="white")
+                    va="center", fontsize=7, color="white",
+                    bbox=dict(facecolor=STAGE_COLORS[e.stage], edgecolor="none", pad=1))
 
 
 def _phase_lines(ax, schedule, layers: int) -> None:
@@ -152,6 +154,7 @@ def _decorate(fig, ax, schedule, lanes: list[str], layers: int) -> None:
                  f"{schedule.sequential_step_us / 1e3:.2f} ms)", fontsize=10)
     handles = [Patch(color=STAGE_COLORS[s], label=s) for s in ("pre_attn", "attention", "post_attn")]
     if len(schedule.micro_batches) > 1:
-        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
-                             label="odd micro-batch"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+        handles += [Patch(facecolor="white", edgecolor="black", hatch=HATCHES[i % len(HATCHES)],
+                          label=f"mb{i}") for i in range(min(len(schedule.micro_batches), 6))]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
