@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pipedecode.models import ModelShape
 from pipedecode.profiles.latency import (attention_latency_us, bandwidth_bytes_per_s,
-                                         gemm_latency_us)
+                                         corun_slowdown, gemm_latency_us)
 from pipedecode.profiles.schema import DeviceProfile
 
 
@@ -90,10 +90,13 @@ class CostModel:
         return norm + gemm_latency_us(self.profile, tokens, m.vocab_size, m.hidden_size, sms)
 
     # ---- phases and steps -------------------------------------------------------------
-    def phase_us(self, memory_us: float, compute_us: float, bytes_moved: float) -> float:
-        """Two sides running at once: max(alone) * co-run slowdown, floored by shared HBM."""
+    def phase_us(self, memory_us: float, compute_us: float, bytes_moved: float,
+                 memory_sms: int) -> float:
+        """Two sides running at once: max(alone) * co-run slowdown (at this split), floored by
+        both sides' bytes over the shared HBM bandwidth."""
         floor = bytes_moved / self.profile.hbm_bytes_per_s * 1e6
-        return max(max(memory_us, compute_us) * self.profile.corun_slowdown, floor)
+        slowdown = corun_slowdown(self.profile, memory_sms)
+        return max(max(memory_us, compute_us) * slowdown, floor)
 
     def sequential_layer_us(self, tokens: float, kv_tokens: float) -> float:
         sms = self.profile.sm_count
@@ -117,7 +120,7 @@ class CostModel:
             mem = self.attention_us(tokens, kv_tokens, memory_sms)
             comp = self.linear_us(prev_tokens, compute_sms)
             moved = self.attention_bytes(tokens, kv_tokens) + self.linear_bytes(prev_tokens)
-            phases.append(self.phase_us(mem, comp, moved))
+            phases.append(self.phase_us(mem, comp, moved, memory_sms))
         return phases
 
     def fill_drain_us(self, sizes: list[tuple[int, int]]) -> float:

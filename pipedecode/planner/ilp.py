@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pipedecode.planner.cost import CostModel
 from pipedecode.planner.lp import Builder, LinearProgram, Solution
 from pipedecode.planner.problem import Problem
+from pipedecode.profiles.latency import corun_slowdown
 
 _SAMPLES = 17
 
@@ -88,7 +89,7 @@ def side_prices(problem: Problem, cost: CostModel, s: int) -> SidePrices:
         floor_per_token_us=(cost.linear_bytes(1) - cost.linear_bytes(0)) * hbm,
         floor_per_request_us=cost.attention_bytes(1, 0) * hbm,
         floor_per_kv_us=cost.attention_bytes(0, 1) * hbm,
-        slowdown=problem.profile.corun_slowdown,
+        slowdown=corun_slowdown(problem.profile, s),
         fill_us=cost.fill_drain_us([(total_tokens // m, total_kv // m)] * m))
 
 

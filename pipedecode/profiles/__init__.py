@@ -1,11 +1,12 @@
 """Device profiles: schema, analytic profiles for unmeasured GPUs, shipped measured JSON."""
 
 from pipedecode.profiles.latency import (attention_latency_us, bandwidth_bytes_per_s,
-                                         gemm_latency_us)
+                                         corun_slowdown, gemm_latency_us)
 from pipedecode.profiles.registry import list_profiles, load_profile, load_profile_file
 from pipedecode.profiles.schema import (PROFILE_VERSION, AttentionPoint, CorunSample,
                                         DeviceProfile, GemmPoint)
 
 __all__ = ["PROFILE_VERSION", "AttentionPoint", "CorunSample", "DeviceProfile", "GemmPoint",
-           "attention_latency_us", "bandwidth_bytes_per_s", "gemm_latency_us", "list_profiles",
+           "attention_latency_us", "bandwidth_bytes_per_s", "corun_slowdown", "gemm_latency_us",
+           "list_profiles",
            "load_profile", "load_profile_file"]

@@ -51,6 +51,25 @@ def bandwidth_bytes_per_s(profile: DeviceProfile, sm_count: float) -> float:
     return (linear ** -p + profile.hbm_bytes_per_s ** -p) ** (-1 / p)
 
 
+def corun_slowdown(profile: DeviceProfile, memory_sms: float) -> float:
+    """Slowdown of attention on `memory_sms` SMs beside GEMMs on the rest, over max(alone).
+
+    From `corun_samples` when measured (piecewise-linear in the memory partition's SM count,
+    the nearest sample outside their range, never below 1); else `corun_slowdown`.
+    """
+    samples = sorted((s.memory_sms, s.slowdown) for s in profile.corun_samples)
+    if not samples:
+        return profile.corun_slowdown
+    xs, ys = [x for x, _ in samples], [y for _, y in samples]
+    if memory_sms <= xs[0] or memory_sms >= xs[-1]:
+        return max(1.0, ys[0] if memory_sms <= xs[0] else ys[-1])
+    dedup = {}
+    for x, y in samples:
+        dedup.setdefault(x, []).append(y)
+    xs = sorted(dedup)
+    return max(1.0, _linear(xs, [sum(dedup[x]) / len(dedup[x]) for x in xs], memory_sms))
+
+
 def analytic_gemm_us(profile: DeviceProfile, tokens: float, n: int, k: int,
                      sm_count: float, dtype_bytes: int = 2) -> float:
     """Roofline latency of y[tokens, n] = x @ w^T with wave quantization over output tiles."""

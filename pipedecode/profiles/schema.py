@@ -82,8 +82,10 @@ class DeviceProfile:
     per_sm_bytes_per_s: float = 75e9
     gemm_latency: tuple[GemmPoint, ...] = ()
     attention_latency: tuple[AttentionPoint, ...] = ()
-    # Concurrent attention + GEMMs on two partitions take max(alone) * corun_slowdown, and never
-    # less than both sides' bytes over the whole-chip bandwidth (the cost model charges both).
+    # Concurrent attention + GEMMs on two partitions take max(alone) * slowdown, and never less
+    # than both sides' bytes over the whole-chip bandwidth (the cost model charges both). The
+    # slowdown is interpolated from corun_samples by memory_sms; corun_slowdown summarises them
+    # and answers when there are none.
     corun_slowdown: float = 1.0
     corun_samples: tuple[CorunSample, ...] = ()
     launch_overhead_us: float = 4.0   # fixed cost per kernel in the analytic model

@@ -26,10 +26,10 @@ def test_phase_charges_shared_bandwidth_and_corun_slowdown(llama8b):
     h100 = BUILTIN["h100"]
     cost = CostModel(llama8b, h100)
     # two small sides moving 3.08 GB: the shared-HBM floor (1000 us) wins
-    assert cost.phase_us(100.0, 200.0, 3.08e9) == pytest.approx(1000.0)
+    assert cost.phase_us(100.0, 200.0, 3.08e9, 64) == pytest.approx(1000.0)
     slow = CostModel(llama8b, DeviceProfile(**{**h100.__dict__, "corun_slowdown": 1.7}))
     # the measured H100 case: 800 us beside 520 us took 1360 us
-    assert slow.phase_us(800.0, 520.0, 0.0) == pytest.approx(1360.0)
+    assert slow.phase_us(800.0, 520.0, 0.0, 64) == pytest.approx(1360.0)
 
 
 def test_roofline_floor_is_below_every_plan(llama8b):

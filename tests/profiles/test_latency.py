@@ -64,3 +64,19 @@ def test_decode_gemm_suffers_wave_quantization():
     t100 = analytic_gemm_us(h100, 4096, 6144, 4096, 100)
     t132 = analytic_gemm_us(h100, 4096, 6144, 4096, 132)
     assert t100 > t132
+
+
+def test_corun_slowdown_follows_the_samples_by_memory_partition_size():
+    from pipedecode.profiles import CorunSample, corun_slowdown
+
+    analytic = BUILTIN["h100"]
+    assert corun_slowdown(analytic, 64) == 1.0
+    samples = (CorunSample(32, 100, 500.0, 300.0, 550.0),    # 1.1
+               CorunSample(64, 68, 800.0, 520.0, 1360.0))    # 1.7
+    measured = _with_tables(corun_samples=samples, corun_slowdown=1.4)
+    assert corun_slowdown(measured, 32) == pytest.approx(1.1)
+    assert corun_slowdown(measured, 48) == pytest.approx(1.4)
+    assert corun_slowdown(measured, 8) == pytest.approx(1.1)      # nearest sample outside
+    assert corun_slowdown(measured, 120) == pytest.approx(1.7)
+    faster = _with_tables(corun_samples=(CorunSample(32, 100, 500.0, 300.0, 450.0),))
+    assert corun_slowdown(faster, 32) == 1.0                       # never below 1

@@ -11,13 +11,15 @@ def test_builtin_names_and_aliases():
 
 
 def test_hopper_profiles_are_seeded_with_measurements():
-    h100, h200 = load_profile("h100"), load_profile("h200")
+    from pipedecode.profiles.analytic import BUILTIN
+
+    h100, h200 = BUILTIN["h100"], BUILTIN["h200"]
     assert h100.peak_flops_per_s == pytest.approx(798e12)
     assert h100.hbm_bytes_per_s == pytest.approx(3.08e12)
     assert h200.hbm_bytes_per_s == pytest.approx(4.39e12)
     assert dict(h100.bandwidth_by_sms)[64] == pytest.approx(2.87e12)
     assert (h100.min_partition_sms, h100.sm_granularity) == (8, 8)
-    assert (load_profile("rtx4090").min_partition_sms, load_profile("rtx4090").sm_granularity) == (4, 2)
+    assert (BUILTIN["rtx4090"].min_partition_sms, BUILTIN["rtx4090"].sm_granularity) == (4, 2)
 
 
 def test_unknown_name_lists_known_profiles():
@@ -37,7 +39,9 @@ def test_profile_file_and_missing_file(tmp_path):
 
 
 def test_shipped_measured_json_overrides_analytic(tmp_path, monkeypatch):
-    measured = DeviceProfile(**{**load_profile("h100").__dict__, "source": "measured",
+    from pipedecode.profiles.analytic import BUILTIN
+
+    measured = DeviceProfile(**{**BUILTIN["h100"].__dict__, "source": "measured",
                                 "corun_slowdown": 1.6})
     (tmp_path / "h100.json").write_text(measured.to_json())
     monkeypatch.setattr(registry, "_data_dir", lambda: tmp_path)
