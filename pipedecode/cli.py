@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PipedecodeError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"pipedecode {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:         # `pipedecode analyze | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"pipedecode {args.command}: interrupted", file=sys.stderr)
         return 130

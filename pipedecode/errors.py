@@ -32,3 +32,7 @@ class PlanningError(PipedecodeError):
 
 class PartitionUnavailableError(PipedecodeError):
     """SM partitions (CUDA green contexts) cannot be made here; run sequentially."""
+
+
+class WorkloadError(PipedecodeError, ValueError):
+    """A batch, context length or prompt that cannot be run (zero, negative, too long)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from pipedecode.errors import CaptureError, PipedecodeError
+from pipedecode.errors import CaptureError, WorkloadError
 from pipedecode.models import SUPPORTED_FAMILIES, check_model, make_config
 
 
@@ -39,13 +39,13 @@ class CapturedGraph:
 
 
 def check_workload(batch_size: int, context_len: int, max_cache_len: int | None = None) -> None:
-    """Raise PipedecodeError for a batch or context that cannot be captured."""
+    """Raise WorkloadError for a batch or context that cannot be captured."""
     for name, value in (("batch", batch_size), ("context", context_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise PipedecodeError(f"{name} must be a positive integer, got {value!r}; "
+            raise WorkloadError(f"{name} must be a positive integer, got {value!r}; "
                                   f"pass e.g. --{name} 1")
     if max_cache_len is not None and max_cache_len < context_len:
-        raise PipedecodeError(f"max_cache_len ({max_cache_len}) must be at least the context "
+        raise WorkloadError(f"max_cache_len ({max_cache_len}) must be at least the context "
                               f"length ({context_len})")
 
 
@@ -97,7 +97,7 @@ def capture_step(model, *, batch_size: int, query_len: int, context_len: int,
     max_cache_len = max_cache_len or context_len
     check_workload(batch_size, context_len, max_cache_len)
     if not 0 < query_len <= context_len:
-        raise PipedecodeError(f"query length {query_len} must be in [1, context {context_len}]")
+        raise WorkloadError(f"query length {query_len} must be in [1, context {context_len}]")
     device = _device_of(model)
     cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
     first = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
