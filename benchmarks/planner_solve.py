@@ -60,7 +60,8 @@ def run_case(device: str, solver: str, kind: str, switch: bool, repeats: int) ->
         schedule = solve(problem, solver)
         times.append(time.perf_counter() - start)
     lp = build_split_lp(problem, CostModel(problem.model, problem.profile))
-    return {"device": device, "solver": solver, "contexts": kind, "switch_point": switch,
+    return {"device": device, "profile_source": problem.profile.source, "solver": solver,
+            "contexts": kind, "switch_point": switch,
             "requests": REQUESTS, "buckets": len(problem.buckets),
             "ilp_variables": len(lp.variables), "ilp_constraints": len(lp.constraints),
             "solve_s_median": statistics.median(times), "solve_s_max": max(times),
@@ -76,18 +77,19 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"{meta['python']}, pulp {meta['pulp']}, ortools {meta['ortools']}. Wall time of "
              f"build_problem + solve, median and max of {rows[0]['repeats']} runs (the first "
              f"run of a process includes imports). Target: under 2 s.", "",
-             "| device | solver | contexts | switch point | buckets | ILP vars / constraints "
-             "| median s | max s | plan | predicted / sequential ms |",
+             "| device (profile) | solver | contexts | switch point | buckets | ILP vars / "
+             "constraints | median s | max s | plan | predicted / sequential ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         plan = f"{r['mode']} ({r['memory_sms']} SMs)" if r["mode"] == "interleaved" else r["mode"]
         sw = f"yes (after {r['switch_step']})" if r["switch_point"] else "no"
-        lines.append(f"| {r['device']} | {r['solver']} | {r['contexts']} | {sw} | {r['buckets']} | "
+        lines.append(f"| {r['device']} ({r['profile_source']}) | {r['solver']} | {r['contexts']} | {sw} | {r['buckets']} | "
                      f"{r['ilp_variables']} / {r['ilp_constraints']} | {r['solve_s_median']:.2f} | "
                      f"{r['solve_s_max']:.2f} | {plan} | {r['predicted_step_ms']:.1f} / "
                      f"{r['sequential_step_ms']:.1f} |")
-    lines += ["", "Predicted step times come from the analytic profiles (no latency tables), with "
-              "the KV budget set to 1 TiB because 70B bf16 weights fit no single GPU."]
+    lines += ["", "Predicted step times come from the profile named in the first column (a "
+              "measured profile, when shipped in pipedecode/profiles/data, wins over the analytic "
+              "one), with the KV budget set to 1 TiB because 70B bf16 weights fit no single GPU."]
     return "\n".join(lines) + "\n"
 
 
