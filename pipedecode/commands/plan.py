@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import random
+import time
 
 from pipedecode.errors import PipedecodeError, PlanningError
 
@@ -55,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--remaining", default="uniform:1:512", metavar=SPEC,
                         help="predicted remaining output lengths of the batch, used with "
                              "--waiting (default uniform:1:512)")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="latest decode step the switch point may choose (default: when the "
+                             "running batch's last predicted request finishes)")
     parser.add_argument("--switch-cost-us", type=float, default=2000.0,
                         help="cost of a decode-to-prefill phase switch in microseconds "
                              "(default 2000)")
@@ -139,17 +143,21 @@ def _run(args: argparse.Namespace) -> int:
     waiting = _waiting(args, rng)
     remaining = lengths(args.remaining, len(context), rng, "--remaining") if waiting else None
     budget = None if args.kv_budget_gib is None else int(args.kv_budget_gib * 2 ** 30)
+    if args.horizon is not None and args.horizon <= 0:
+        raise PlanningError("--horizon must be positive")
+    start = time.perf_counter()
     schedule = plan(resolve_model(args.model), args.device, context, waiting=waiting,
                     remaining_output_lens=remaining, solver=args.solver,
                     num_micro_batches=args.micro_batches, kv_budget_bytes=budget,
-                    switch_cost_us=args.switch_cost_us)
+                    switch_cost_us=args.switch_cost_us, horizon_steps=args.horizon)
+    seconds = time.perf_counter() - start
     try:
         with open(args.out, "w") as f:
             f.write(schedule.to_json())
     except OSError as exc:
         raise PipedecodeError(f"cannot write {args.out!r}: {exc.strerror or exc}") from None
     print(summary(schedule))
-    print(f"wrote {args.out}")
+    print(f"planned in {seconds:.2f} s with {args.solver}; wrote {args.out}")
     return 0
 
 

@@ -21,6 +21,7 @@ def test_plan_writes_a_schedule_and_prints_a_summary(tmp_path, capsys):
     assert schedule.switch is not None
     text = capsys.readouterr().out
     assert "predicted step" in text and "switch to prefill" in text and str(out) in text
+    assert "planned in" in text
 
 
 def test_context_file_and_seeded_distributions(tmp_path):
