@@ -27,6 +27,8 @@ GRID = {"llama-3-8b": [(64, 512), (64, 1024), (64, 2048), (64, 4096), (128, 512)
         "llama-2-7b": [(64, 512), (64, 1024), (64, 2048), (128, 512), (256, 512)]}
 MIXED = {"llama-3-8b": (256, 64, 1024), "llama-2-7b": (64, 64, 1024)}  # batch, min, max ctx
 SLACK = 16  # cache positions beyond the longest context
+KERNELS_NOTE = ("hybrid: cuBLAS GEMMs on the whole GPU (sequential), the partition-aware Triton "
+                "matmul on partitions (interleaved); Triton attention, RoPE+KV write, RMSNorm")
 
 
 def context_lens_for(batch: int, context: int | None, mixed: tuple | None, seed: int = 0):
@@ -80,7 +82,7 @@ def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def pipedecode_point(weights, lens, splits, planner_schedule=None, cublas=False) -> dict:
+def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=False) -> dict:
     from pipedecode.runtime.executor import Executor
     from pipedecode.runtime.step import DecodeStep
 
@@ -95,14 +97,14 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, cublas=False)
     seq.set_inputs(tokens, ctx)
     row["sequential_us"] = time_us(seq.run)
     del seq
-    if cublas:                       # the same step with cuBLAS GEMMs on the whole GPU
+    if triton_seq:                   # the same step with the Triton matmul on the whole GPU
         from pipedecode.runtime.ops import kernel_set
 
         own = step.kernels
-        step.kernels = kernel_set("cublas")
+        step.kernels = kernel_set("triton")
         seq = Executor(weights, batch, step.max_context, step=step)
         seq.set_inputs(tokens, ctx)
-        row["sequential_cublas_us"] = time_us(seq.run)
+        row["sequential_triton_us"] = time_us(seq.run)
         step.kernels = own
         del seq
     candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
@@ -294,7 +296,7 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_mode"] = schedule.mode
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
-            row.update(pipedecode_point(weights, lens, args.splits, schedule, args.cublas))
+            row.update(pipedecode_point(weights, lens, args.splits, schedule, args.triton_seq))
             if row["name"].split("_", 1)[1] in args.breakdown:
                 row["breakdown"] = [stage_breakdown(weights, lens, m) for m in args.splits]
         except torch.OutOfMemoryError as exc:
@@ -346,8 +348,9 @@ def markdown(result: dict) -> str:
              f"unguarded measured time of its schedule; best split = fastest measured "
              f"interleaved run over memory partitions of {result['splits']} SMs. floor = "
              f"max(FLOPs / {result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} "
-             f"TB/s) over weights + KV cache. pd sequential uses the partition-aware Triton GEMMs; "
-             f"(cuBLAS x) is the same step with cuBLAS GEMMs, where measured.", "",
+             f"TB/s) over weights + KV cache. Kernels: {result.get('kernels', 'triton')}; (cuBLAS x) "
+             f"or (Triton x) after pd sequential: the same step with that GEMM, where measured.",
+             "",
              "| model | batch | context | HF eager | HF static+compile | pd sequential | "
              "pd planner | speedup | best split | predicted | pred. err | floor | "
              "floor/best |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -373,6 +376,8 @@ def markdown(result: dict) -> str:
             f"{_ms(r, 'hf_compile_us')} | {seq / 1000:.2f}"
             + (f" (cuBLAS {r['sequential_cublas_us'] / 1000:.2f})"
                if "sequential_cublas_us" in r else "")
+            + (f" (Triton {r['sequential_triton_us'] / 1000:.2f})"
+               if "sequential_triton_us" in r else "")
             + f" | {chosen / 1000:.2f} ({mode}) | "
             f"{seq / chosen:.3f} | "
             + (f"{split / 1000:.2f} ({r['interleaved_best_split']}, {seq / split:.3f}x)"
@@ -412,8 +417,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
     parser.add_argument("--points", default="", help="only these, e.g. 64x512,256x1024,mixed")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--cublas", action="store_true",
-                        help="also time sequential with cuBLAS GEMMs (diagnostic column)")
+    parser.add_argument("--triton-seq", action="store_true",
+                        help="also time sequential with the Triton matmul (diagnostic column)")
     parser.add_argument("--extra", default="", help="points outside the grid, e.g. 1024x256")
     parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
     parser.add_argument("--merge", nargs="+", default=None,
@@ -446,7 +451,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "transformers": transformers.__version__,
               "peak_tflops": profile.peak_flops_per_s / 1e12,
               "hbm_tbs": profile.hbm_bytes_per_s / 1e12,
-              "splits": args.splits,
+              "splits": args.splits, "kernels": KERNELS_NOTE,
               "rows": []}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))

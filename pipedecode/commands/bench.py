@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hf-eager", action="store_true", help="also time transformers eager")
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--cublas", action="store_true",
-                        help="also time sequential with cuBLAS GEMMs (diagnostic)")
+    parser.add_argument("--triton-seq", action="store_true",
+                        help="also time sequential with the Triton matmul (diagnostic)")
     parser.set_defaults(func=_run)
 
 
@@ -52,6 +52,6 @@ def _run(args: argparse.Namespace) -> int:
         argv += ["--schedules", args.schedules]
     if args.hf_eager:
         argv.append("--hf-eager")
-    if args.cublas:
-        argv.append("--cublas")
+    if args.triton_seq:
+        argv.append("--triton-seq")
     return module.main(argv)

@@ -4,7 +4,8 @@ Owns `KernelSet` and `kernel_set(name)`. "torch" is plain torch in the model's d
 transformers' eager arithmetic (so float32 CPU runs match it), graph-capturable (no host syncs,
 writes into given buffers). "triton" takes the partition-aware kernels of
 `pipedecode.runtime.kernels` where that package provides them and falls back to "torch" op by op
-where it does not. Knows nothing of schedules, streams or micro-batches: callers pass `sm_count`.
+where it does not; "cublas" is "triton" with torch GEMMs; "hybrid" (the CUDA default) uses cuBLAS
+GEMMs for whole-GPU calls and the Triton matmul for calls on a partition. Knows nothing of schedules, streams or micro-batches: callers pass `sm_count`.
 """
 
 from __future__ import annotations
@@ -154,14 +155,34 @@ def cublas_kernel_set() -> KernelSet:
                      tuple(n for n in fast.provided if n not in ("linear", "gate_up_silu")))
 
 
+def hybrid_kernel_set() -> KernelSet:
+    """GEMMs through cuBLAS on the whole GPU (sm_count None: measured faster there on the H100)
+    and through the partition-aware Triton matmul on a partition; Triton for the other ops."""
+    fast, blas = triton_kernel_set(), cublas_kernel_set()
+
+    def lin(x, weight, *, bias=None, out, sm_count=None):
+        pick = blas if sm_count is None else fast
+        return pick.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
+
+    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
+        pick = blas if sm_count is None else fast
+        return pick.gate_up_silu(x, w_gate_up, scratch=scratch, out=out, sm_count=sm_count)
+
+    return KernelSet("hybrid", fast.rms_norm, lin, gate_up, fast.rope_kv_write,
+                     fast.decode_attention, fast.provided)
+
+
 def kernel_set(name: str = "auto", device: torch.device | str = "cpu") -> KernelSet:
-    """"torch", "triton", "cublas", or "auto" (triton on CUDA, torch elsewhere)."""
+    """"torch", "triton", "cublas", "hybrid", or "auto" (hybrid on CUDA, torch elsewhere)."""
     if name == "auto":
-        name = "triton" if torch.device(device).type == "cuda" else "torch"
+        name = "hybrid" if torch.device(device).type == "cuda" else "torch"
+    if name == "hybrid":
+        return hybrid_kernel_set()
     if name == "torch":
         return TORCH_KERNELS
     if name == "triton":
         return triton_kernel_set()
     if name == "cublas":
         return cublas_kernel_set()
-    raise ValueError(f"kernel set must be 'auto', 'torch', 'triton' or 'cublas', got {name!r}")
+    raise ValueError(f"kernel set must be 'auto', 'torch', 'triton', 'cublas' or 'hybrid', "
+                     f"got {name!r}")

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from pipedecode.runtime import ops
+from pipedecode.runtime.kernels import reference
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (4, 4)])
+def test_torch_attention_matches_reference_and_ignores_padding(heads, kv_heads):
+    q, k, v = _rand(3, heads, 16, seed=1), _rand(3, kv_heads, 12, 16, seed=2), _rand(3, kv_heads, 12, 16, seed=3)
+    lens = torch.tensor([1, 7, 12], dtype=torch.int32)
+    k[0, :, 1:] = 1e4                        # padding must not be read
+    out = torch.empty_like(q)
+    ops.torch_decode_attention(q, k, v, lens, out=out)
+    torch.testing.assert_close(out, reference.decode_attention(q, k, v, lens), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_rope_kv_write_matches_reference():
+    q, k, v = _rand(2, 4, 16, seed=4), _rand(2, 2, 16, seed=5), _rand(2, 2, 16, seed=6)
+    cos, sin = _rand(2, 16, seed=7), _rand(2, 16, seed=8)
+    pos = torch.tensor([3, 0], dtype=torch.int32)
+    caches = [torch.zeros(2, 2, 5, 16) for _ in range(4)]
+    q_out = torch.empty_like(q)
+    ops.torch_rope_kv_write(q, k, v, cos, sin, caches[0], caches[1], pos, torch.arange(2),
+                            q_out=q_out)
+    expected = reference.rope_kv_write(q, k, v, cos, sin, caches[2], caches[3], pos)
+    torch.testing.assert_close(q_out, expected)
+    torch.testing.assert_close(caches[0], caches[2])
+    torch.testing.assert_close(caches[1], caches[3])
+
+
+@pytest.mark.parametrize("sm_count", [None, 48])
+def test_hybrid_linears_match_float32_on_both_paths(sm_count):
+    kernels = ops.kernel_set("hybrid")
+    x, w = _rand(5, 32, seed=9), _rand(40, 32, seed=10)
+    out, act, scratch = torch.empty(5, 40), torch.empty(5, 20), torch.empty(5, 40)
+    kernels.linear(x, w, out=out, sm_count=sm_count)
+    torch.testing.assert_close(out, reference.linear(x, w), rtol=1e-5, atol=1e-5)
+    kernels.gate_up_silu(x, w, scratch=scratch, out=act, sm_count=sm_count)
+    torch.testing.assert_close(act, reference.gate_up_silu(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_set_names():
+    assert ops.kernel_set("auto", "cpu").name == "torch"
+    with pytest.raises(ValueError):
+        ops.kernel_set("fast")
