@@ -5,7 +5,7 @@ where a queue is given, the switch point) on this machine's CPU, and records the
 The 70B model's bf16 weights (141 GB) fit no single GPU here, so the KV budget is passed
 explicitly: this benchmark times the planner, it does not claim the batch fits.
 
-    python benchmarks/planner_solve.py            # writes benchmarks/results/planner_solve.{json,md}
+    python benchmarks/planner_solve.py    # writes benchmarks/results/planner_solve.{json,md}
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     for r in rows:
         plan = f"{r['mode']} ({r['memory_sms']} SMs)" if r["mode"] == "interleaved" else r["mode"]
         sw = f"yes (after {r['switch_step']})" if r["switch_point"] else "no"
-        lines.append(f"| {r['device']} ({r['profile_source']}) | {r['solver']} | {r['contexts']} | {sw} | {r['buckets']} | "
+        lines.append(f"| {r['device']} ({r['profile_source']}) | {r['solver']} | "
+                     f"{r['contexts']} | {sw} | {r['buckets']} | "
                      f"{r['ilp_variables']} / {r['ilp_constraints']} | {r['solve_s_median']:.2f} | "
                      f"{r['solve_s_max']:.2f} | {plan} | {r['predicted_step_ms']:.1f} / "
                      f"{r['sequential_step_ms']:.1f} |")

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"context lengths of the batch: {SPEC_HELP}")
     parser.add_argument("--waiting", default=None,
                         help="waiting prompts for the switch point: a count (lengths from "
-                             "--prompt-len/--output-len) or a file of 'prompt_len output_len' lines")
+                             "--prompt-len/--output-len) or a file of 'prompt_len output_len' "
+                             "lines")
     parser.add_argument("--prompt-len", default="1024", metavar=SPEC,
                         help="prompt lengths of the waiting prompts, as --context (default 1024)")
     parser.add_argument("--output-len", default="256", metavar=SPEC,
@@ -78,7 +79,8 @@ def lengths(spec: str, count: int | None, rng: random.Random, what: str) -> list
     if os.path.isfile(spec):
         values = _read_lengths(spec, what)
         if count is not None and len(values) != count:
-            raise PlanningError(f"{what}: {spec} lists {len(values)} lengths but --batch is {count}")
+            raise PlanningError(f"{what}: {spec} lists {len(values)} lengths but --batch is "
+                                f"{count}")
         return values
     kind, _, rest = spec.partition(":")
     n = 1 if count is None else count
@@ -108,7 +110,8 @@ def _read_lengths(path: str, what: str) -> list[int]:
         values = json.loads(text) if text.lstrip().startswith("[") else text.split()
         values = [int(v) for v in values]
     except (ValueError, TypeError):
-        raise PlanningError(f"{what}: {path} must hold integers (one per line or a JSON list)") from None
+        raise PlanningError(f"{what}: {path} must hold integers (one per line or a JSON "
+                            f"list)") from None
     if not values or min(values) <= 0:
         raise PlanningError(f"{what}: {path} must hold at least one positive length")
     return values

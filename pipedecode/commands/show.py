@@ -67,7 +67,8 @@ def table(schedule) -> str:
            f"{'micro-batch':>11} {'requests':>8} {'kv tokens':>10} {'mean ctx':>9}  request ids"]
     for m in s.micro_batches:
         ids = ",".join(map(str, m.request_ids[:8])) + (",..." if m.tokens > 8 else "")
-        out.append(f"{m.index:>11} {m.tokens:>8} {m.kv_tokens:>10} {m.kv_tokens / m.tokens:>9.0f}  {ids}")
+        mean = m.kv_tokens / m.tokens
+        out.append(f"{m.index:>11} {m.tokens:>8} {m.kv_tokens:>10} {mean:>9.0f}  {ids}")
     out += ["", "one decoder layer:",
             f"{'phase':>5} {'partition':>9} {'stage':>10} {'mb':>3} {'layer':>6} {'alone us':>9} "
             f"{'phase us':>9}"]
@@ -82,7 +83,8 @@ def table(schedule) -> str:
     if s.switch is not None:
         w = s.switch
         out += ["", f"switch to prefill after {w.step} of {w.horizon_steps} decode steps, "
-                    f"{len(w.admitted_prompts)} prompts admitted, prefill {w.prefill_us / 1e3:.1f} ms"
+                    f"{len(w.admitted_prompts)} prompts admitted, prefill "
+                    f"{w.prefill_us / 1e3:.1f} ms"
                     f" + switch {w.switch_cost_us / 1e3:.1f} ms",
                 f"  {w.tokens_per_s:.0f} tok/s | TD-Pipe rule: after {w.tdpipe_step} steps, "
                 f"{w.tdpipe_tokens_per_s:.0f} tok/s | at horizon end: "
@@ -152,7 +154,8 @@ def _decorate(fig, ax, schedule, lanes: list[str], layers: int) -> None:
                  f"{min(layers, schedule.model.num_layers)} of {schedule.model.num_layers} layers "
                  f"(step {schedule.predicted_step_us / 1e3:.2f} ms, sequential "
                  f"{schedule.sequential_step_us / 1e3:.2f} ms)", fontsize=10)
-    handles = [Patch(color=STAGE_COLORS[s], label=s) for s in ("pre_attn", "attention", "post_attn")]
+    handles = [Patch(color=STAGE_COLORS[s], label=s)
+               for s in ("pre_attn", "attention", "post_attn")]
     if len(schedule.micro_batches) > 1:
         handles += [Patch(facecolor="white", edgecolor="black", hatch=HATCHES[i % len(HATCHES)],
                           label=f"mb{i}") for i in range(min(len(schedule.micro_batches), 6))]

@@ -66,7 +66,8 @@ class CostModel:
 
     def post_attn_us(self, tokens: float, sm_count: float) -> float:
         _, post = self._elementwise_bytes(tokens)
-        gemms = sum(self._gemm(n, tokens, sm_count) for n in ("o_proj", "gate_up_proj", "down_proj"))
+        gemms = sum(self._gemm(name, tokens, sm_count)
+                    for name in ("o_proj", "gate_up_proj", "down_proj"))
         return gemms + self._elementwise_us(post, 3, sm_count)
 
     def linear_us(self, tokens: float, sm_count: float) -> float:
@@ -151,7 +152,8 @@ class CostModel:
     def roofline_floor_us(self, tokens: float, kv_tokens: float) -> float:
         """max(FLOPs / peak, bytes / bandwidth) of the whole step, weights read once."""
         m, p = self.model, self.profile
-        flops = m.num_layers * self.flops(tokens, kv_tokens) + 2 * tokens * m.vocab_size * m.hidden_size
-        moved = m.num_layers * (self.linear_bytes(tokens) + self.attention_bytes(tokens, kv_tokens)) \
-            + m.vocab_size * m.hidden_size * m.dtype_bytes
+        head = m.vocab_size * m.hidden_size
+        flops = m.num_layers * self.flops(tokens, kv_tokens) + 2 * tokens * head
+        layer_bytes = self.linear_bytes(tokens) + self.attention_bytes(tokens, kv_tokens)
+        moved = m.num_layers * layer_bytes + head * m.dtype_bytes
         return max(flops / p.peak_flops_per_s, moved / p.hbm_bytes_per_s) * 1e6

@@ -65,9 +65,11 @@ class Problem:
 
     def __post_init__(self) -> None:
         if not self.request_ids or len(self.request_ids) != len(self.context_lens):
-            raise ValueError("Problem: request_ids and context_lens must be non-empty, equal length")
+            raise ValueError("Problem: request_ids and context_lens must be non-empty and "
+                             "equally long")
         if self.num_micro_batches < 2:
-            raise ValueError(f"Problem.num_micro_batches must be >= 2, got {self.num_micro_batches}")
+            raise ValueError(f"Problem.num_micro_batches must be >= 2, "
+                             f"got {self.num_micro_batches}")
         if self.remaining_output_lens is not None and \
                 len(self.remaining_output_lens) != len(self.request_ids):
             raise ValueError("Problem.remaining_output_lens must have one entry per request")
@@ -146,8 +148,10 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
         raise PlanningError(f"memory partition sizes {bad} are not allowed on {profile.name}; "
                             f"allowed: {profile.partition_sizes()}")
     if kv_budget_bytes is None:
-        kv_budget_bytes = int(profile.memory_bytes * DEFAULT_MEMORY_UTILIZATION - weight_bytes(shape))
-    remaining = None if remaining_output_lens is None else tuple(int(r) for r in remaining_output_lens)
+        usable = profile.memory_bytes * DEFAULT_MEMORY_UTILIZATION
+        kv_budget_bytes = int(usable - weight_bytes(shape))
+    remaining = None if remaining_output_lens is None else \
+        tuple(int(r) for r in remaining_output_lens)
     horizon = horizon_steps if horizon_steps is not None else (max(remaining) if remaining else 0)
     try:
         prompts = tuple(w if isinstance(w, WaitingPrompt) else WaitingPrompt(*w)

@@ -125,7 +125,8 @@ class Schedule:
             raise ValueError("interleaved mode needs memory_sms > 0 and two or more micro_batches")
         for name in ("memory_sms", "compute_sms"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a non-negative integer, "
+                                 f"got {getattr(self, name)!r}")
         if self.compute_sms <= 0:
             raise ValueError(f"compute_sms must be positive, got {self.compute_sms}")
         for name in ("predicted_step_us", "sequential_step_us", "roofline_floor_us"):
@@ -229,7 +230,8 @@ def _parse_schedule(data: Any, where: str) -> Schedule:
                             f"pipedecode reads version {SCHEDULE_VERSION}; plan again")
     kwargs = _fields(Schedule, data, where)
     kwargs["model"] = _build(ModelShape, kwargs["model"], f"{where}: field 'model'")
-    kwargs["micro_batches"] = _build_list(MicroBatch, kwargs["micro_batches"], where, "micro_batches")
+    kwargs["micro_batches"] = _build_list(MicroBatch, kwargs["micro_batches"], where,
+                                          "micro_batches")
     for name in ("slots", "prologue", "epilogue"):
         if name in kwargs:
             kwargs[name] = _build_list(Slot, kwargs[name], where, name)

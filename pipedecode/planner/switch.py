@@ -69,7 +69,8 @@ class Horizon:
 
     def __init__(self, problem: Problem, cost: CostModel) -> None:
         if problem.remaining_output_lens is None or not problem.waiting:
-            raise PlanningError("the switch point needs remaining output lengths and a waiting queue")
+            raise PlanningError("the switch point needs remaining output lengths and a "
+                                "waiting queue")
         self.p, self.cost = problem, cost
         rem, ctx = problem.remaining_output_lens, problem.context_lens
         self.old_steps = max(rem)
@@ -97,7 +98,8 @@ class Horizon:
     def admit(self, k: int) -> tuple[tuple[int, ...], int]:
         """Prompts admitted at a switch after k steps, and the predicted peak KV in bytes."""
         per_token = self.p.model.kv_bytes_per_token()
-        need = sum(c + r for c, r in zip(self.p.context_lens, self.p.remaining_output_lens) if r > k)
+        running = zip(self.p.context_lens, self.p.remaining_output_lens)
+        need = sum(c + r for c, r in running if r > k)
         admitted = []
         for w, prompt in enumerate(self.p.waiting):
             extra = prompt.prompt_len + prompt.output_len

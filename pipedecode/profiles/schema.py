@@ -92,22 +92,24 @@ class DeviceProfile:
     description: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("sm_count", "sm_granularity", "min_partition_sms", "memory_bytes"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"DeviceProfile.{field} must be positive, got {getattr(self, field)}")
-        for field in ("peak_flops_per_s", "hbm_bytes_per_s", "per_sm_bytes_per_s"):
-            if not getattr(self, field) > 0:
-                raise ValueError(f"DeviceProfile.{field} must be positive, got {getattr(self, field)}")
+        for field in ("sm_count", "sm_granularity", "min_partition_sms", "memory_bytes",
+                      "peak_flops_per_s", "hbm_bytes_per_s", "per_sm_bytes_per_s"):
+            value = getattr(self, field)
+            if not value > 0:
+                raise ValueError(f"DeviceProfile.{field} must be positive, got {value}")
         if self.source not in ("analytic", "measured"):
-            raise ValueError(f"DeviceProfile.source must be 'analytic' or 'measured', got {self.source!r}")
+            raise ValueError(f"DeviceProfile.source must be 'analytic' or 'measured', "
+                             f"got {self.source!r}")
         if not (math.isfinite(self.corun_slowdown) and self.corun_slowdown >= 1.0):
-            raise ValueError(f"DeviceProfile.corun_slowdown must be >= 1, got {self.corun_slowdown}")
+            raise ValueError(f"DeviceProfile.corun_slowdown must be >= 1, "
+                             f"got {self.corun_slowdown}")
         if self.launch_overhead_us < 0:
-            raise ValueError(f"DeviceProfile.launch_overhead_us must be >= 0, got {self.launch_overhead_us}")
+            raise ValueError(f"DeviceProfile.launch_overhead_us must be >= 0, "
+                             f"got {self.launch_overhead_us}")
         sms = [s for s, _ in self.bandwidth_by_sms]
         if sms != sorted(set(sms)) or any(s <= 0 or bw <= 0 for s, bw in self.bandwidth_by_sms):
-            raise ValueError("DeviceProfile.bandwidth_by_sms must be (sm_count, bytes_per_s) pairs, "
-                             "positive and sorted by distinct sm_count")
+            raise ValueError("DeviceProfile.bandwidth_by_sms must be (sm_count, bytes_per_s) "
+                             "pairs, positive and sorted by distinct sm_count")
         for table in ("gemm_latency", "attention_latency"):
             for point in getattr(self, table):
                 if not point.latency_us > 0 or not point.sm_count > 0:
@@ -141,7 +143,8 @@ class DeviceProfile:
             raise ProfileError(f"{where}: expected a JSON object, got {type(data).__name__}")
         if data.get("version") != PROFILE_VERSION:
             raise ProfileError(f"{where}: field 'version' is {data.get('version')!r}, this "
-                               f"pipedecode reads version {PROFILE_VERSION}; re-measure or convert it")
+                               f"pipedecode reads version {PROFILE_VERSION}; re-measure or "
+                               f"convert it")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields) - {"version"})
         if unknown:

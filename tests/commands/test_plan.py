@@ -56,16 +56,17 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, args, message)
     argv = ["plan"] + [x for kv in base.items() for x in kv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1 and err.startswith("pipedecode plan: error:")
+    assert message in err and len(err.splitlines()) == 1
+    assert err.startswith("pipedecode plan: error:")
 
 
 def test_the_installed_script_runs_plan(tmp_path):
     exe = shutil.which("pipedecode")
     cmd = [exe] if exe else [sys.executable, "-m", "pipedecode.cli"]
     out = tmp_path / "s.json"
-    done = subprocess.run(cmd + ["plan", "--model", "llama-3-8b", "--device", "h100", "--batch",
-                                 "64", "--context", "1024", "--solver", "ortools", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    args = ["plan", "--model", "llama-3-8b", "--device", "h100", "--batch", "64", "--context",
+            "1024", "--solver", "ortools", "--out", str(out)]
+    done = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text())["solver"] == "ortools"
 

@@ -68,7 +68,8 @@ def test_large_batch_split_matches_brute_force(llama8b, solver):
 def test_cbc_and_ortools_agree_on_a_512_request_problem(llama8b):
     rng = random.Random(7)
     contexts = [rng.randint(128, 4096) for _ in range(512)]
-    problem = build_problem(llama8b, BUILTIN["h200"], contexts, max_buckets=12, kv_budget_bytes=2 ** 40)
+    problem = build_problem(llama8b, BUILTIN["h200"], contexts, max_buckets=12,
+                            kv_budget_bytes=2 ** 40)
     lp = build_split_lp(problem, CostModel(llama8b, problem.profile), allow_sequential=False)
     cbc, ortools = solve_lp(lp, "cbc"), solve_lp(lp, "ortools")
     assert cbc.optimal and ortools.optimal

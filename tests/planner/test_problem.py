@@ -43,4 +43,5 @@ def test_default_kv_budget_leaves_room_for_weights(llama8b):
     problem = build_problem(llama8b, BUILTIN["h100"], [10])
     # Llama-3-8B: 8.0e9 parameters in bf16 (embedding and head untied)
     assert weight_bytes(llama8b) == pytest.approx(16.06e9, rel=0.01)
-    assert problem.kv_budget_bytes == int(problem.profile.memory_bytes * 0.9 - weight_bytes(llama8b))
+    budget = int(problem.profile.memory_bytes * 0.9 - weight_bytes(llama8b))
+    assert problem.kv_budget_bytes == budget

@@ -12,7 +12,8 @@ KV_PER_TOKEN = 131072   # Llama-3-8B
 
 def _cliff(llama8b, switch_cost_us=1000.0, budget_tokens=None):
     # 8 requests of 1000 tokens: 6 finish after 20 steps, 2 after 200; 8 prompts wait
-    return build_problem(llama8b, BUILTIN["h100"], [1000] * 8, remaining_output_lens=[20] * 6 + [200] * 2,
+    return build_problem(llama8b, BUILTIN["h100"], [1000] * 8,
+                         remaining_output_lens=[20] * 6 + [200] * 2,
                          waiting=[(1000, 200)] * 8, switch_cost_us=switch_cost_us,
                          kv_budget_bytes=None if budget_tokens is None
                          else budget_tokens * KV_PER_TOKEN)
@@ -72,7 +73,8 @@ def test_planner_matches_or_beats_tdpipe_and_both_solvers_agree(llama8b, seed):
 def test_the_plan_carries_the_switch_point(llama8b):
     from pipedecode.planner import plan
 
-    schedule = plan(llama8b, BUILTIN["h100"], [1000] * 8, remaining_output_lens=[20] * 6 + [200] * 2,
+    schedule = plan(llama8b, BUILTIN["h100"], [1000] * 8,
+                    remaining_output_lens=[20] * 6 + [200] * 2,
                     waiting=[(1000, 200)] * 8)
     assert schedule.switch is not None and schedule.switch.step == 1
     assert plan(llama8b, BUILTIN["h100"], [1000] * 8).switch is None

@@ -1,4 +1,5 @@
-"""Solver backends, one file each, behind one signature: `solve_lp(lp, *, time_limit_s) -> Solution`.
+"""Solver backends, one file each, behind one signature:
+`solve_lp(lp, *, time_limit_s) -> Solution`.
 
 Backends import their library when called, never at package import.
 """
