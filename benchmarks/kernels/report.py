@@ -57,12 +57,13 @@ def _attention(res):
              "ours TB/s = KV bytes actually needed / time; % = of the streaming read on the same "
              "partition; SDPA/ours > 1 means ours is faster. SDPA on the ragged row reads the "
              "padded cache (no per-request lengths).", "",
-             "| shape | SMs | ours µs | ours TB/s | % of stream | SDPA µs | SDPA/ours |",
-             "|---|---|---|---|---|---|---|"]
+             "| shape | SMs | ours µs | ours TB/s | % of stream | SDPA µs | SDPA/ours | ours, 4 programs/SM µs |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in a["rows"]:
         pct = None if r.get("of_stream") is None else 100 * r["of_stream"]
         lines.append(f"| {r['shape']} | {r['sms']} | {_f(r['ours_us'], 1)} | {_f(r['ours_tbs'])} "
-                     f"| {_f(pct, 0)} | {_f(r['sdpa_us'], 1)} | {_f(r['sdpa_over_ours'])} |")
+                     f"| {_f(pct, 0)} | {_f(r['sdpa_us'], 1)} | {_f(r['sdpa_over_ours'])} | "
+                     f"{_f(r.get('pps4_us'), 1)} |")
     return lines + [""]
 
 
@@ -88,9 +89,9 @@ def _gate_up(res):
     if not rows:
         return []
     lines = ["## Fused gate/up + SiLU (Llama-3-8B, 2x14336 x 4096), µs", "",
-             "| tokens | SMs | fused | triton linear + torch silu*mul | cuBLAS + torch silu*mul |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['tokens']} | {r['sms']} | {_f(r['fused_us'], 1)} | "
+             "| tokens | SMs | fused | auto | triton linear + torch silu*mul | cuBLAS + torch silu*mul |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['tokens']} | {r['sms']} | {_f(r['fused_us'], 1)} | {_f(r.get('auto_us'), 1)} | "
               f"{_f(r['triton_then_torch_us'], 1)} | {_f(r['cublas_then_torch_us'], 1)} |"
               for r in rows]
     return lines + [""]

@@ -11,11 +11,14 @@ CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
   head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x kv_heads x splits fills
   `sm_count` SMs (None = the whole GPU). `max_context_len` is an optional host-side upper bound
   on context_lens (default: the cache capacity), used only to size the splits; it never syncs.
-- `linear(x, weight, *, bias=None, sm_count=None, out=None) -> out`: x @ weight.T (+ bias);
-  x: [tokens, k], weight: [n, k], bias: [n]. Persistent Triton matmul whose grid is the SM
-  count, tiles and split-K from `tiling.choose_config(tokens, n, k, sm_count)`.
-- `gate_up_silu(x, w_gate_up, *, sm_count=None, out=None) -> out`: silu(x @ w_gate.T) *
-  (x @ w_up.T); w_gate_up: [2 * inter, k] with the gate rows first; out: [tokens, inter].
+- `linear(x, weight, *, bias=None, sm_count=None, out=None, impl="auto") -> out`:
+  x @ weight.T (+ bias); x: [tokens, k], weight: [n, k], bias: [n]. Two paths: a persistent
+  Triton matmul whose grid is the SM count, tiles and split-K from
+  `tiling.choose_config(tokens, n, k, sm_count)`, and cuBLAS. impl="auto" takes the one measured
+  faster at that (tokens, n, k, sm_count) on this GPU (`dispatch`); "triton"/"cublas" force one.
+- `gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, impl="auto") -> out`:
+  silu(x @ w_gate.T) * (x @ w_up.T); w_gate_up: [2 * inter, k] with the gate rows first;
+  out: [tokens, inter]. Triton: one fused pass; cuBLAS: GEMM, then silu * up in torch.
 - `rms_norm(x, weight, eps=1e-6, *, out=None) -> out`: x: [rows, hidden], weight: [hidden].
 - `rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None) -> q_out`:
   rotate-half RoPE on q [batch, heads, dim] and k [batch, kv_heads, dim] with cos/sin
@@ -123,16 +126,49 @@ def _contiguous_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def linear(x, weight, *, bias=None, sm_count=None, out=None, config: MatmulConfig | None = None):
-    """x @ weight.T (+ bias) on sm_count SMs; `config` overrides the tile choice (benchmarks)."""
+@functools.lru_cache(maxsize=16)
+def _device_key(index: int) -> str | None:
+    from pipedecode.runtime.kernels.dispatch import device_key
+
+    return device_key(torch.cuda.get_device_name(index))
+
+
+def _gemm_path(x, n: int, sms: int, impl: str, config) -> str:
+    """'triton', 'cublas' or 'reference' for y[m, n] = x[m, k] @ w^T on sms SMs."""
+    if impl not in ("auto", "triton", "cublas"):
+        raise ValueError(f"impl must be 'auto', 'triton' or 'cublas', got {impl!r}")
+    if not x.is_cuda:
+        return "triton" if _use_triton(x) and impl != "cublas" else "reference"
+    if config is not None or impl == "triton":
+        return "triton" if _triton_installed() else "cublas"
+    if impl == "cublas" or not _triton_installed():
+        return "cublas"
+    from pipedecode.runtime.kernels.dispatch import prefer_triton
+
+    key = _device_key(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    return "triton" if prefer_triton(key, x.shape[0], n, x.shape[1], sms) else "cublas"
+
+
+def linear(x, weight, *, bias=None, sm_count=None, out=None, impl: str = "auto",
+           config: MatmulConfig | None = None):
+    """x @ weight.T (+ bias) on sm_count SMs.
+
+    impl: "auto" (the faster of cuBLAS and the Triton matmul where measured, see `dispatch`),
+    "triton" or "cublas"; `config` forces the Triton matmul with that tile (benchmarks).
+    """
     _check_linear(x, weight, weight.shape[0], out, "linear")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
     sms = _check_sm_count(sm_count, x)
     if out is None:
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-    if not _use_triton(x):
+    path = _gemm_path(x, weight.shape[0], sms, impl, config)
+    if path == "reference":
         return reference.linear(x, weight, bias=bias, out=out)
+    if path == "cublas":
+        if bias is None:
+            return torch.matmul(x, weight.t(), out=out)
+        return torch.addmm(bias, x, weight.t(), out=out)
     from pipedecode.runtime.kernels import _matmul
 
     m, k = x.shape
@@ -141,8 +177,13 @@ def linear(x, weight, *, bias=None, sm_count=None, out=None, config: MatmulConfi
                           pair=False)
 
 
-def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, config: MatmulConfig | None = None):
-    """silu(x @ w_gate.T) * (x @ w_up.T) with w_gate_up = [w_gate; w_up], one pass over x."""
+def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, impl: str = "auto",
+                 config: MatmulConfig | None = None):
+    """silu(x @ w_gate.T) * (x @ w_up.T) with w_gate_up = [w_gate; w_up].
+
+    The Triton path is one fused pass; the cuBLAS path (chosen as for `linear` on the
+    [tokens, 2 * inter] product) is a GEMM then torch's silu and multiply.
+    """
     if w_gate_up.shape[0] % 2:
         raise ValueError(f"gate_up_silu: w_gate_up must have an even number of rows, got "
                          f"{w_gate_up.shape[0]}")
@@ -151,8 +192,12 @@ def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, config: MatmulConfig 
     sms = _check_sm_count(sm_count, x)
     if out is None:
         out = torch.empty((x.shape[0], inter), dtype=x.dtype, device=x.device)
-    if not _use_triton(x):
+    path = _gemm_path(x, 2 * inter, sms, impl, config)
+    if path == "reference":
         return reference.gate_up_silu(x, w_gate_up, out=out)
+    if path == "cublas":
+        both = torch.matmul(x, w_gate_up.t())                     # [tokens, 2 * inter]
+        return torch.mul(torch.nn.functional.silu(both[:, :inter]), both[:, inter:], out=out)
     from pipedecode.runtime.kernels import _matmul
 
     cfg = config or choose_config(x.shape[0], inter, x.shape[1], sms, pair=True)

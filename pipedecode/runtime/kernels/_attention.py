@@ -28,7 +28,7 @@ class AttentionConfig:
     block_n: int = 64          # keys per loop step
     num_warps: int = 4
     num_stages: int = 3
-    programs_per_sm: int = 4   # target resident programs per SM when choosing the split count
+    programs_per_sm: int = 8   # target programs per SM when choosing the split count
     min_chunk: int = 256       # never split a request into chunks shorter than this
 
 
