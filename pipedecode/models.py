@@ -208,8 +208,24 @@ def make_config(spec: str | Any, **overrides: Any) -> Any:
     return config
 
 
+def _preset_shape(name: str) -> ModelShape:
+    """A preset's shape straight from the table (importing transformers takes seconds)."""
+    fields = PRESETS[name]
+    heads = fields["num_attention_heads"]
+    return ModelShape(
+        name=name, family=fields["model_type"], hidden_size=fields["hidden_size"],
+        intermediate_size=fields["intermediate_size"], num_layers=fields["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=fields.get("num_key_value_heads") or heads,
+        head_dim=fields.get("head_dim") or fields["hidden_size"] // heads,
+        vocab_size=fields["vocab_size"], qkv_bias=fields["model_type"] == "qwen2")
+
+
 def model_shape(spec: str | Any) -> ModelShape:
-    """The ModelShape of a preset name, path, hub id, config or model."""
+    """The ModelShape of a ModelShape, preset name, path, hub id, config or model."""
+    if isinstance(spec, ModelShape):
+        return spec
+    if isinstance(spec, str) and spec in PRESETS:
+        return _preset_shape(spec)
     if isinstance(spec, torch.nn.Module):
         check_model(spec)
         return ModelShape.from_config(spec.config)

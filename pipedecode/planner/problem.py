@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipedecode.errors import PlanningError
-from pipedecode.models import PRESETS, ModelShape, model_shape
+from pipedecode.models import ModelShape, model_shape
 from pipedecode.profiles.registry import load_profile
 from pipedecode.profiles.schema import DeviceProfile
 
@@ -83,20 +83,7 @@ class Problem:
 
 
 def resolve_model(spec: ModelShape | str) -> ModelShape:
-    """A ModelShape from a ModelShape, a preset name (read from the preset table directly, which
-    skips the seconds importing transformers takes), or anything `model_shape` accepts."""
-    if isinstance(spec, ModelShape):
-        return spec
-    if isinstance(spec, str) and spec in PRESETS:
-        fields = PRESETS[spec]
-        heads = fields["num_attention_heads"]
-        return ModelShape(
-            name=spec, family=fields["model_type"], hidden_size=fields["hidden_size"],
-            intermediate_size=fields["intermediate_size"], num_layers=fields["num_hidden_layers"],
-            num_heads=heads, num_kv_heads=fields.get("num_key_value_heads") or heads,
-            head_dim=fields.get("head_dim") or fields["hidden_size"] // heads,
-            vocab_size=fields["vocab_size"],
-            qkv_bias=fields["model_type"] == "qwen2" or bool(fields.get("attention_bias", False)))
+    """A ModelShape from anything `model_shape` accepts (presets without importing transformers)."""
     return model_shape(spec)
 
 
