@@ -55,6 +55,17 @@ def roofline_floor_us(shape, lens, peak_flops: float, hbm_bytes_per_s: float) ->
     return max(flops / peak_flops, bytes_moved / hbm_bytes_per_s) * 1e6
 
 
+def interleaved_bytes_floor_us(spec: str, kv_tokens: int, hbm_bytes_per_s: float,
+                               micro_batches: int = 2) -> float:
+    """Least time of an interleaved step: every micro-batch re-reads all weights, plus the KV."""
+    from pipedecode.models import model_shape
+
+    shape = model_shape(spec)
+    weights = (shape.weight_bytes_per_layer() * shape.num_layers
+               + shape.vocab_size * shape.hidden_size * shape.dtype_bytes)
+    return (micro_batches * weights + kv_tokens * shape.kv_bytes_per_token()) / hbm_bytes_per_s * 1e6
+
+
 def balanced_halves(lens: list[int]) -> list[list[int]]:
     """Two micro-batches of equal size and near-equal KV tokens (longest first, alternating)."""
     order = sorted(range(len(lens)), key=lambda r: -lens[r])
@@ -348,16 +359,18 @@ def markdown(result: dict) -> str:
              f"unguarded measured time of its schedule; best split = fastest measured "
              f"interleaved run over memory partitions of {result['splits']} SMs. floor = "
              f"max(FLOPs / {result['peak_tflops']:.0f} TFLOP/s, bytes / {result['hbm_tbs']:.2f} "
-             f"TB/s) over weights + KV cache. Kernels: {result.get('kernels', 'triton')}; (cuBLAS x) "
+             f"TB/s) over weights + KV cache; max il speedup = pd sequential / max(floor, bytes of an "
+             f"interleaved step (each of 2 micro-batches re-reads the weights, plus the KV) / "
+             f"{result['hbm_tbs']:.2f} TB/s): the most interleaving could win here. Kernels: {result.get('kernels', 'triton')}; (cuBLAS x) "
              f"or (Triton x) after pd sequential: the same step with that GEMM, where measured.",
              "",
              "| model | batch | context | HF eager | HF static+compile | pd sequential | "
-             "pd planner | speedup | best split | predicted | pred. err | floor | "
-             "floor/best |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "pd planner | speedup | best split | max il speedup | predicted | pred. err | "
+             "floor | floor/best |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r.get("skipped"):
             lines.append(f"| {r['model']} | {r['batch']} | {r['context']} | skipped: "
-                         f"{r['skipped']} |" + " |" * 9)
+                         f"{r['skipped']} |" + " |" * 10)
             continue
         seq = r["sequential_us"]
         raw = r.get("planner_us", seq)
@@ -371,6 +384,8 @@ def markdown(result: dict) -> str:
         pred = r.get("planner_predicted_us")
         err = f"{(pred - raw) / raw:+.1%}" if pred else "-"
         best = min(seq, chosen, split or seq)
+        il_floor = interleaved_bytes_floor_us(r["model"], r["kv_tokens"],
+                                              result["hbm_tbs"] * 1e12)
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['context']}{label} | {_ms(r, 'hf_eager_us')} | "
             f"{_ms(r, 'hf_compile_us')} | {seq / 1000:.2f}"
@@ -382,27 +397,34 @@ def markdown(result: dict) -> str:
             f"{seq / chosen:.3f} | "
             + (f"{split / 1000:.2f} ({r['interleaved_best_split']}, {seq / split:.3f}x)"
                if split else "-")
+            + f" | {seq / max(r['roofline_floor_us'], il_floor):.2f}"
             + f" | {_ms(r, 'planner_predicted_us')} | {err} | {_ms(r, 'roofline_floor_us')} | "
             f"{r['roofline_floor_us'] / best:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def merge_results(paths: list[str]) -> dict:
-    """One table from several runs on one GPU: per point, later files' values win."""
+def merge_results(paths: list[str], hf_paths: list[str] = ()) -> dict:
+    """One table from runs on one GPU: per point, later files' values win; from `hf_paths`
+    only the transformers columns (hf_*) are taken, for points the main files measured."""
     merged: dict = {}
     result = None
-    for path in paths:
+    for path in list(hf_paths) + list(paths):
+        hf_only = path in hf_paths and path not in paths
         with open(path) as fh:
             data = json.load(fh)
-        result = result or {k: v for k, v in data.items() if k != "rows"}
-        result["splits"] = sorted(set(result.get("splits", [])) | set(data.get("splits", [])))
+        if not hf_only:
+            result = {k: v for k, v in data.items() if k != "rows"} if result is None else result
+            result["splits"] = sorted(set(result.get("splits", [])) | set(data.get("splits", [])))
         for row in data["rows"]:
             key = (row["model"], row["batch"], str(row["context"]))
             entry = merged.setdefault(key, {"sources": []})
-            entry.update(row)
+            entry.update({k: v for k, v in row.items() if k.startswith("hf_")} if hf_only
+                         else row)
             entry["sources"].append(os.path.basename(path))
-    result["rows"] = list(merged.values())
+    result["rows"] = [r for r in merged.values() if "model" in r and "roofline_floor_us" in r
+                      and ("sequential_us" in r or r.get("skipped"))]
     result["merged_from"] = [os.path.basename(p) for p in paths]
+    result["hf_columns_from"] = [os.path.basename(p) for p in hf_paths]
     return result
 
 
@@ -423,9 +445,11 @@ def main(argv=None) -> int:
     parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="no GPU: merge these result JSONs into --out/decode_step_TAG.*")
+    parser.add_argument("--merge-hf", nargs="+", default=[],
+                        help="with --merge: take only the transformers columns from these")
     args = parser.parse_args(argv)
     if args.merge:
-        result = merge_results(args.merge)
+        result = merge_results(args.merge, args.merge_hf)
         stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))
         with open(stem + ".json", "w") as fh:
             json.dump(result, fh, indent=1)
