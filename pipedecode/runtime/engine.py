@@ -90,3 +90,23 @@ def build_executor(model_or_weights, *, batch_size: int, max_context: int, sched
         else pack_hf_model(model_or_weights, max_positions=max_context)
     return Executor(weights, batch_size, max_context, schedule=schedule, use_graphs=use_graphs,
                     autotune=autotune)
+
+
+def plan_and_build(model, *, context_lens: Sequence[int], max_context: int,
+                   device: str = "h100", schedule=None) -> Executor:
+    """What `pipedecode.compile` calls on a GPU: plan for these requests (unless a schedule is
+    given), build the executor with the measured guard, sequential where planning is impossible
+    here (no solver, no GPU), with `fallback_reason` saying why."""
+    reason = None
+    if schedule is None and torch.cuda.is_available():
+        try:
+            from pipedecode.planner import plan
+
+            schedule = plan(model, device, list(context_lens))
+        except Exception as exc:  # noqa: BLE001 - planning is an optimisation, never required
+            reason = f"no schedule ({type(exc).__name__}: {exc}); running sequentially"
+    executor = build_executor(model, batch_size=len(context_lens), max_context=max_context,
+                              schedule=schedule)
+    if reason and not executor.fallback_reason:
+        executor.fallback_reason = reason
+    return executor

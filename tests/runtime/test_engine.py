@@ -20,3 +20,13 @@ def test_generate_rejects_bad_token_counts():
     executor = build_executor(build_model("tiny-llama"), batch_size=1, max_context=8)
     with pytest.raises(ValueError):
         generate(executor, [torch.tensor([1, 2])], 0)
+
+
+def test_plan_and_build_runs_sequentially_without_a_gpu():
+    from pipedecode.runtime.engine import plan_and_build
+
+    model = build_model("tiny-llama", seed=3)
+    executor = plan_and_build(model, context_lens=[5, 9], max_context=24)
+    assert executor.mode == "sequential"
+    prompts = [torch.arange(1, 5), torch.arange(3, 11)]
+    assert generate(executor, prompts, 3).tokens.shape == (2, 3)
