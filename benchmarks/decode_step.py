@@ -318,25 +318,30 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
     gc.collect()
     torch.cuda.empty_cache()
     if args.hf_eager or args.compile_points:
-        model = hf_model(spec)
-        for row, lens in todo:
-            if row.get("skipped") or not isinstance(row["context"], int):
-                continue
-            key = f"{row['batch']}x{row['context']}"
-            try:
-                if args.hf_eager:
-                    row["hf_eager_us"] = hf_eager_us(model, row["batch"], row["context"])
-                if f"{spec}:{key}" in args.compile_points:
-                    row["hf_compile_us"] = hf_compiled_us(model, row["batch"], row["context"])
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
-                row["hf_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
-            gc.collect()
-            torch.cuda.empty_cache()
-            print(_short(row), flush=True)
-        del model
+        hf_columns(spec, todo, args)
+    return rows
+
+
+def hf_columns(spec: str, todo: list, args) -> None:
+    """transformers eager / StaticCache+compile times for the uniform points that fit."""
+    model = hf_model(spec)
+    for row, _ in todo:
+        if row.get("skipped") or not isinstance(row["context"], int):
+            continue
+        key = f"{row['batch']}x{row['context']}"
+        try:
+            if args.hf_eager:
+                row["hf_eager_us"] = hf_eager_us(model, row["batch"], row["context"])
+            if f"{spec}:{key}" in args.compile_points:
+                row["hf_compile_us"] = hf_compiled_us(model, row["batch"], row["context"])
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            row["hf_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
         gc.collect()
         torch.cuda.empty_cache()
-    return rows
+        print(_short(row), flush=True)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def _short(row: dict) -> dict:
@@ -449,13 +454,7 @@ def main(argv=None) -> int:
                         help="with --merge: take only the transformers columns from these")
     args = parser.parse_args(argv)
     if args.merge:
-        result = merge_results(args.merge, args.merge_hf)
-        stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))
-        with open(stem + ".json", "w") as fh:
-            json.dump(result, fh, indent=1)
-        with open(stem + ".md", "w") as fh:
-            fh.write(markdown(result))
-        print(markdown(result))
+        write_result(merge_results(args.merge, args.merge_hf), args.out, args.tag)
         return 0
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
@@ -477,16 +476,22 @@ def main(argv=None) -> int:
               "hbm_tbs": profile.hbm_bytes_per_s / 1e12,
               "splits": args.splits, "kernels": KERNELS_NOTE,
               "rows": []}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "decode_step" + (f"_{args.tag}" if args.tag else ""))
     for spec in args.models.split(","):
         result["rows"] += run_model(spec, args, profile.peak_flops_per_s, profile.hbm_bytes_per_s)
-        with open(stem + ".json", "w") as fh:       # after each model: partial runs keep data
-            json.dump(result, fh, indent=1)
-        with open(stem + ".md", "w") as fh:
-            fh.write(markdown(result))
-    print(markdown(result))
+        write_result(result, args.out, args.tag, quiet=True)   # after each model: keep partials
+    write_result(result, args.out, args.tag)
     return 0
+
+
+def write_result(result: dict, out: str, tag: str, quiet: bool = False) -> None:
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, "decode_step" + (f"_{tag}" if tag else ""))
+    with open(stem + ".json", "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(stem + ".md", "w") as fh:
+        fh.write(markdown(result))
+    if not quiet:
+        print(markdown(result))
 
 
 if __name__ == "__main__":
