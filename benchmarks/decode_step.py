@@ -197,7 +197,6 @@ def stage_breakdown(weights, lens, memory_sms: int) -> dict:
             main.wait_stream(s)
 
     out["both_partitions_concurrent_us"] = time_us(both, 2, 3)
-    del step
     return out
 
 
@@ -234,7 +233,6 @@ def hf_eager_us(model, batch: int, context: int) -> float:
         cache.crop(-1)                  # drop the token this step appended
 
     us = time_us(step, iters=2, repeats=3)
-    del cache
     return us
 
 
@@ -259,7 +257,6 @@ def hf_compiled_us(model, batch: int, context: int) -> float:
     for _ in range(3):
         step()
     us = time_us(step, iters=3, repeats=3)
-    del cache, compiled
     return us
 
 
