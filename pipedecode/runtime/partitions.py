@@ -7,11 +7,13 @@ long as the records that hold them.
 
 Two routes. The driver route (`cuda.bindings`) splits the device's SM resource once, so the two
 partitions never share an SM, and reads the count the driver actually granted (Hopper: at least
-8 SMs, in multiples of 8). The torch route (`torch.cuda.green_contexts.GreenContext.create`) is
-the fallback where `cuda.bindings` is missing: each context is cut from the whole device, so two
-of them may overlap and the granted count is the rounding rule, not a reading; the records say
-so (`disjoint`, `granted_exact`). Where neither works, PartitionUnavailableError says why, and
-callers run sequentially. Knows nothing of kernels or schedules.
+8 SMs, in multiples of 8). The torch route (`torch.cuda.green_contexts.GreenContext.create`)
+cuts each context from the whole device, so two of them overlap (measured on an H100: a 48-SM
+and an 88-SM context shared 48 SMs); it serves single partitions where `cuda.bindings` is
+missing, and pairs only when asked for by name, and its granted count is the rounding rule, not
+a reading (`disjoint`, `granted_exact` say so). Where no disjoint pair can be made,
+PartitionUnavailableError says why, and callers run sequentially. Knows nothing of kernels or
+schedules.
 """
 
 from __future__ import annotations
@@ -71,15 +73,24 @@ def _torch_green_contexts():
     return green_contexts
 
 
-def partition_support(device_index: int | None = None) -> tuple[bool, str]:
-    """(True, route) where SM partitions can be made here, else (False, a sentence saying why)."""
+def _gpu_problem(device_index: int | None) -> str | None:
+    """Why this process cannot partition SMs on any route, or None."""
     if not torch.cuda.is_available():
-        return False, "SM partitions need a CUDA GPU and none is visible" + _SEQUENTIAL
+        return "SM partitions need a CUDA GPU and none is visible" + _SEQUENTIAL
     index = torch.cuda.current_device() if device_index is None else device_index
     major, minor = torch.cuda.get_device_capability(index)
     if major < 9:
-        return False, (f"SM partitions are supported here on Hopper (compute capability 9.0) and "
-                       f"newer; this GPU is {major}.{minor}" + _SEQUENTIAL)
+        return (f"SM partitions are supported here on Hopper (compute capability 9.0) and "
+                f"newer; this GPU is {major}.{minor}" + _SEQUENTIAL)
+    return None
+
+
+def partition_support(device_index: int | None = None) -> tuple[bool, str]:
+    """(True, "driver") where disjoint SM partitions can be made, else (False, why)."""
+    problem = _gpu_problem(device_index)
+    if problem:
+        return False, problem
+    index = torch.cuda.current_device() if device_index is None else device_index
     if _driver() is not None:
         try:
             _split_info(index)
@@ -87,7 +98,10 @@ def partition_support(device_index: int | None = None) -> tuple[bool, str]:
             return False, str(exc)
         return True, "driver"
     if _torch_green_contexts() is not None:
-        return True, "torch"
+        return False, ("cuda.bindings is not installed, and torch's green contexts are each cut "
+                       "from the whole GPU, so two of them share SMs (on an H100 a 48-SM context "
+                       "lay inside an 88-SM one); pip install cuda-python for disjoint partitions"
+                       + _SEQUENTIAL)
     return False, ("neither cuda.bindings (pip install cuda-python) nor torch green contexts "
                    "(torch >= 2.11 built with CUDA >= 12.8) are available" + _SEQUENTIAL)
 
@@ -154,35 +168,49 @@ def _driver_partitions(memory_sms: int, compute_sms: int | None, index: int) -> 
     return PartitionPair(parts[0], parts[1], disjoint=True)
 
 
-def _torch_partitions(memory_sms: int, compute_sms: int | None, index: int) -> PartitionPair:
+def _torch_partition(requested: int, index: int) -> Partition:
     gcm = _torch_green_contexts()
+    if gcm is None:
+        raise PartitionUnavailableError("torch has no green contexts here (torch >= 2.11 built "
+                                        "with CUDA >= 12.8 needed)" + _SEQUENTIAL)
     total = torch.cuda.get_device_properties(index).multi_processor_count
-    major = torch.cuda.get_device_capability(index)[0]
-    parts = []
-    for requested in (memory_sms, compute_sms if compute_sms is not None else total - memory_sms):
-        granted, smallest, step = _granted_by_rule(requested, total, major)
-        try:
-            ctx = gcm.GreenContext.create(num_sms=requested, device_id=index)
-            stream = ctx.Stream()
-        except (RuntimeError, TypeError) as exc:
-            raise PartitionUnavailableError(
-                f"torch could not create a green context of {requested} SMs ({exc})"
-                + _SEQUENTIAL) from None
-        parts.append(Partition(requested, granted, step, smallest, stream, "torch", False,
-                               handle=ctx))
-    return PartitionPair(parts[0], parts[1], disjoint=False)
+    granted, smallest, step = _granted_by_rule(requested, total,
+                                               torch.cuda.get_device_capability(index)[0])
+    try:
+        ctx = gcm.GreenContext.create(num_sms=requested, device_id=index)
+        stream = ctx.Stream()
+    except (RuntimeError, TypeError) as exc:
+        raise PartitionUnavailableError(
+            f"torch could not create a green context of {requested} SMs ({exc})"
+            + _SEQUENTIAL) from None
+    return Partition(requested, granted, step, smallest, stream, "torch", False, handle=ctx)
+
+
+def _torch_partitions(memory_sms: int, compute_sms: int | None, index: int) -> PartitionPair:
+    total = torch.cuda.get_device_properties(index).multi_processor_count
+    rest = compute_sms if compute_sms is not None else total - memory_sms
+    return PartitionPair(_torch_partition(memory_sms, index), _torch_partition(rest, index),
+                         disjoint=False)
 
 
 def make_partitions(memory_sms: int, compute_sms: int | None = None, *,
                     device_index: int | None = None, route: str | None = None) -> PartitionPair:
-    """A memory partition of >= memory_sms SMs and a compute partition (default: all the rest).
+    """A memory partition of >= memory_sms SMs and a disjoint compute partition (default: the rest).
 
-    `route` forces "driver" or "torch" (default: the driver where cuda.bindings is installed).
-    Raises PartitionUnavailableError where partitions cannot be made; ValueError for bad counts.
+    Needs the driver route (cuda.bindings). route="torch" forces torch's green contexts, which
+    overlap (the pair says disjoint=False): for experiments only. Raises
+    PartitionUnavailableError where partitions cannot be made; ValueError for bad counts.
     """
-    ok, reason = partition_support(device_index)
-    if not ok:
-        raise PartitionUnavailableError(reason)
+    if route not in (None, "driver", "torch"):
+        raise ValueError(f"route must be 'driver' or 'torch', got {route!r}")
+    if route == "torch":
+        problem = _gpu_problem(device_index)
+        if problem:
+            raise PartitionUnavailableError(problem)
+    else:
+        ok, reason = partition_support(device_index)
+        if not ok:
+            raise PartitionUnavailableError(reason)
     index = torch.cuda.current_device() if device_index is None else device_index
     total = torch.cuda.get_device_properties(index).multi_processor_count
     if memory_sms <= 0 or memory_sms >= total:
@@ -190,21 +218,23 @@ def make_partitions(memory_sms: int, compute_sms: int | None = None, *,
     if compute_sms is not None and (compute_sms <= 0 or memory_sms + compute_sms > total):
         raise ValueError(f"compute_sms must be positive and memory_sms + compute_sms <= {total}, "
                          f"got {memory_sms} + {compute_sms}")
-    chosen = route or reason
-    if chosen == "driver":
-        return _driver_partitions(memory_sms, compute_sms, index)
-    if chosen == "torch":
+    if route == "torch":
         return _torch_partitions(memory_sms, compute_sms, index)
-    raise ValueError(f"route must be 'driver' or 'torch', got {route!r}")
+    return _driver_partitions(memory_sms, compute_sms, index)
 
 
 def make_partition(sm_count: int, *, device_index: int | None = None) -> Partition:
-    """One partition of >= sm_count SMs (its complement is released); all SMs: a plain stream."""
-    if not torch.cuda.is_available():
-        raise PartitionUnavailableError("SM partitions need a CUDA GPU and none is visible"
-                                        + _SEQUENTIAL)
+    """One partition of >= sm_count SMs (driver route, else one torch green context); a request
+    of all SMs or more gives an ordinary stream ("whole")."""
+    problem = _gpu_problem(device_index)
+    if problem:
+        raise PartitionUnavailableError(problem)
     index = torch.cuda.current_device() if device_index is None else device_index
     total = torch.cuda.get_device_properties(index).multi_processor_count
+    if sm_count <= 0:
+        raise ValueError(f"sm_count must be positive, got {sm_count}")
     if sm_count >= total:
         return Partition(sm_count, total, 1, total, torch.cuda.Stream(index), "whole", True)
-    return make_partitions(sm_count, device_index=index).memory
+    if _driver() is not None:
+        return make_partitions(sm_count, device_index=index).memory
+    return _torch_partition(sm_count, index)

@@ -68,3 +68,21 @@ def test_gpu_driver_partitions_are_disjoint_and_granted():
         assert len(seen[-1]) <= part.granted_sms
     if pair.disjoint:
         assert not seen[0] & seen[1]
+
+
+def test_without_cuda_bindings_pairs_are_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(partitions, "_gpu_problem", lambda index: None)
+    monkeypatch.setattr(partitions.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(partitions, "_driver", lambda: None)
+    monkeypatch.setattr(partitions, "_torch_green_contexts", lambda: object())
+    ok, reason = partitions.partition_support()
+    assert not ok and "share SMs" in reason and "cuda-python" in reason
+    with pytest.raises(PartitionUnavailableError, match="share SMs"):
+        partitions.make_partitions(64)
+    monkeypatch.setattr(partitions, "_torch_green_contexts", lambda: None)
+    assert "neither" in partitions.partition_support()[1]
+
+
+def test_unknown_route_is_a_value_error():
+    with pytest.raises(ValueError, match="route"):
+        partitions.make_partitions(64, route="magic")
