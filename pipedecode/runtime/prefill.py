@@ -15,8 +15,9 @@ from pipedecode.runtime.step import DecodeStep
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    """x: the float32 residual stream; the result is in the weights' dtype, as the step's."""
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * normed).to(weight.dtype)
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def prefill_request(step: DecodeStep, row: int, prompt: torch.Tensor) -> torch.T
         raise ValueError(f"row must be in 0..{step.batch_size - 1}, got {row}")
     heads, kv_heads, dim = step.num_heads, step.num_kv_heads, step.head_dim
     prompt = prompt.to(w.device)
-    x = w.embed[prompt]                                       # [n, hidden]
+    x = w.embed[prompt].float()                               # [n, hidden], float32 residual
     cos, sin = w.rope_cos[:n], w.rope_sin[:n]                 # [n, dim]
     for layer, lw in enumerate(w.layers):
         h = _rms_norm(x, lw.input_norm, step.eps)

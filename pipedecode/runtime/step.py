@@ -44,7 +44,10 @@ class DecodeStep:
         self.tokens = buf(b, dtype=torch.long)
         self.context_lens = buf(b, dtype=torch.int32)   # counts the current token
         self.positions = buf(b, dtype=torch.int32)      # context_lens - 1
-        self.x, self.h, self.tmp = buf(b, h), buf(b, h), buf(b, h)
+        # The residual stream stays float32 between layers (transformers keeps it in the model
+        # dtype): one rounding per layer fewer; identical for float32 models.
+        self.x = buf(b, h, dtype=torch.float32)
+        self.h, self.tmp = buf(b, h), buf(b, h)
         self.qkv, self.q = buf(b, q_dim + 2 * kv_dim), buf(b, self.num_heads, self.head_dim)
         self.attn = buf(b, q_dim)
         self.gate_up, self.act = buf(b, 2 * inter), buf(b, inter)
@@ -74,7 +77,8 @@ class DecodeStep:
     # Stages. `rows` is a contiguous slice of the batch; `sm_count` is the partition's SMs.
     def embed(self, rows: slice, sm_count: int | None = None) -> None:
         w = self.weights
-        torch.index_select(w.embed, 0, self.tokens[rows], out=self.x[rows])
+        torch.index_select(w.embed, 0, self.tokens[rows], out=self.h[rows])
+        self.x[rows].copy_(self.h[rows])
         torch.index_select(w.rope_cos, 0, self.positions[rows], out=self.cos[rows])
         torch.index_select(w.rope_sin, 0, self.positions[rows], out=self.sin[rows])
 
