@@ -145,7 +145,8 @@ def build_profile(facts: DeviceFacts, timer: Timer, spec: MeasureSpec,
         min_partition_sms=facts.min_partition_sms, peak_flops_per_s=rates["peak"],
         # the better of a device copy (read + write) and the streaming read on all SMs: what
         # a well-fed kernel reaches, which the cost model's roofline needs
-        hbm_bytes_per_s=max([rates["copy"]] + [bw for _, bw in bandwidth]), memory_bytes=facts.memory_bytes, source="measured",
+        hbm_bytes_per_s=max([rates["copy"]] + [bw for _, bw in bandwidth]),
+        memory_bytes=facts.memory_bytes, source="measured",
         bandwidth_by_sms=tuple(bandwidth), per_sm_bytes_per_s=lowest_bw / lowest_sms,
         gemm_latency=tuple(found["gemm"]), attention_latency=tuple(found["attention"]),
         corun_slowdown=max(1.0, statistics.median(slowdowns)) if slowdowns else 1.0,

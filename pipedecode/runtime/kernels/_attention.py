@@ -138,7 +138,8 @@ def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, s
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         num_kv_heads, num_heads, chunk, splits,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
     if not single:
         _combine_kernel[(batch * num_heads,)](
             part_o, part_lse, context_lens, out, out.stride(0), out.stride(1), num_heads, chunk,
