@@ -4,7 +4,8 @@ The returned model shares the original's weights and modules; only its `forward`
 TorchDynamo with the pipedecode backend, the same path as `torch.compile(model,
 backend="pipedecode")`) and its generation config (static KV cache, so the decode step has one
 shape and the cache tensors are graph inputs) differ. The original model is left untouched.
-Knows nothing of how graphs are classified or split (backend.py, passes/).
+Knows nothing of how graphs are classified or split (backend.py, passes/) or of how the
+executor runs (runtime/hf_generate.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
     unknown device.
 
     The stages built for each captured graph (prefill and decode) are appended to the returned
-    model's `pipedecode_stages` list, in the order Dynamo compiled them.
+    model's `pipedecode_stages` list, in the order Dynamo compiled them. On a GPU, greedy
+    `generate` calls run on the runtime's executor instead (planned for the batch, interleaved
+    on SM partitions where it pays); `pipedecode_executor.last_executor` says how it ran.
     """
     check_model(model)
     record: list = []
@@ -48,7 +51,25 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
     config.disable_compile = True   # the forward is compiled already; no second HF auto-compile
     compiled.generation_config = config
     compiled.pipedecode_stages = record
+    if next(model.parameters()).is_cuda:
+        _serve_generate_with_executor(compiled, device)
     return compiled
+
+
+def _serve_generate_with_executor(compiled: torch.nn.Module, device) -> None:
+    """On a GPU, greedy `generate` runs on the executor (planned, interleaved where it pays);
+    calls it does not serve (sampling, beams, ...) go to transformers' loop over the stages."""
+    from pipedecode.runtime.hf_generate import ExecutorGenerate
+
+    serve = ExecutorGenerate(compiled, device=device)
+    staged_generate = compiled.generate
+
+    def generate(input_ids=None, **kwargs):
+        out = serve(input_ids, **kwargs)
+        return staged_generate(input_ids, **kwargs) if out is None else out
+
+    compiled.generate = generate
+    compiled.pipedecode_executor = serve
 
 
 def _as_dict(options: BackendOptions) -> dict:
