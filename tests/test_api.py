@@ -7,17 +7,6 @@ import transformers
 import pipedecode
 from pipedecode.errors import PipedecodeError, UnsupportedModelError
 from pipedecode.models import build_model
-from pipedecode.profiles.schema import DeviceProfile
-
-LOW_RIDGE = DeviceProfile("ridge-1", 132, 8, 8, peak_flops_per_s=1e12, hbm_bytes_per_s=1e12,
-                          memory_bytes=1 << 30)
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def _prompts(batch, length, seed, left_pad=()):
@@ -53,9 +42,9 @@ def _assert_same_generation(model, compiled, ids, mask):
     ("tiny-mistral", 3, 7, (3, 0, 1)),
     ("tiny-qwen2", 4, 6, (0, 5, 2, 0)),
 ])
-def test_compiled_generate_matches_eager(preset, batch, length, left_pad):
+def test_compiled_generate_matches_eager(preset, batch, length, left_pad, low_ridge):
     model = build_model(preset)
-    compiled = pipedecode.compile(model, device=LOW_RIDGE)
+    compiled = pipedecode.compile(model, device=low_ridge)
     ids, mask = _prompts(batch, length, seed=batch * 10 + length, left_pad=left_pad)
     _assert_same_generation(model, compiled, ids, mask)
     # prefill and decode both went through the stages; the decode step has one query token

@@ -8,17 +8,6 @@ import torch
 from pipedecode.backend import BackendOptions, make_executor, pipedecode_backend
 from pipedecode.errors import PipedecodeError
 from pipedecode.models import build_model
-from pipedecode.profiles.schema import DeviceProfile
-
-LOW_RIDGE = DeviceProfile("ridge-1", 132, 8, 8, peak_flops_per_s=1e12, hbm_bytes_per_s=1e12,
-                          memory_bytes=1 << 30)
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def test_registered_once_through_the_entry_point():
@@ -28,11 +17,11 @@ def test_registered_once_through_the_entry_point():
     assert torch._dynamo.lookup_backend("pipedecode") is pipedecode_backend
 
 
-def test_torch_compile_by_name_matches_eager():
+def test_torch_compile_by_name_matches_eager(low_ridge):
     model = build_model("tiny-llama")
     record: list = []
     compiled = torch.compile(model, backend="pipedecode",
-                             options={"device": LOW_RIDGE, "record": record})
+                             options={"device": low_ridge, "record": record})
     ids = torch.randint(0, 256, (64, 5), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(ids, use_cache=False).logits
@@ -44,7 +33,7 @@ def test_torch_compile_by_name_matches_eager():
     assert len(attention) == 2 and all(c.bound == "compute" for c in attention)
 
 
-def test_graph_breaks_split_layers_and_pass_the_rest_through():
+def test_graph_breaks_split_layers_and_pass_the_rest_through(low_ridge):
     model = build_model("tiny-mistral")
     record: list = []
 
@@ -54,7 +43,7 @@ def test_graph_breaks_split_layers_and_pass_the_rest_through():
         return torch.log_softmax(logits * 2.0, dim=-1)
 
     compiled = torch.compile(step, backend="pipedecode",
-                             options={"device": LOW_RIDGE, "record": record})
+                             options={"device": low_ridge, "record": record})
     ids = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids), step(ids), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Fixtures shared by the pass tests: device profiles with known ridge points, a clean Dynamo."""
+"""Fixtures shared by the tests: device profiles with known ridge points, a clean Dynamo."""
 
 import pytest
 import torch
