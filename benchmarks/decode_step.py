@@ -93,7 +93,8 @@ def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=False) -> dict:
+def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=False,
+                     kernels: str = "auto") -> dict:
     from pipedecode.runtime.executor import Executor
     from pipedecode.runtime.step import DecodeStep
 
@@ -118,6 +119,11 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
         row["sequential_triton_us"] = time_us(seq.run)
         step.kernels = own
         del seq
+    if kernels != "auto":            # a kernel set other than the default for the splits
+        from pipedecode.runtime.ops import kernel_set
+
+        step.kernels = kernel_set(kernels, "cuda")
+        row["interleaved_kernels"] = kernels
     candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
         [("planner+guard", planner_schedule)] if planner_schedule.mode == "interleaved" else [])
     total = torch.cuda.get_device_properties(0).multi_processor_count
@@ -152,7 +158,7 @@ def _graph_of(fn, stream=None):
     return graph
 
 
-def stage_breakdown(weights, lens, memory_sms: int) -> dict:
+def stage_breakdown(weights, lens, memory_sms: int, kernels: str = "auto") -> dict:
     """Why interleaving wins or loses: compute-only and attention-only parts of the step, whole
     GPU (full batch) vs each partition (two micro-batches), and the two partitions at once."""
     from pipedecode.runtime.partition_streams import open_partition_streams
@@ -160,6 +166,10 @@ def stage_breakdown(weights, lens, memory_sms: int) -> dict:
 
     batch = len(lens)
     step = DecodeStep(weights, batch, max(lens) + SLACK)
+    if kernels != "auto":
+        from pipedecode.runtime.ops import kernel_set
+
+        step.kernels = kernel_set(kernels, "cuda")
     for cache in step.k_cache + step.v_cache:
         cache.normal_()
     step.set_inputs(torch.randint(0, weights.shape.vocab_size, (batch,), device="cuda"),
@@ -177,7 +187,8 @@ def stage_breakdown(weights, lens, memory_sms: int) -> dict:
                         for r in rows_list]
 
     whole = slice(0, batch)
-    out = {"memory_sms": streams.memory_sms, "compute_sms": streams.compute_sms}
+    out = {"memory_sms": streams.memory_sms, "compute_sms": streams.compute_sms,
+           "kernels": step.kernels.name}
     out["compute_whole_us"] = time_us(_graph_of(compute([whole], None)).replay, 2, 3)
     out["attention_whole_us"] = time_us(_graph_of(attention([whole], None)).replay, 2, 3)
     out["compute_2mb_whole_us"] = time_us(_graph_of(compute(halves, None)).replay, 2, 3)
@@ -304,9 +315,11 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_mode"] = schedule.mode
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
-            row.update(pipedecode_point(weights, lens, args.splits, schedule, args.triton_seq))
+            row.update(pipedecode_point(weights, lens, args.splits, schedule, args.triton_seq,
+                                        args.kernels))
             if row["name"].split("_", 1)[1] in args.breakdown:
-                row["breakdown"] = [stage_breakdown(weights, lens, m) for m in args.splits]
+                row["breakdown"] = [stage_breakdown(weights, lens, m, args.kernels)
+                                    for m in args.splits]
         except torch.OutOfMemoryError as exc:
             row["skipped"] = f"out of memory: {str(exc)[:80]}"
         torch.cuda.empty_cache()
@@ -445,6 +458,9 @@ def main(argv=None) -> int:
                         help="also time sequential with the Triton matmul (diagnostic column)")
     parser.add_argument("--extra", default="", help="points outside the grid, e.g. 1024x256")
     parser.add_argument("--breakdown", default="", help="points to break down, e.g. b512_c512")
+    parser.add_argument("--kernels", default="auto",
+                        help="kernel set for the interleaved splits and breakdowns: auto (hybrid "
+                             "on CUDA), triton, cublas (diagnostic)")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="no GPU: merge these result JSONs into --out/decode_step_TAG.*")
     parser.add_argument("--merge-hf", nargs="+", default=[],
