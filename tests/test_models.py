@@ -50,3 +50,21 @@ def test_decoder_without_lm_head_is_rejected():
 def test_bad_attention_implementation_is_rejected():
     with pytest.raises(UnsupportedModelError, match="not supported"):
         build_model("tiny-llama", attn_implementation="flash_attention_2")
+
+
+def test_local_directory_loads_config_and_weights(tmp_path):
+    from pipedecode.models import load_model
+
+    original = build_model("tiny-qwen2", seed=7)
+    original.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32)
+    assert type(loaded).__name__ == "Qwen2ForCausalLM"
+    assert torch.equal(loaded.model.layers[1].self_attn.q_proj.bias,
+                       original.model.layers[1].self_attn.q_proj.bias)
+    shape = model_shape(str(tmp_path))
+    assert (shape.hidden_size, shape.num_kv_heads, shape.qkv_bias) == (64, 2, True)
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="could not load a config"):
+        model_shape(str(tmp_path))
