@@ -55,7 +55,9 @@ def main(argv=None) -> int:
         f" ({executor.fallback_reason})" if executor.fallback_reason else "")
     print(f"transformers generate: {eager_tps:,.0f} tokens/s")
     print(f"pipedecode.compile:    {tps:,.0f} tokens/s ({tps / eager_tps:.2f}x) via {how}")
-    print(f"greedy tokens identical: {torch.equal(tokens, eager_tokens)}")
+    same = (tokens == eager_tokens).float().mean().item()
+    # bf16 on a GPU: a near-tie can flip one token and the row diverges after it.
+    print(f"greedy tokens identical: {torch.equal(tokens, eager_tokens)} ({100 * same:.1f}% equal)")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -32,8 +32,12 @@ class GenerationResult:
 
 @torch.no_grad()
 def generate(executor: Executor, prompts: Sequence[torch.Tensor], max_new_tokens: int, *,
-             keep_logits: bool = False) -> GenerationResult:
-    """Greedy decoding of `max_new_tokens` per prompt; prompt i is request id i."""
+             keep_logits: bool = False, prefill: Callable | None = None) -> GenerationResult:
+    """Greedy decoding of `max_new_tokens` per prompt; prompt i is request id i.
+
+    `prefill(step, rows_prompts) -> logits [len(rows_prompts), vocab]` fills the cache rows of
+    [(row, prompt), ...] at once (e.g. one batched transformers forward); by default each prompt
+    is prefilled on its own by `prefill_request`."""
     step, layout = executor.step, executor.layout
     if len(prompts) != step.batch_size:
         raise ValueError(f"the executor was compiled for {step.batch_size} requests, got "
@@ -45,12 +49,13 @@ def generate(executor: Executor, prompts: Sequence[torch.Tensor], max_new_tokens
         raise ValueError(f"prompt ({longest}) + new tokens ({max_new_tokens}) exceed the "
                          f"compiled max_context {step.max_context}")
     device = step.tokens.device
-    first, lens = [], []
-    for row, request in enumerate(layout.order):
-        logits = prefill_request(step, row, prompts[request])
-        first.append(logits)
-        lens.append(int(prompts[request].numel()) + 1)
-    first_logits = torch.stack(first).float()
+    rows_prompts = [(row, prompts[request]) for row, request in enumerate(layout.order)]
+    lens = [int(prompt.numel()) + 1 for _, prompt in rows_prompts]
+    if prefill is None:
+        first_logits = torch.stack([prefill_request(step, row, prompt)
+                                    for row, prompt in rows_prompts]).float()
+    else:
+        first_logits = prefill(step, rows_prompts).float()
     tokens = first_logits.argmax(-1)                          # buffer-row order
     context_lens = torch.tensor(lens, dtype=torch.int32, device=device)
     out, kept = [tokens], [first_logits] if keep_logits else []
@@ -92,19 +97,41 @@ def build_executor(model_or_weights, *, batch_size: int, max_context: int, sched
                     autotune=autotune)
 
 
+def plan_for(model, context_lens: Sequence[int], device: str = "h100"):
+    """(schedule, reason): the planner's schedule for these requests, or (None, why not) where
+    planning is impossible here (no GPU to run it on, no solver installed, no feasible plan)."""
+    from pipedecode.runtime.weights import PackedWeights
+
+    if not torch.cuda.is_available():
+        return None, None
+    try:
+        from pipedecode.planner import plan
+
+        spec = model.shape if isinstance(model, PackedWeights) else model
+        return plan(spec, device, list(context_lens)), None
+    except Exception as exc:  # noqa: BLE001 - planning is an optimisation, never required
+        return None, f"no schedule ({type(exc).__name__}: {exc}); running sequentially"
+
+
+def reusable(executor: Executor | None, schedule, batch_size: int, max_context: int) -> bool:
+    """Whether `executor` runs `schedule` for this batch as it is (same buffers, same layout,
+    same partitions), so a new call can skip set-up: allocation, graph capture, the guard."""
+    def key(s):
+        return None if s is None or s.mode == "sequential" else (
+            s.mode, s.memory_sms, tuple(tuple(mb.request_ids) for mb in s.micro_batches))
+
+    return (executor is not None and executor.step.batch_size == batch_size
+            and executor.step.max_context == max_context
+            and key(executor.schedule) == key(schedule))
+
+
 def plan_and_build(model, *, context_lens: Sequence[int], max_context: int,
                    device: str = "h100", schedule=None) -> Executor:
-    """What `pipedecode.compile` calls on a GPU: plan for these requests (unless a schedule is
-    given), build the executor with the measured guard, sequential where planning is impossible
-    here (no solver, no GPU), with `fallback_reason` saying why."""
+    """Plan for these requests (unless a schedule is given) and build the executor with the
+    measured guard; sequential where planning is impossible here, `fallback_reason` saying why."""
     reason = None
-    if schedule is None and torch.cuda.is_available():
-        try:
-            from pipedecode.planner import plan
-
-            schedule = plan(model, device, list(context_lens))
-        except Exception as exc:  # noqa: BLE001 - planning is an optimisation, never required
-            reason = f"no schedule ({type(exc).__name__}: {exc}); running sequentially"
+    if schedule is None:
+        schedule, reason = plan_for(model, context_lens, device)
     executor = build_executor(model, batch_size=len(context_lens), max_context=max_context,
                               schedule=schedule)
     if reason and not executor.fallback_reason:

@@ -6,7 +6,9 @@ plans the batch, runs the executor (interleaved where the plan and a measurement
 sequential otherwise) and returns what transformers would: the prompt ids followed by the new
 tokens, rows that reached EOS padded after it. Anything it does not serve (sampling, beams,
 streamers, logits processors) returns None so the caller falls back to transformers' own loop.
-Weights are packed once per model and kept.
+Weights are packed once per model and kept; the executor of the last call is kept and reused
+when the next call plans the same way for as many requests of no longer context. Prompts are
+prefilled in one batched transformers forward, their K/V copied into the executor's cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 # Keyword arguments of generate() that the executor path honours; others send the call back.
+CONTEXT_STEP = 256      # executor cache lengths are multiples of this
 _SERVED = {"attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "num_beams",
            "pad_token_id", "eos_token_id", "use_cache", "return_dict_in_generate"}
 
@@ -46,7 +49,7 @@ class ExecutorGenerate:
     def __call__(self, input_ids: Any = None, **kwargs: Any) -> torch.Tensor | None:
         if not self._served(input_ids, kwargs):
             return None
-        from pipedecode.runtime.engine import generate, plan_and_build
+        from pipedecode.runtime.engine import build_executor, generate, plan_for, reusable
         from pipedecode.runtime.weights import pack_hf_model
 
         new_tokens = int(kwargs["max_new_tokens"])
@@ -56,15 +59,43 @@ class ExecutorGenerate:
         longest = max(int(p.numel()) for p in prompts)
         if self._weights is None:
             self._weights = pack_hf_model(self.model)
-        max_context = longest + new_tokens + 1
-        executor = plan_and_build(self._weights, context_lens=[p.numel() + new_tokens
-                                                              for p in prompts],
-                                  max_context=max_context, device=self.device)
-        self.last_executor = executor
-        result = generate(executor, prompts, new_tokens)
+        # Rounded up so that calls of similar lengths share one executor (buffers, graphs).
+        max_context = -(-(longest + new_tokens + 1) // CONTEXT_STEP) * CONTEXT_STEP
+        lens = [int(p.numel()) + new_tokens for p in prompts]
+        schedule, reason = plan_for(self._weights, lens, self.device)
+        if not reusable(self.last_executor, schedule, len(prompts), max_context):
+            self.last_executor = None          # free the old KV cache before the new one
+            if input_ids.is_cuda:
+                torch.cuda.empty_cache()
+            self.last_executor = build_executor(self._weights, batch_size=len(prompts),
+                                                max_context=max_context, schedule=schedule)
+            self.last_executor.fallback_reason = self.last_executor.fallback_reason or reason
+        result = generate(self.last_executor, prompts, new_tokens, prefill=self._prefill)
         tokens = result.tokens.to(input_ids.device)
         tokens = _pad_after_eos(tokens, self._eos(kwargs), self._pad(kwargs))
         return torch.cat([input_ids, tokens], dim=1)
+
+    @torch.no_grad()
+    def _prefill(self, step, rows_prompts) -> torch.Tensor:
+        """All prompts in one transformers forward (left-padded), K/V copied into the rows."""
+        from transformers import DynamicCache
+
+        longest = max(int(p.numel()) for _, p in rows_prompts)
+        device = rows_prompts[0][1].device
+        ids = torch.zeros(len(rows_prompts), longest, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, (_, prompt) in enumerate(rows_prompts):
+            ids[i, longest - prompt.numel():], mask[i, longest - prompt.numel():] = prompt, 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=DynamicCache(config=self.model.config), use_cache=True,
+                         logits_to_keep=1)
+        for layer, cached in enumerate(out.past_key_values.layers):
+            for i, (row, prompt) in enumerate(rows_prompts):
+                n = int(prompt.numel())            # [kv_heads, n, head_dim], real tokens only
+                step.k_cache[layer][row, :, :n] = cached.keys[i, :, longest - n:]
+                step.v_cache[layer][row, :, :n] = cached.values[i, :, longest - n:]
+        return out.logits[:, -1]
 
     def _eos(self, kwargs: dict[str, Any]) -> list[int]:
         eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)

@@ -29,6 +29,21 @@ def test_served_generate_equals_transformers(preset, lens):
     assert served.last_executor.mode == "sequential"
 
 
+def test_second_call_reuses_the_executor_and_stays_exact():
+    model = build_model("tiny-llama", seed=1)
+    served = ExecutorGenerate(model, cuda_only=False)
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    first_ids, first_mask = _left_padded([4, 7, 6], model.config.vocab_size, seed=1)
+    served(first_ids, attention_mask=first_mask, **kwargs)
+    executor = served.last_executor
+    ids, mask = _left_padded([9, 2, 5], model.config.vocab_size, seed=2)   # other prompts
+    got = served(ids, attention_mask=mask, **kwargs)
+    assert served.last_executor is executor
+    assert torch.equal(got, model.generate(ids, attention_mask=mask, **kwargs))
+    served(ids[:2], attention_mask=mask[:2], **kwargs)                     # another batch size
+    assert served.last_executor is not executor
+
+
 def test_unserved_calls_return_none():
     model = build_model("tiny-llama")
     ids = torch.ones(1, 3, dtype=torch.long)
