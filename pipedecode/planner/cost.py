@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pipedecode.models import ModelShape
 from pipedecode.profiles.latency import (attention_latency_us, bandwidth_bytes_per_s,
-                                         corun_slowdown, gemm_latency_us)
+                                         corun_us, gemm_latency_us)
 from pipedecode.profiles.schema import DeviceProfile
 
 
@@ -93,11 +93,10 @@ class CostModel:
     # ---- phases and steps -------------------------------------------------------------
     def phase_us(self, memory_us: float, compute_us: float, bytes_moved: float,
                  memory_sms: int) -> float:
-        """Two sides running at once: max(alone) * co-run slowdown (at this split), floored by
-        both sides' bytes over the shared HBM bandwidth."""
+        """Two sides running at once (`corun_us`: the measured penalty of overlapped work at this
+        split), floored by both sides' bytes over the shared HBM bandwidth."""
         floor = bytes_moved / self.profile.hbm_bytes_per_s * 1e6
-        slowdown = corun_slowdown(self.profile, memory_sms)
-        return max(max(memory_us, compute_us) * slowdown, floor)
+        return max(corun_us(self.profile, memory_sms, memory_us, compute_us), floor)
 
     def sequential_layer_us(self, tokens: float, kv_tokens: float) -> float:
         sms = self.profile.sm_count

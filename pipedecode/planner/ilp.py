@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pipedecode.planner.cost import CostModel
 from pipedecode.planner.lp import Builder, LinearProgram, Solution
 from pipedecode.planner.problem import Problem
-from pipedecode.profiles.latency import corun_slowdown
+from pipedecode.profiles.latency import corun_weights
 
 _SAMPLES = 17
 
@@ -70,7 +70,7 @@ class SidePrices:
     floor_per_token_us: float                    # per token of the linear side
     floor_per_request_us: float                  # per request of the attention side
     floor_per_kv_us: float                       # per KV token of the attention side
-    slowdown: float
+    corun: tuple[float, float]                   # (w_longer, w_shorter): `corun_weights`
     fill_us: float
 
 
@@ -89,7 +89,7 @@ def side_prices(problem: Problem, cost: CostModel, s: int) -> SidePrices:
         floor_per_token_us=(cost.linear_bytes(1) - cost.linear_bytes(0)) * hbm,
         floor_per_request_us=cost.attention_bytes(1, 0) * hbm,
         floor_per_kv_us=cost.attention_bytes(0, 1) * hbm,
-        slowdown=corun_slowdown(problem.profile, s),
+        corun=corun_weights(problem.profile, s),
         fill_us=cost.fill_drain_us([(total_tokens // m, total_kv // m)] * m))
 
 
@@ -110,7 +110,8 @@ def split_objective_us(problem: Problem, cost: CostModel, s: int,
         lin = max(c0 + c1 * tokens[(j + 1) % m] for c0, c1 in pr.linear)
         floor = pr.floor_fixed_us + pr.floor_per_token_us * tokens[(j + 1) % m] \
             + pr.floor_per_request_us * tokens[j] + pr.floor_per_kv_us * kv[j]
-        total += layers * max(pr.slowdown * att, pr.slowdown * lin, floor)
+        w_long, w_short = pr.corun
+        total += layers * max(w_long * att + w_short * lin, w_long * lin + w_short * att, floor)
     return total
 
 
@@ -141,13 +142,18 @@ def build_split_lp(problem: Problem, cost: CostModel, *,
             if j:
                 b.add(f"largest_first_mb{j}_s{s}", {**tokens[0], **{v: -1.0 for v in tokens[j]}},
                       ">=", 0)
+            att, lin = b.var(f"att_{j}_{s}"), b.var(f"lin_{j}_{s}")   # each side alone
             for i, (a0, a1) in enumerate(pr.attention):
-                b.add(f"attention_mb{j}_s{s}_piece{i}", {t: 1.0, y: -pr.slowdown * a0,
-                      **{v: -pr.slowdown * a1 * c for v, c in kv[j].items()}}, ">=", 0)
+                b.add(f"attention_mb{j}_s{s}_piece{i}",
+                      {att: 1.0, y: -a0, **{v: -a1 * c for v, c in kv[j].items()}}, ">=", 0)
             for i, (c0, c1) in enumerate(pr.linear):
                 b.add(f"linear_mb{(j + 1) % m}_s{s}_piece{i}",
-                      {t: 1.0, y: -pr.slowdown * c0, **{v: -pr.slowdown * c1 for v in partner}},
-                      ">=", 0)
+                      {lin: 1.0, y: -c0, **{v: -c1 for v in partner}}, ">=", 0)
+            w_long, w_short = pr.corun
+            b.add(f"corun_attention_longer_phase{j}_s{s}",
+                  {t: 1.0, att: -w_long, lin: -w_short}, ">=", 0)
+            b.add(f"corun_linear_longer_phase{j}_s{s}",
+                  {t: 1.0, lin: -w_long, att: -w_short}, ">=", 0)
             floor = {t: 1.0, y: -pr.floor_fixed_us}
             for k, bk in enumerate(buckets):
                 mine, before = x[k, j], x[k, (j + 1) % m]

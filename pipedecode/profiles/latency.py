@@ -51,6 +51,35 @@ def bandwidth_bytes_per_s(profile: DeviceProfile, sm_count: float) -> float:
     return (linear ** -p + profile.hbm_bytes_per_s ** -p) ** (-1 / p)
 
 
+def corun_weights(profile: DeviceProfile, memory_sms: float) -> tuple[float, float]:
+    """(w_longer, w_shorter): two sides at once take w_longer * max(alone) + w_shorter * min(alone).
+
+    With measured samples: (1, penalty), the penalty (`CorunSample.overlap_penalty`) being
+    piecewise-linear in the memory partition's SMs and the nearest sample's outside their range.
+    Without: (`corun_slowdown`, 0). w_shorter <= w_longer always, so the time is also
+    max(w_longer * a + w_shorter * c, w_longer * c + w_shorter * a): linear pieces for the ILP.
+    """
+    samples = sorted((s.memory_sms, s.overlap_penalty) for s in profile.corun_samples)
+    if not samples:
+        return profile.corun_slowdown, 0.0
+    dedup: dict[int, list[float]] = {}
+    for x, y in samples:
+        dedup.setdefault(x, []).append(y)
+    xs = sorted(dedup)
+    ys = [sum(dedup[x]) / len(dedup[x]) for x in xs]
+    if memory_sms <= xs[0] or memory_sms >= xs[-1]:
+        return 1.0, ys[0] if memory_sms <= xs[0] else ys[-1]
+    return 1.0, _linear(xs, ys, memory_sms)
+
+
+def corun_us(profile: DeviceProfile, memory_sms: float, memory_us: float,
+             compute_us: float) -> float:
+    """Both sides at once (`corun_weights`): a short side beside a long one costs little, two
+    equal sides the most; measured co-run samples decide how much at each split."""
+    w_longer, w_shorter = corun_weights(profile, memory_sms)
+    return w_longer * max(memory_us, compute_us) + w_shorter * min(memory_us, compute_us)
+
+
 def corun_slowdown(profile: DeviceProfile, memory_sms: float) -> float:
     """Slowdown of attention on `memory_sms` SMs beside GEMMs on the rest, over max(alone).
 

@@ -59,6 +59,19 @@ class CorunSample:
         """together / max(alone): what `DeviceProfile.corun_slowdown` summarises."""
         return self.together_us / max(self.memory_alone_us, self.compute_alone_us)
 
+    @property
+    def overlap_penalty(self) -> float:
+        """(together - max(alone)) / min(alone): the extra time per unit of overlapped work.
+
+        Unlike `slowdown`, it does not depend on how balanced the two sides were when measured:
+        a short side beside a long one costs little, two equal sides cost the most."""
+        longer = max(self.memory_alone_us, self.compute_alone_us)
+        shorter = min(self.memory_alone_us, self.compute_alone_us)
+        if shorter <= 0:
+            return 0.0
+        # Clamped to [0, 1]: at worst the two sides take as long as one after the other.
+        return min(1.0, max(0.0, (self.together_us - longer) / shorter))
+
 
 _TABLES = {"gemm_latency": GemmPoint, "attention_latency": AttentionPoint,
            "corun_samples": CorunSample}

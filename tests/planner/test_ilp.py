@@ -65,6 +65,23 @@ def test_large_batch_split_matches_brute_force(llama8b, solver):
     assert choice.memory_sms in (32, 64, 96)
 
 
+@pytest.mark.parametrize("solver", ["cbc", "ortools"])
+def test_split_with_measured_corun_samples_matches_brute_force(llama8b, solver):
+    # Co-run samples make a phase cost max(sides) + penalty * min(sides): the ILP's two named
+    # constraints per phase must price it exactly as the brute force does.
+    import dataclasses
+
+    from pipedecode.profiles import CorunSample
+
+    samples = (CorunSample(32, 100, 500.0, 300.0, 560.0), CorunSample(64, 68, 400.0, 380.0, 560.0))
+    profile = dataclasses.replace(BUILTIN["h200"], corun_samples=samples)
+    problem = build_problem(llama8b, profile, [512] * 64 + [2048] * 64,
+                            memory_sms_options=(32, 64))
+    _solve_and_check(problem, solver)
+    names = {c.name for c in build_split_lp(problem, CostModel(llama8b, profile)).constraints}
+    assert "corun_attention_longer_phase0_s32" in names
+
+
 def test_cbc_and_ortools_agree_on_a_512_request_problem(llama8b):
     rng = random.Random(7)
     contexts = [rng.randint(128, 4096) for _ in range(512)]

@@ -81,3 +81,22 @@ def test_corun_slowdown_follows_the_samples_by_memory_partition_size():
     assert corun_slowdown(measured, 120) == pytest.approx(1.7)
     faster = _with_tables(corun_samples=(CorunSample(32, 100, 500.0, 300.0, 450.0),))
     assert corun_slowdown(faster, 32) == 1.0                       # never below 1
+
+
+def test_corun_time_charges_the_overlapped_work_and_reproduces_each_sample():
+    from pipedecode.profiles import CorunSample
+    from pipedecode.profiles.latency import corun_us, corun_weights
+
+    assert corun_weights(BUILTIN["h100"], 64) == (1.0, 0.0)            # analytic: slowdown 1
+    samples = (CorunSample(32, 100, 500.0, 300.0, 530.0),    # penalty (530-500)/300 = 0.1
+               CorunSample(64, 68, 800.0, 520.0, 1320.0))    # (1320-800)/520 = 1.0
+    measured = _with_tables(corun_samples=samples, corun_slowdown=1.3)
+    for sample in samples:            # each measured pair is predicted as measured
+        assert corun_us(measured, sample.memory_sms, sample.memory_alone_us,
+                        sample.compute_alone_us) == pytest.approx(sample.together_us)
+    assert corun_weights(measured, 48) == pytest.approx((1.0, 0.55))   # between the samples
+    # a short side beside a long one costs little; two equal sides cost the most
+    assert corun_us(measured, 32, 1000.0, 10.0) == pytest.approx(1001.0)
+    assert corun_us(measured, 32, 1000.0, 1000.0) == pytest.approx(1100.0)
+    worse = CorunSample(32, 100, 500.0, 300.0, 900.0)         # slower than one after the other
+    assert worse.overlap_penalty == 1.0
