@@ -64,7 +64,9 @@ def rope_table(inv_freq: torch.Tensor, max_positions: int, attention_scaling: fl
 
 
 def pack_hf_model(model: torch.nn.Module, *, max_positions: int | None = None) -> PackedWeights:
-    """Fuse a transformers Llama-family model's weights (copies; the model is left untouched)."""
+    """Fuse a transformers Llama-family model's weights. q/k/v and gate/up are concatenated
+    (copies); every other tensor is shared with the model, read only, so packing costs the fused
+    projections' memory and no more. The model is left untouched."""
     check_model(model)
     shape = model_shape(model)
     inner = model.model
@@ -77,12 +79,12 @@ def pack_hf_model(model: torch.nn.Module, *, max_positions: int | None = None) -
             if attn.q_proj.bias is not None:
                 bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
             layers.append(LayerWeights(
-                input_norm=layer.input_layernorm.weight.detach().clone(),
+                input_norm=layer.input_layernorm.weight.detach(),
                 qkv=qkv.contiguous(), qkv_bias=bias,
-                o_proj=attn.o_proj.weight.detach().clone(),
-                post_norm=layer.post_attention_layernorm.weight.detach().clone(),
+                o_proj=attn.o_proj.weight.detach(),
+                post_norm=layer.post_attention_layernorm.weight.detach(),
                 gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous(),
-                down=mlp.down_proj.weight.detach().clone()))
+                down=mlp.down_proj.weight.detach()))
         rotary = inner.rotary_emb
         positions = max_positions or model.config.max_position_embeddings
         cos, sin = rope_table(rotary.inv_freq, positions,
