@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipedecode.errors import PipedecodeError
@@ -57,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()              # a closed pipe shows up here, inside the handler
+        return code
     except (PipedecodeError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"pipedecode {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:         # `pipedecode analyze | head`: the reader left; not an error
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no flush error at exit
         return 0
     except KeyboardInterrupt:
         print(f"pipedecode {args.command}: interrupted", file=sys.stderr)
