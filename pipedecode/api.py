@@ -52,16 +52,18 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
     compiled.generation_config = config
     compiled.pipedecode_stages = record
     if next(model.parameters()).is_cuda:
-        _serve_generate_with_executor(compiled, device)
+        _serve_generate_with_executor(compiled, model, device)
     return compiled
 
 
-def _serve_generate_with_executor(compiled: torch.nn.Module, device) -> None:
-    """On a GPU, greedy `generate` runs on the executor (planned, interleaved where it pays);
-    calls it does not serve (sampling, beams, ...) go to transformers' loop over the stages."""
+def _serve_generate_with_executor(compiled: torch.nn.Module, model: torch.nn.Module, device, *,
+                                  cuda_only: bool = True) -> None:
+    """On a GPU, greedy `compiled.generate` runs on the executor (planned, interleaved where it
+    pays); calls it does not serve (sampling, beams, ...) go to transformers' loop over the
+    stages. The executor prefills through `model`'s own forward, not the Dynamo-compiled one."""
     from pipedecode.runtime.hf_generate import ExecutorGenerate
 
-    serve = ExecutorGenerate(compiled, device=device)
+    serve = ExecutorGenerate(model, device=device, cuda_only=cuda_only)
     staged_generate = compiled.generate
 
     def generate(input_ids=None, **kwargs):

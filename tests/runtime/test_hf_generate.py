@@ -44,6 +44,24 @@ def test_second_call_reuses_the_executor_and_stays_exact():
     assert served.last_executor is not executor
 
 
+def test_compiled_generate_is_served_without_the_dynamo_forward():
+    import pipedecode
+    from pipedecode.api import _serve_generate_with_executor
+
+    model = build_model("tiny-llama", seed=4)
+    compiled = pipedecode.compile(model)
+    _serve_generate_with_executor(compiled, model, "h100", cuda_only=False)
+    ids, mask = _left_padded([3, 8], model.config.vocab_size, seed=4)
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                  eos_token_id=None)
+    assert torch.equal(compiled.generate(ids, **kwargs), model.generate(ids, **kwargs))
+    assert compiled.pipedecode_executor.last_executor is not None
+    assert compiled.pipedecode_stages == []       # nothing went through Dynamo
+    sampled = compiled.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=True,
+                                pad_token_id=0)   # not served: transformers' loop, the stages
+    assert sampled.shape == (2, 10) and compiled.pipedecode_stages
+
+
 def test_unserved_calls_return_none():
     model = build_model("tiny-llama")
     ids = torch.ones(1, 3, dtype=torch.long)
