@@ -37,9 +37,19 @@ def _run(args: argparse.Namespace) -> int:
     from pipedecode.backend import resolve_device
     from pipedecode.passes.report import analyze_model, format_table
 
+    from tqdm import tqdm
+
     device = resolve_device(args.device)
-    report = analyze_model(args.model, device, batch_size=args.batch, context_len=args.context,
-                           dtype=args.dtype, phase=args.phase)
+    steps = ("build", "capture", "classify", "partition")
+    with tqdm(total=len(steps), desc=f"analyze {args.model}", unit="step", leave=False,
+              disable=None) as bar:           # disable=None: no bar when stderr is no terminal
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            bar.update(steps.index(step) + 1 - bar.n)
+
+        report = analyze_model(args.model, device, batch_size=args.batch,
+                               context_len=args.context, dtype=args.dtype, phase=args.phase,
+                               progress=progress)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1)

@@ -7,7 +7,7 @@ planner or of running anything.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -54,23 +54,31 @@ def staged_report(staged: StagedGraph, *, model: str, device: DeviceProfile, bat
 
 
 def analyze_model(spec: Any, device: DeviceProfile, *, batch_size: int, context_len: int,
-                  dtype: str = "bfloat16", phase: str = "decode") -> dict[str, Any]:
+                  dtype: str = "bfloat16", phase: str = "decode",
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Capture a step of `spec` (preset, path, hub id, config) without weights and report it.
 
     phase "decode": one new token per sequence with `context_len` tokens cached after it;
     "prefill": a prompt of `context_len` tokens per sequence into an empty cache.
+    `progress(step)` is called as each of the steps "build", "capture", "classify", "partition"
+    starts (a progress bar's hook; capturing a large model takes tens of seconds).
     """
+    progress = progress or (lambda step: None)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if phase not in ("decode", "prefill"):
         raise ValueError(f"phase must be 'decode' or 'prefill', got {phase!r}")
     check_workload(batch_size, context_len)
+    progress("build")
     model = meta_model(spec, dtype=DTYPES[dtype])
+    progress("capture")
     if phase == "decode":
         captured = capture_decode(model, batch_size=batch_size, context_len=context_len)
     else:
         captured = capture_prefill(model, batch_size=batch_size, prompt_len=context_len)
+    progress("classify")
     classify(captured.gm, device, context_len=context_len)
+    progress("partition")
     staged = partition(captured.gm)
     name = spec if isinstance(spec, str) else getattr(spec, "name_or_path", "") or "model"
     return staged_report(staged, model=name, device=device, batch_size=batch_size,

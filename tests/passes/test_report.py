@@ -61,3 +61,11 @@ def test_real_shapes_are_analyzed_without_weights(batch, bounds):
     # bf16 K and V of 8 kv heads x 128 over 2048 live tokens dominate the attention bytes
     assert attn["bytes_moved"] >= 2 * batch * 8 * 2048 * 128 * 2
     assert attn["bytes_moved"] < 1.01 * 2 * batch * 8 * 2048 * 128 * 2
+
+
+def test_analyze_reports_progress_in_order(low_ridge):
+    from pipedecode.passes.report import analyze_model
+
+    steps = []
+    analyze_model("tiny-llama", low_ridge, batch_size=2, context_len=8, progress=steps.append)
+    assert steps == ["build", "capture", "classify", "partition"]
