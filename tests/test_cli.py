@@ -30,13 +30,13 @@ def test_gpu_commands_without_a_gpu_say_so_in_one_line(argv, capsys, tmp_path, m
     assert len(err) == 1 and "GPU" in err[0]
 
 
-def test_closed_pipe_is_not_a_traceback():
+def test_closed_pipe_is_not_a_traceback(tmp_path):
     # `pipedecode plan ... | head -1`: the reader leaves early; no traceback on stderr
     script = ("import sys; from pipedecode.cli import main; "
               "sys.exit(main(['plan', '--model', 'llama-3-8b', '--device', 'h100', "
               "'--batch', '4', '--context', '256']))")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, cwd=tmp_path)   # plan writes schedule.json
     proc.stdout.close()                                  # nobody reads the output
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
