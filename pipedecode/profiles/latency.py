@@ -51,6 +51,21 @@ def bandwidth_bytes_per_s(profile: DeviceProfile, sm_count: float) -> float:
     return (linear ** -p + profile.hbm_bytes_per_s ** -p) ** (-1 / p)
 
 
+def _by_memory_sms(samples: list[tuple[int, float]], memory_sms: float) -> float:
+    """A co-run quantity at `memory_sms`: samples at one SM count averaged, piecewise-linear
+    between SM counts, the nearest SM count's value outside their range."""
+    by_sms: dict[int, list[float]] = {}
+    for sms, value in samples:
+        by_sms.setdefault(sms, []).append(value)
+    xs = sorted(by_sms)
+    ys = [sum(by_sms[x]) / len(by_sms[x]) for x in xs]
+    if memory_sms <= xs[0]:
+        return ys[0]
+    if memory_sms >= xs[-1]:
+        return ys[-1]
+    return _linear(xs, ys, memory_sms)
+
+
 def corun_weights(profile: DeviceProfile, memory_sms: float) -> tuple[float, float]:
     """(w_longer, w_shorter): two sides at once take w_longer * max(alone) + w_shorter * min(alone).
 
@@ -59,18 +74,10 @@ def corun_weights(profile: DeviceProfile, memory_sms: float) -> tuple[float, flo
     Without: (`corun_slowdown`, 0). w_shorter <= w_longer always, so the time is also
     max(w_longer * a + w_shorter * c, w_longer * c + w_shorter * a): linear pieces for the ILP.
     """
-    samples = sorted((s.memory_sms, s.overlap_penalty) for s in profile.corun_samples)
-    if not samples:
+    if not profile.corun_samples:
         return profile.corun_slowdown, 0.0
-    dedup: dict[int, list[float]] = {}
-    for x, y in samples:
-        dedup.setdefault(x, []).append(y)
-    xs = sorted(dedup)
-    ys = [sum(dedup[x]) / len(dedup[x]) for x in xs]
-    if memory_sms <= xs[0] or memory_sms >= xs[-1]:
-        return 1.0, ys[0] if memory_sms <= xs[0] else ys[-1]
-    return 1.0, _linear(xs, ys, memory_sms)
-
+    return 1.0, _by_memory_sms([(s.memory_sms, s.overlap_penalty)
+                                for s in profile.corun_samples], memory_sms)
 
 def corun_us(profile: DeviceProfile, memory_sms: float, memory_us: float,
              compute_us: float) -> float:
@@ -86,17 +93,10 @@ def corun_slowdown(profile: DeviceProfile, memory_sms: float) -> float:
     From `corun_samples` when measured (piecewise-linear in the memory partition's SM count,
     the nearest sample outside their range, never below 1); else `corun_slowdown`.
     """
-    samples = sorted((s.memory_sms, s.slowdown) for s in profile.corun_samples)
-    if not samples:
+    if not profile.corun_samples:
         return profile.corun_slowdown
-    xs, ys = [x for x, _ in samples], [y for _, y in samples]
-    if memory_sms <= xs[0] or memory_sms >= xs[-1]:
-        return max(1.0, ys[0] if memory_sms <= xs[0] else ys[-1])
-    dedup = {}
-    for x, y in samples:
-        dedup.setdefault(x, []).append(y)
-    xs = sorted(dedup)
-    return max(1.0, _linear(xs, [sum(dedup[x]) / len(dedup[x]) for x in xs], memory_sms))
+    return max(1.0, _by_memory_sms([(s.memory_sms, s.slowdown) for s in profile.corun_samples],
+                                   memory_sms))
 
 
 def analytic_gemm_us(profile: DeviceProfile, tokens: float, n: int, k: int,
