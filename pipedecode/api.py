@@ -35,14 +35,17 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
     unknown device.
 
     The stages built for each captured graph (prefill and decode) are appended to the returned
-    model's `pipedecode_stages` list, in the order Dynamo compiled them. On a GPU, greedy
-    `generate` calls run on the runtime's executor instead (planned for the batch, interleaved
-    on SM partitions where it pays); `pipedecode_executor.last_executor` says how it ran.
+    model's `pipedecode_stages` list, in the order Dynamo compiled them, and what runs them to
+    `pipedecode_runners` (see BackendOptions). On a GPU, greedy `generate` calls run on the
+    runtime's executor (planned for the batch, interleaved on SM partitions where it pays;
+    `pipedecode_executor.last_executor` says how it ran), and other calls' decode steps on the
+    executor through the backend (runtime/graph_decode.py).
     """
     check_model(model)
     record: list = []
+    runners: list = []
     options = BackendOptions.from_dict(
-        {"device": device, "context_len": context_len, "record": record})
+        {"device": device, "context_len": context_len, "record": record, "runners": runners})
     backend = functools.partial(pipedecode_backend, options=_as_dict(options))
     compiled = copy.copy(model)     # shares parameters and submodules with `model`
     compiled.forward = torch.compile(model.forward, backend=backend, dynamic=dynamic)
@@ -51,6 +54,7 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
     config.disable_compile = True   # the forward is compiled already; no second HF auto-compile
     compiled.generation_config = config
     compiled.pipedecode_stages = record
+    compiled.pipedecode_runners = runners
     if next(model.parameters()).is_cuda:
         _serve_generate_with_executor(compiled, model, device)
     return compiled
@@ -76,4 +80,4 @@ def _serve_generate_with_executor(compiled: torch.nn.Module, model: torch.nn.Mod
 
 def _as_dict(options: BackendOptions) -> dict:
     return {"device": options.device, "context_len": options.context_len,
-            "record": options.record}
+            "record": options.record, "executor": options.executor, "runners": options.runners}

@@ -66,5 +66,9 @@ def test_options_are_validated_and_default_to_h100():
 
 
 def test_cpu_executor_is_the_staged_graph_itself():
-    staged = object()
-    assert make_executor(staged, [torch.zeros(1)]) is staged
+    staged, gm = object(), torch.fx.symbolic_trace(torch.nn.Identity())
+    assert make_executor(staged, gm, [torch.zeros(1)], BackendOptions.from_dict(None)) is staged
+    never = BackendOptions.from_dict({"executor": "never"})
+    assert make_executor(staged, gm, [torch.zeros(1)], never) is staged
+    with pytest.raises(PipedecodeError, match="executor must be"):
+        BackendOptions.from_dict({"executor": "gpu"})

@@ -181,9 +181,10 @@ class Executor:
         self._graph = graph
 
     # Per step ---------------------------------------------------------------------------------
-    def set_inputs(self, tokens: torch.Tensor, context_lens: torch.Tensor) -> None:
-        """Inputs in buffer-row order (see `layout.order`): token ids and lengths incl. the token."""
-        self.step.set_inputs(tokens, context_lens)
+    def set_inputs(self, tokens: torch.Tensor, context_lens: torch.Tensor, **left_padded) -> None:
+        """Inputs in buffer-row order (see `layout.order`): token ids and lengths incl. the token
+        (and rope_positions, context_starts for a left-padded step, see DecodeStep.set_inputs)."""
+        self.step.set_inputs(tokens, context_lens, **left_padded)
 
     @torch.no_grad()
     def run(self) -> torch.Tensor:

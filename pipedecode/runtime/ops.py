@@ -73,19 +73,23 @@ def _heads(cache: torch.Tensor) -> torch.Tensor:
 
 def torch_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            context_lens: torch.Tensor, *, out: torch.Tensor,
-                           sm_count: int | None = None,
-                           scale: float | None = None) -> torch.Tensor:
+                           sm_count: int | None = None, scale: float | None = None,
+                           context_starts: torch.Tensor | None = None) -> torch.Tensor:
     """Masked attention over the whole static cache (reads padding; the Triton kernel does not).
 
     q: [batch, heads, dim]; caches: [batch, kv_heads, max_ctx, dim]; context_lens int [batch]
-    counts the current token, already written.
+    counts the current token, already written; context_starts (optional, int [batch]): the first
+    position attended (a left-padded cache).
     """
     batch, heads, dim = q.shape
     kv_heads, max_ctx = k_cache.shape[1], k_cache.shape[2]
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     qg = q.view(batch, kv_heads, heads // kv_heads, dim)            # [b, kv, group, dim]
     scores = torch.matmul(qg, k_cache.transpose(2, 3)) * scale      # [b, kv, group, ctx]
-    pad = torch.arange(max_ctx, device=q.device)[None, :] >= context_lens[:, None]
+    at = torch.arange(max_ctx, device=q.device)[None, :]
+    pad = at >= context_lens[:, None]
+    if context_starts is not None:
+        pad = pad | (at < context_starts[:, None])
     scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     out.view(batch, kv_heads, heads // kv_heads, dim).copy_(torch.matmul(probs, v_cache))
@@ -125,9 +129,10 @@ def triton_kernel_set() -> KernelSet:
     def lin(x, weight, *, bias=None, out, sm_count=None):
         return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
 
-    def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None):
+    def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
+            context_starts=None):
         return mod.decode_attention(q, k_cache, v_cache, context_lens, out=out,
-                                    sm_count=sm_count, scale=scale)
+                                    sm_count=sm_count, scale=scale, context_starts=context_starts)
 
     def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
         return mod.gate_up_silu(x, w_gate_up, out=out, sm_count=sm_count)

@@ -1,7 +1,11 @@
 """The decode step's stages on static buffers: embed, pre_attn, attention, post_attn, head.
 
 Owns `DecodeStep`: the packed weights, the static KV cache ([layers] x [batch, kv_heads,
-max_context, head_dim]), per-request context lengths and every activation buffer, allocated once.
+max_context, head_dim]; its own, or a caller's such as transformers' StaticCache tensors),
+per-request context lengths and every activation buffer, allocated once. By default request b's
+token is written at position context_lens[b] - 1, which is also its RoPE position, and it attends
+to positions [0, context_lens[b]). A left-padded cache (`left_padded=True`, as transformers keeps
+a batch of unequal prompts) also takes per-request RoPE positions and first attended positions.
 Each stage works on a contiguous row range of the batch (a micro-batch) and writes only that range
 of the buffers, so two micro-batches never share a buffer and stages of different micro-batches
 can run on different streams. Knows nothing of streams, graphs or schedules: it is told which rows,
@@ -22,7 +26,11 @@ class DecodeStep:
     """One decode step of a Llama-family model for `batch_size` requests, on static buffers."""
 
     def __init__(self, weights: PackedWeights, batch_size: int, max_context: int, *,
-                 kernels: KernelSet | None = None) -> None:
+                 kernels: KernelSet | None = None,
+                 caches: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+                 left_padded: bool = False) -> None:
+        """caches: (keys, values), one [batch, kv_heads, max_context, head_dim] tensor per layer
+        each, written in place (default: allocated here, zeros)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 < max_context <= weights.max_positions:
@@ -43,7 +51,12 @@ class DecodeStep:
 
         self.tokens = buf(b, dtype=torch.long)
         self.context_lens = buf(b, dtype=torch.int32)   # counts the current token
-        self.positions = buf(b, dtype=torch.int32)      # context_lens - 1
+        self.positions = buf(b, dtype=torch.int32)      # context_lens - 1: the cache slot written
+        self.rope_positions = self.positions            # left_padded: its own buffer
+        self.context_starts = None                      # left_padded: first attended position
+        if left_padded:
+            self.rope_positions = buf(b, dtype=torch.int32)
+            self.context_starts = buf(b, dtype=torch.int32)
         # The residual stream stays float32 between layers (transformers keeps it in the model
         # dtype): one rounding per layer fewer; identical for float32 models.
         self.x = buf(b, h, dtype=torch.float32)
@@ -54,19 +67,39 @@ class DecodeStep:
         self.cos, self.sin = buf(b, self.head_dim), buf(b, self.head_dim)
         self.logits = buf(b, shape.vocab_size)
         cache = (b, self.num_kv_heads, max_context, self.head_dim)
-        self.k_cache = [buf(*cache) for _ in weights.layers]
-        self.v_cache = [buf(*cache) for _ in weights.layers]
+        if caches is None:
+            self.k_cache = [buf(*cache) for _ in weights.layers]
+            self.v_cache = [buf(*cache) for _ in weights.layers]
+        else:
+            self.k_cache, self.v_cache = list(caches[0]), list(caches[1])
+            for t in self.k_cache + self.v_cache:
+                if tuple(t.shape) != cache or t.dtype != dt or t.device != torch.device(dev):
+                    raise ValueError(f"every cache tensor must be {cache} {dt} on {dev}, got "
+                                     f"{tuple(t.shape)} {t.dtype} on {t.device}")
+            if len(self.k_cache) != len(weights.layers) or len(self.v_cache) != len(self.k_cache):
+                raise ValueError(f"caches need {len(weights.layers)} key and value tensors, got "
+                                 f"{len(self.k_cache)} and {len(self.v_cache)}")
         self._rows: dict[int, torch.Tensor] = {}
 
     @property
     def num_layers(self) -> int:
         return len(self.weights.layers)
 
-    def set_inputs(self, tokens: torch.Tensor, context_lens: torch.Tensor) -> None:
-        """Copy this step's token ids and context lengths (incl. the new token) into the buffers."""
+    def set_inputs(self, tokens: torch.Tensor, context_lens: torch.Tensor, *,
+                   rope_positions: torch.Tensor | None = None,
+                   context_starts: torch.Tensor | None = None) -> None:
+        """Copy this step's token ids and context lengths (incl. the new token) into the buffers;
+        a left-padded step also takes each request's RoPE position and first attended position."""
+        if (rope_positions is None) != (self.context_starts is None) or \
+                (context_starts is None) != (self.context_starts is None):
+            raise ValueError("rope_positions and context_starts are given exactly when the step "
+                             "was built with left_padded=True")
         self.tokens.copy_(tokens)
         self.context_lens.copy_(context_lens)
         torch.sub(self.context_lens, 1, out=self.positions)
+        if self.context_starts is not None:
+            self.rope_positions.copy_(rope_positions)
+            self.context_starts.copy_(context_starts)
 
     def _row_index(self, rows: slice) -> torch.Tensor:
         n = rows.stop - rows.start
@@ -79,8 +112,8 @@ class DecodeStep:
         w = self.weights
         torch.index_select(w.embed, 0, self.tokens[rows], out=self.h[rows])
         self.x[rows].copy_(self.h[rows])
-        torch.index_select(w.rope_cos, 0, self.positions[rows], out=self.cos[rows])
-        torch.index_select(w.rope_sin, 0, self.positions[rows], out=self.sin[rows])
+        torch.index_select(w.rope_cos, 0, self.rope_positions[rows], out=self.cos[rows])
+        torch.index_select(w.rope_sin, 0, self.rope_positions[rows], out=self.sin[rows])
 
     def pre_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
         """RMSNorm, fused q/k/v projection, RoPE, and the KV-cache write of this token."""
@@ -98,10 +131,11 @@ class DecodeStep:
 
     def attention(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
         n = rows.stop - rows.start
+        starts = {} if self.context_starts is None else {"context_starts": self.context_starts[rows]}
         self.kernels.decode_attention(
             self.q[rows], self.k_cache[layer][rows], self.v_cache[layer][rows],
             self.context_lens[rows], out=self.attn[rows].view(n, self.num_heads, self.head_dim),
-            sm_count=sm_count)
+            sm_count=sm_count, **starts)
 
     def post_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
         """Output projection + residual, RMSNorm, gate/up + SiLU, down projection + residual."""

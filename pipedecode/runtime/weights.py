@@ -8,7 +8,9 @@ ways to make one: from a Hugging Face Llama/Mistral/Qwen2 model, or random for a
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
@@ -68,33 +70,60 @@ def pack_hf_model(model: torch.nn.Module, *, max_positions: int | None = None) -
     (copies); every other tensor is shared with the model, read only, so packing costs the fused
     projections' memory and no more. The model is left untouched."""
     check_model(model)
-    shape = model_shape(model)
-    inner = model.model
+    rotary = model.model.rotary_emb
+    state = dict(model.state_dict(keep_vars=True))
+    return pack_state(state, model_shape(model), rms_eps=float(model.config.rms_norm_eps),
+                      inv_freq=rotary.inv_freq,
+                      attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)),
+                      max_positions=max_positions or model.config.max_position_embeddings)
+
+
+_PACKED: "weakref.WeakValueDictionary[tuple, PackedWeights]" = weakref.WeakValueDictionary()
+
+
+def pack_state(state: Mapping[str, torch.Tensor], shape: ModelShape, *, rms_eps: float,
+               inv_freq: torch.Tensor, attention_scaling: float,
+               max_positions: int) -> PackedWeights:
+    """PackedWeights from transformers parameter names ("model.layers.0.self_attn.q_proj.weight",
+    ...; "lm_head.weight" may be absent when tied to the embedding). The last packing is kept:
+    packing the same tensors again (pipedecode.compile's generate and the torch.compile backend
+    on one model) returns it, while anyone holds it, instead of a second copy of the fused
+    projections. Weights are read when packed: later in-place updates of the model are not seen."""
+    def get(name: str) -> torch.Tensor:
+        if name not in state:
+            raise KeyError(f"pack_state: no tensor named {name!r}")
+        return state[name].detach()
+
+    embed = get("model.embed_tokens.weight")
+    lm_head = get("lm_head.weight") if "lm_head.weight" in state else embed
+    first = "model.layers.0.self_attn.q_proj.weight"
+    key = (embed.data_ptr(), lm_head.data_ptr(), get(first).data_ptr() if first in state else 0,
+           shape, max_positions, rms_eps, attention_scaling)
+    packed = _PACKED.get(key)
+    if packed is not None:
+        return packed
     layers = []
     with torch.no_grad():
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        for i in range(shape.num_layers):
+            p = f"model.layers.{i}."
+            attn, mlp = p + "self_attn.", p + "mlp."
             bias = None
-            if attn.q_proj.bias is not None:
-                bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+            if attn + "q_proj.bias" in state:
+                bias = torch.cat([get(attn + f"{n}_proj.bias") for n in "qkv"])
             layers.append(LayerWeights(
-                input_norm=layer.input_layernorm.weight.detach(),
-                qkv=qkv.contiguous(), qkv_bias=bias,
-                o_proj=attn.o_proj.weight.detach(),
-                post_norm=layer.post_attention_layernorm.weight.detach(),
-                gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous(),
-                down=mlp.down_proj.weight.detach()))
-        rotary = inner.rotary_emb
-        positions = max_positions or model.config.max_position_embeddings
-        cos, sin = rope_table(rotary.inv_freq, positions,
-                              float(getattr(rotary, "attention_scaling", 1.0)),
-                              inner.embed_tokens.weight.dtype)
-        return PackedWeights(
-            shape=shape, embed=inner.embed_tokens.weight.detach(),
-            layers=tuple(layers), final_norm=inner.norm.weight.detach(),
-            lm_head=model.lm_head.weight.detach(), rope_cos=cos, rope_sin=sin,
-            rms_eps=float(model.config.rms_norm_eps))
+                input_norm=get(p + "input_layernorm.weight"),
+                qkv=torch.cat([get(attn + f"{n}_proj.weight") for n in "qkv"]).contiguous(),
+                qkv_bias=bias, o_proj=get(attn + "o_proj.weight"),
+                post_norm=get(p + "post_attention_layernorm.weight"),
+                gate_up=torch.cat([get(mlp + "gate_proj.weight"),
+                                   get(mlp + "up_proj.weight")]).contiguous(),
+                down=get(mlp + "down_proj.weight")))
+        cos, sin = rope_table(inv_freq, max_positions, attention_scaling, embed.dtype)
+    packed = PackedWeights(shape=shape, embed=embed, layers=tuple(layers),
+                           final_norm=get("model.norm.weight"), lm_head=lm_head, rope_cos=cos,
+                           rope_sin=sin, rms_eps=rms_eps)
+    _PACKED[key] = packed
+    return packed
 
 
 def random_weights(shape: ModelShape, *, max_positions: int, device: str | torch.device = "cpu",

@@ -44,6 +44,29 @@ def test_padding_is_never_read(device, rel_err):
     assert rel_err(out.cpu(), expected) < BF16_TOL
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_context_starts_skip_left_padding(split, device, rel_err):
+    """Keys before context_starts[b] (a left-padded cache) are never read nor attended."""
+    from pipedecode.runtime.kernels._attention import AttentionConfig
+
+    q, k, v, _ = _inputs(3, 8, 2, 32, 150, device, seed=20 + split)
+    lens = torch.tensor([150, 97, 40], dtype=torch.int32, device=device)
+    starts = torch.tensor([0, 70, 39], dtype=torch.int32, device=device)   # 150, 27, 1 keys
+    expected = reference.decode_attention(q.cpu(), k[:, :, :].cpu(), v.cpu(), lens.cpu(),
+                                          context_starts=starts.cpu())
+    for b, first in enumerate(starts.tolist()):      # poison the padding
+        k[b, :, :first] = float("nan")
+        v[b, :, :first] = float("inf")
+    cfg = AttentionConfig(block_n=16, min_chunk=32, programs_per_sm=8) if split else None
+    out = torch.full_like(q, float("nan"))
+    kernels.decode_attention(q, k, v, lens, sm_count=8, out=out, config=cfg,
+                             context_starts=starts)
+    assert rel_err(out.cpu(), expected) < BF16_TOL
+    # the reference itself: row 2 has one key, so it returns that key's value
+    assert torch.equal(expected[2].to(torch.bfloat16),
+                       v[2, :, 39].cpu().repeat_interleave(4, dim=0))
+
+
 def test_single_token_context_returns_its_value(device):
     q, k, v, _ = _inputs(2, 4, 2, 16, 8, device, seed=3)
     lens = torch.ones(2, dtype=torch.int32, device=device)

@@ -4,10 +4,11 @@ Public functions (all keyword arguments after the tensors are keyword-only; bf16
 CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
 
 - `decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-  max_context_len=None) -> out`
+  max_context_len=None, context_starts=None) -> out`
   q: [batch, num_heads, head_dim]; k_cache, v_cache: [batch, num_kv_heads, max_context,
   head_dim] (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
-  int32 [batch], >= 1, counting the current token (already written); out: [batch, num_heads,
+  int32 [batch], >= 1, counting the current token (already written); context_starts: optional
+  int32 [batch], the first position to attend (a left-padded cache), default 0; out: [batch, num_heads,
   head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x kv_heads x splits fills
   `sm_count` SMs (None = the whole GPU). `max_context_len` is an optional host-side upper bound
   on context_lens (default: the cache capacity), used only to size the splits; it never syncs.
@@ -78,7 +79,7 @@ def _check_sm_count(sm_count: int | None, t: torch.Tensor) -> int:
 
 
 def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-                     max_context_len=None, config=None):
+                     max_context_len=None, config=None, context_starts=None):
     """Decode attention over each request's first context_lens[b] cache positions.
 
     `config` (an `_attention.AttentionConfig`) overrides the launch shape (tests, benchmarks).
@@ -94,6 +95,9 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     if context_lens.shape != (batch,):
         raise ValueError(f"decode_attention: context_lens must be [{batch}], got "
                          f"{tuple(context_lens.shape)}")
+    if context_starts is not None and context_starts.shape != (batch,):
+        raise ValueError(f"decode_attention: context_starts must be [{batch}], got "
+                         f"{tuple(context_starts.shape)}")
     if head_dim & (head_dim - 1) or head_dim < 16:
         raise ValueError(f"decode_attention: head_dim must be a power of two >= 16, got {head_dim}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
@@ -101,7 +105,8 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     if out is None:
         out = torch.empty_like(q)
     if not _use_triton(q):
-        return reference.decode_attention(q, k_cache, v_cache, context_lens, scale=scale, out=out)
+        return reference.decode_attention(q, k_cache, v_cache, context_lens, scale=scale, out=out,
+                                          context_starts=context_starts)
     if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or out.stride(2) != 1:
         raise ValueError("decode_attention: the last dimension of q, the caches and out must be "
                          "contiguous")
@@ -111,7 +116,7 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     return _attention.decode_attention(
         q, k_cache, v_cache, context_lens, out, sm_count=sms,
         scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
-        cfg=config or _attention.AttentionConfig())
+        cfg=config or _attention.AttentionConfig(), context_starts=context_starts)
 
 
 def _check_linear(x, weight, n_out, out, name):

@@ -3,9 +3,11 @@
 Two launches: a split kernel over (batch x kv_heads, splits) where each program streams one
 chunk of one request's K/V for all query heads of one KV head (the GQA group is the M side of
 the dot products), then a combine kernel that merges the splits by their log-sum-exp. With one
-split the first kernel writes the output directly and the combine is skipped. Programs whose
-chunk starts past their request's context length return before loading anything, and loads
-past the length are masked, so no byte of padding is read. Knows nothing of partitions beyond
+split the first kernel writes the output directly and the combine is skipped. Request b's keys
+are positions [context_starts[b], context_lens[b]) (starts default to 0; a left-padded cache, as
+transformers' static cache keeps it, starts after its padding). Programs whose chunk lies outside
+that range return before loading anything, and loads outside it are masked, so no byte of
+padding is read. Knows nothing of partitions beyond
 the SM count it sizes its grid for.
 """
 
@@ -30,6 +32,7 @@ class AttentionConfig:
     num_stages: int = 3
     programs_per_sm: int = 8   # target programs per SM when choosing the split count
     min_chunk: int = 256       # never split a request into chunks shorter than this
+    kv_eviction: str = ""      # L2 policy for K/V loads: "" (default) or "evict_first"
 
 
 def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
@@ -47,19 +50,22 @@ def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, o_ptr, po_ptr, plse_ptr, qk_scale,
+def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, o_ptr, po_ptr, plse_ptr, qk_scale,
                   s_qb, s_qh, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh,
                   num_kv_heads, num_heads, chunk_len, max_splits,
                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, DOT_F32: tl.constexpr):
+                  BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, DOT_F32: tl.constexpr,
+                  HAS_STARTS: tl.constexpr, KV_EVICT: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // num_kv_heads
     hkv = pid % num_kv_heads
     length = tl.load(lens_ptr + b)
+    end = tl.minimum(split * chunk_len + chunk_len, length)
     start = split * chunk_len
-    if start < length:
-        end = tl.minimum(start + chunk_len, length)
+    if HAS_STARTS:
+        start = tl.maximum(start, tl.load(starts_ptr + b))
+    if start < end:
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, HEAD_DIM)
         heads = hkv * GROUP + g
@@ -75,8 +81,10 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, o_ptr, po_ptr, plse_ptr, qk_sca
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             valid = n < end
-            k = tl.load(k_base + n[:, None] * s_ks + d[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(v_base + n[:, None] * s_vs + d[None, :], mask=valid[:, None], other=0.0)
+            k = tl.load(k_base + n[:, None] * s_ks + d[None, :], mask=valid[:, None], other=0.0,
+                        eviction_policy=KV_EVICT)
+            v = tl.load(v_base + n[:, None] * s_vs + d[None, :], mask=valid[:, None], other=0.0,
+                        eviction_policy=KV_EVICT)
             if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
@@ -100,32 +108,38 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, o_ptr, po_ptr, plse_ptr, qk_sca
 
 
 @triton.jit
-def _combine_kernel(po_ptr, plse_ptr, lens_ptr, o_ptr, s_ob, s_oh, num_heads, chunk_len,
-                    max_splits, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _combine_kernel(po_ptr, plse_ptr, lens_ptr, starts_ptr, o_ptr, s_ob, s_oh, num_heads,
+                    chunk_len, max_splits, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    HAS_STARTS: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // num_heads
     h = pid % num_heads
     length = tl.load(lens_ptr + b)
-    used = tl.cdiv(length, chunk_len)
     s = tl.arange(0, SPLITS_PAD)
+    used = s < tl.cdiv(length, chunk_len)
+    if HAS_STARTS:   # splits wholly before the first key wrote nothing
+        used = used & (s >= tl.load(starts_ptr + b) // chunk_len)
     d = tl.arange(0, HEAD_DIM)
     row = pid * max_splits + s
-    lse = tl.load(plse_ptr + row, mask=s < used, other=float("-inf"))
+    lse = tl.load(plse_ptr + row, mask=used, other=float("-inf"))
     m = tl.max(lse, 0)
-    w = tl.where(s < used, tl.exp2(lse - m), 0.0)
-    part = tl.load(po_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=(s < used)[:, None], other=0.0)
+    w = tl.where(used, tl.exp2(lse - m), 0.0)
+    part = tl.load(po_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=used[:, None], other=0.0)
     o = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
     tl.store(o_ptr + b * s_ob + h * s_oh + d, o.to(o_ptr.dtype.element_ty))
 
 
 def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, scale: float,
-                     max_context: int, cfg: AttentionConfig = AttentionConfig()):
+                     max_context: int, cfg: AttentionConfig = AttentionConfig(),
+                     context_starts=None):
     """Launch the split and combine kernels; shapes were checked by the caller."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     group = num_heads // num_kv_heads
     splits, chunk = plan_splits(batch, num_kv_heads, max_context, sm_count, cfg)
     single = splits == 1
+    has_starts = context_starts is not None
+    starts = context_starts if has_starts else context_lens        # unused placeholder
     if single:
         part_o = part_lse = out                                   # unused placeholders
     else:
@@ -133,16 +147,16 @@ def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, s
                              dtype=torch.float32)
         part_lse = torch.empty((batch * num_heads * splits,), device=q.device, dtype=torch.float32)
     _split_kernel[(batch * num_kv_heads, splits)](
-        q, k_cache, v_cache, context_lens, out, part_o, part_lse, scale * LOG2E,
+        q, k_cache, v_cache, context_lens, starts, out, part_o, part_lse, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         num_kv_heads, num_heads, chunk, splits,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages)
+        BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, HAS_STARTS=has_starts,
+        KV_EVICT=cfg.kv_eviction, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if not single:
         _combine_kernel[(batch * num_heads,)](
-            part_o, part_lse, context_lens, out, out.stride(0), out.stride(1), num_heads, chunk,
-            splits, SPLITS_PAD=max(2, triton.next_power_of_2(splits)), HEAD_DIM=head_dim,
-            num_warps=4)
+            part_o, part_lse, context_lens, starts, out, out.stride(0), out.stride(1), num_heads,
+            chunk, splits, SPLITS_PAD=max(2, triton.next_power_of_2(splits)), HEAD_DIM=head_dim,
+            HAS_STARTS=has_starts, num_warps=4)
     return out

@@ -15,22 +15,25 @@ import torch
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      context_lens: torch.Tensor, *, scale: float | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+                     out: torch.Tensor | None = None,
+                     context_starts: torch.Tensor | None = None) -> torch.Tensor:
     """One decode step of attention; q: [batch, heads, dim], caches: [batch, kv_heads, max_ctx, dim].
 
-    Only positions < context_lens[b] of request b are read.
+    Only positions [context_starts[b], context_lens[b]) of request b are read (starts: 0).
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     group = num_heads // num_kv_heads
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     lens = context_lens.tolist()
+    starts = [0] * batch if context_starts is None else context_starts.tolist()
     result = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     for b in range(batch):
         n = int(lens[b])
         qf = q[b].float().view(num_kv_heads, group, head_dim)   # [kv_heads, group, dim]
-        kf = k_cache[b, :, :n].float()                           # [kv_heads, n, dim]
-        vf = v_cache[b, :, :n].float()
+        first = int(starts[b])
+        kf = k_cache[b, :, first:n].float()                      # [kv_heads, n - first, dim]
+        vf = v_cache[b, :, first:n].float()
         probs = torch.softmax(qf @ kf.transpose(1, 2) * scale, dim=-1)  # [kv_heads, group, n]
         result[b] = (probs @ vf).reshape(num_heads, head_dim)
     if out is None:

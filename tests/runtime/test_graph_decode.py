@@ -1,0 +1,131 @@
+"""The torch.compile backend's decode graph on the executor (CPU, executor="always")."""
+
+import functools
+
+import pytest
+import torch
+
+from pipedecode.backend import pipedecode_backend
+from pipedecode.models import build_model
+from pipedecode.runtime.graph_decode import GraphDecode, _contiguous, recognize
+
+
+def _prompts(batch, length, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 200, (batch, length), generator=gen)
+    mask = torch.ones_like(ids)
+    for b in range(batch):                  # ragged: left padding of 0..length-2 tokens
+        mask[b, :int(torch.randint(0, length - 1, (1,), generator=gen))] = 0
+    return ids, mask
+
+
+def _compile(model, runners, graphs=None, executor="always"):
+    backend = functools.partial(pipedecode_backend,
+                                options={"executor": executor, "runners": runners})
+
+    def recording(gm, example_inputs):
+        if graphs is not None:
+            graphs.append((gm, list(example_inputs)))
+        return backend(gm, example_inputs)
+
+    model.forward = torch.compile(model.forward, backend=recording, dynamic=False)
+    return model
+
+
+def _generate(model, ids, mask, new_tokens=6):
+    return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                          cache_implementation="static", output_logits=True,
+                          return_dict_in_generate=True)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen2", "tiny-llama-mha"])
+def test_generate_through_the_executor_matches_eager(preset):
+    model = build_model(preset).eval()
+    ids, mask = _prompts(4, 9, seed=len(preset))
+    expected = _generate(model, ids, mask)
+    runners: list = []
+    got = _generate(_compile(model, runners), ids, mask)
+    served = [r for r in runners if isinstance(r, GraphDecode)]
+    assert len(served) == 1 and served[0].calls == {"executor": 5, "fallback": 0}
+    assert torch.equal(got.sequences, expected.sequences)
+    for a, b in zip(got.logits, expected.logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    declined = [r for r in runners if isinstance(r, tuple)]
+    assert len(declined) == 1 and "prefill" in declined[0][1]     # the prompt's graph
+
+
+def _first_step_args(graphs, layout, prompt_len):
+    """The decode graph's example inputs (the first decode call's ids, positions and mask) with
+    the cache counters set back to that call's slot (generate moved them on since)."""
+    example = next(e for g, e in graphs if not isinstance(recognize(g, e), str))
+    args = [t.clone() for t in example]
+    for i in layout.counters:
+        args[i].fill_(prompt_len)
+    return args
+
+
+def test_a_mask_the_executor_cannot_read_runs_the_stages():
+    model = build_model("tiny-llama").eval()
+    ids, mask = _prompts(3, 8, seed=5)
+    runners, graphs = [], []
+    _generate(_compile(model, runners, graphs), ids, mask, new_tokens=3)
+    runner = next(r for r in runners if isinstance(r, GraphDecode))
+    layout = runner.layout
+    args = _first_step_args(graphs, layout, prompt_len=ids.shape[1])
+    holed = args[layout.attention_mask]
+    holed[1, ..., 2] = ~holed[1, ..., 2] if holed.dtype == torch.bool else -holed[1, ..., 2]
+    twin = [t.clone() for t in args]
+    before = dict(runner.calls)
+    out = runner(*args)
+    assert runner.calls["fallback"] == before["fallback"] + 1
+    torch.testing.assert_close(out[0], runner.fallback(*twin)[0])
+    for i in layout.keys + layout.counters:      # the stages wrote the cache as the graph does
+        assert torch.equal(args[i], twin[i])
+
+
+def test_served_step_writes_the_cache_and_counters_as_the_graph_does():
+    model = build_model("tiny-mistral").eval()
+    ids, mask = _prompts(3, 6, seed=9)
+    runners, graphs = [], []
+    _generate(_compile(model, runners, graphs), ids, mask, new_tokens=3)
+    runner = next(r for r in runners if isinstance(r, GraphDecode))
+    layout = runner.layout
+    args = _first_step_args(graphs, layout, prompt_len=ids.shape[1])
+    twin = [t.clone() for t in args]
+    out = runner(*args)
+    ref = runner.fallback(*twin)
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
+    for i in layout.counters:
+        assert torch.equal(args[i], twin[i])
+    for i in layout.keys + layout.values:
+        torch.testing.assert_close(args[i], twin[i], rtol=1e-5, atol=1e-5)
+
+
+def test_recognize_says_why_a_graph_is_not_served():
+    model = build_model("tiny-llama").eval()
+    runners: list = []
+    ids, mask = _prompts(2, 5, seed=1)
+    _compile(model, runners)               # a dynamic cache: no static-cache inputs
+    model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    reasons = [r[1] for r in runners if isinstance(r, tuple)]
+    assert not [r for r in runners if isinstance(r, GraphDecode)]
+    assert any("static" in why or "not one the executor knows" in why for why in reasons)
+
+
+def test_auto_leaves_cpu_graphs_to_the_stages():
+    model = build_model("tiny-llama").eval()
+    runners: list = []
+    ids, mask = _prompts(2, 5, seed=2)
+    _generate(_compile(model, runners, executor="auto"), ids, mask, new_tokens=3)
+    assert runners == []
+
+
+def test_contiguous_keeps_sizes_and_lengths():
+    from pipedecode.planner import plan
+
+    schedule = plan("llama-3-8b", "h100", [4096, 128, 4000, 64, 3900, 100], num_micro_batches=2)
+    out = _contiguous(schedule)
+    sizes = [len(mb.request_ids) for mb in sorted(schedule.micro_batches, key=lambda m: m.index)]
+    assert [len(mb.request_ids) for mb in out.micro_batches] == sizes
+    assert [r for mb in out.micro_batches for r in mb.request_ids] == list(range(6))
+    assert _contiguous(None) is None
