@@ -1,10 +1,15 @@
 """Persistent Triton matmul sized to an SM partition (imports triton: load it lazily).
 
 y[tokens, n] = x[tokens, k] @ w[n, k]^T. The grid has one program per SM of the partition;
-each walks the work units (output tile x K slice) with a stride of the grid. Tile shape and
-split-K come from `pipedecode.runtime.kernels.tiling`, chosen per (tokens, n, k, sm_count) so
-the units fill whole waves of the partition. With split-K the partial sums go to a float32
-workspace and a small reduce kernel adds them and applies the epilogue. In PAIR mode (the
+each walks the work units (output tile x K slice) with a stride of the grid. Tile shape,
+split-K and stream-K come from `pipedecode.runtime.kernels.tiling`, chosen per (tokens, n, k,
+sm_count) so the work fills whole waves of the partition. With split-K the partial sums go to a
+float32 workspace and a small reduce kernel adds them and applies the epilogue. With stream-K
+(`tiling.StreamKPlan`) the programs first run whole waves of tiles, then share the K iterations
+of the remaining tiles evenly; a program that computes only part of a tile stores its float32
+partial in its own slot and counts itself in on the tile's counter, and the last of a tile's
+contributors adds the others' partials and applies the epilogue (no program ever waits on
+another, so it also runs in the interpreter, one program after the other). In PAIR mode (the
 gate/up projection) each unit computes the same columns of the gate and the up halves of the
 weight and stores silu(gate) * up.
 """
@@ -15,75 +20,155 @@ import torch
 import triton
 import triton.language as tl
 
-from pipedecode.runtime.kernels.tiling import MatmulConfig
+from pipedecode.runtime.kernels.tiling import MatmulConfig, StreamKPlan, stream_k_plan
 
 
 @triton.jit
-def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, M, N, K, s_am, s_wn, s_cm,
-                       k_per_split, pair_offset, num_pid_m, num_pid_n, num_units,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                       SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       PAIR: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr):
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # grouped ordering: GROUP_M row-tiles share each weight column block while it is in L2
+    width = GROUP_M * num_pid_n
+    first_m = (tile // width) * GROUP_M
+    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (tile % width) % rows, (tile % width) // rows
+
+
+@triton.jit
+def _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo, k_hi,
+         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr,
+         DOT_F32: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc[BM, BN] (and the up half's acc_u in PAIR mode) over K columns [k_lo, k_hi)."""
+    rk = tl.arange(0, BK)
+    a_p = a_ptr + rm[:, None].to(tl.int64) * s_am + (k_lo + rk)[None, :]
+    w_p = w_ptr + rn[:, None].to(tl.int64) * s_wn + (k_lo + rk)[None, :]
+    u_p = w_p + pair_offset * s_wn
+    acc = tl.zeros([BM, BN], tl.float32)
+    acc_u = tl.zeros([BM, BN], tl.float32)
+    for k0 in range(k_lo, k_hi, BK):
+        if EVEN_K:   # every K slice is whole blocks: mask rows only
+            a = tl.load(a_p, mask=(rm < M)[:, None], other=0.0)
+            w = tl.load(w_p, mask=(rn < N)[:, None], other=0.0)
+        else:
+            kmask = (k0 + rk) < k_hi
+            a = tl.load(a_p, mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
+        if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, tl.trans(w), acc)
+        if PAIR:
+            if EVEN_K:
+                u = tl.load(u_p, mask=(rn < N)[:, None], other=0.0)
+            else:
+                u = tl.load(u_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
+            if DOT_F32:
+                u = u.to(tl.float32)
+            acc_u = tl.dot(a, tl.trans(u), acc_u)
+            u_p += BK
+        a_p += BK
+        w_p += BK
+    return acc, acc_u
+
+
+@triton.jit
+def _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS: tl.constexpr,
+              PAIR: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if PAIR:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc_u
+    tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty),
+             mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+@triton.jit
+def _stream_k(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
+              pair_offset, num_pid_m, num_pid_n, dp_tiles, sk_tiles, iters_per_tile,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+              HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, DOT_F32: tl.constexpr,
+              EVEN_K: tl.constexpr):
+    """This program's share of the stream-K iterations (tiles dp_tiles.. in tile order)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    total = sk_tiles * iters_per_tile
+    first = pid * total // nprog           # tiling.StreamKPlan.start
+    it = first
+    it_end = (pid + 1) * total // nprog
+    # partials: [programs, 2 slots (first / last segment), 1 or 2 (PAIR), BM, BN] float32
+    slot_elems = BM * BN * (2 if PAIR else 1)
+    offs = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    while it < it_end:
+        t_loc = it // iters_per_tile
+        t_lo = t_loc * iters_per_tile
+        seg_end = tl.minimum(it_end, t_lo + iters_per_tile)
+        pid_m, pid_n = _tile_coords(dp_tiles + t_loc, num_pid_m, num_pid_n, GROUP_M)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn,
+                          (it - t_lo) * BK, tl.minimum((seg_end - t_lo) * BK, K),
+                          BM, BN, BK, PAIR, DOT_F32, EVEN_K)
+        if (it == t_lo) & (seg_end == t_lo + iters_per_tile):   # the whole tile is ours
+            _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR)
+        else:
+            mine = part_ptr + (pid * 2 + (it != first).to(tl.int32)).to(tl.int64) * slot_elems
+            tl.store(mine + offs, acc)
+            if PAIR:
+                tl.store(mine + BM * BN + offs, acc_u)
+            tl.debug_barrier()     # every thread's partial is written before the release below
+            # contributors: programs owner(t_lo) .. owner(t_hi - 1) (tiling.StreamKPlan.owner)
+            q_lo = ((t_lo + 1) * nprog + total - 1) // total - 1
+            q_hi = ((t_lo + iters_per_tile) * nprog + total - 1) // total - 1
+            arrived = tl.atomic_add(lock_ptr + t_loc, 1, sem="acq_rel")
+            tl.debug_barrier()
+            if arrived == q_hi - q_lo:     # the last one in: the others' partials are visible
+                for q in range(q_lo, q_hi + 1):
+                    if q != pid:
+                        # q's first segment (slot 0) if q starts inside this tile, else its last
+                        q_slot = q * 2 + ((q * total // nprog) < t_lo).to(tl.int32)
+                        theirs = part_ptr + q_slot.to(tl.int64) * slot_elems
+                        acc += tl.load(theirs + offs, cache_modifier=".cg")
+                        if PAIR:
+                            acc_u += tl.load(theirs + BM * BN + offs, cache_modifier=".cg")
+                _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR)
+                tl.atomic_xchg(lock_ptr + t_loc, 0)     # leave the counter as it was found
+        it = seg_end
+
+
+# sizes that change with the token count are not specialized on (one compile per tile shape)
+@triton.jit(do_not_specialize=["M", "num_pid_m", "num_pid_n", "num_units", "sk_tiles",
+                               "iters_per_tile"])
+def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn,
+                       s_cm, k_per_split, pair_offset, num_pid_m, num_pid_n, num_units,
+                       sk_tiles, iters_per_tile,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       PAIR: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr,
+                       STREAM_K: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    # with STREAM_K the units are the whole tiles [0, num_units) (whole waves); the rest follow
     for unit in range(pid, num_units, nprog):
         tile = unit // SPLIT_K
         ks = unit % SPLIT_K
-        # grouped ordering: GROUP_M row-tiles share each weight column block while it is in L2
-        width = GROUP_M * num_pid_n
-        first_m = (tile // width) * GROUP_M
-        rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % width) % rows
-        pid_n = (tile % width) // rows
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
-        rk = tl.arange(0, BK)
         k_lo = ks * k_per_split
-        k_hi = tl.minimum(k_lo + k_per_split, K)
-        a_p = a_ptr + rm[:, None].to(tl.int64) * s_am + (k_lo + rk)[None, :]
-        w_p = w_ptr + rn[:, None].to(tl.int64) * s_wn + (k_lo + rk)[None, :]
-        acc = tl.zeros([BM, BN], tl.float32)
-        if PAIR:
-            u_p = w_p + pair_offset * s_wn
-            acc_u = tl.zeros([BM, BN], tl.float32)
-        for k0 in range(k_lo, k_hi, BK):
-            if EVEN_K:   # every K slice is whole blocks: mask rows only
-                a = tl.load(a_p, mask=(rm < M)[:, None], other=0.0)
-                w = tl.load(w_p, mask=(rn < N)[:, None], other=0.0)
-            else:
-                kmask = (k0 + rk) < k_hi
-                a = tl.load(a_p, mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
-                w = tl.load(w_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
-            if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
-                a = a.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(a, tl.trans(w), acc)
-            if PAIR:
-                if EVEN_K:
-                    u = tl.load(u_p, mask=(rn < N)[:, None], other=0.0)
-                else:
-                    u = tl.load(u_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
-                if DOT_F32:
-                    u = u.to(tl.float32)
-                acc_u = tl.dot(a, tl.trans(u), acc_u)
-                u_p += BK
-            a_p += BK
-            w_p += BK
-        cmask = (rm < M)[:, None] & (rn < N)[None, :]
+        acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo,
+                          tl.minimum(k_lo + k_per_split, K), BM, BN, BK, PAIR, DOT_F32, EVEN_K)
         if SPLIT_K == 1:
-            if HAS_BIAS:
-                acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-            if PAIR:
-                acc = acc / (1.0 + tl.exp(-acc)) * acc_u
-            tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty),
-                     mask=cmask)
+            _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR)
         else:
             # workspace: [SPLIT_K, M, N] (PAIR: [SPLIT_K, 2, M, N])
+            cmask = (rm < M)[:, None] & (rn < N)[None, :]
             slab = ks * (2 if PAIR else 1)
             base = ws_ptr + slab.to(tl.int64) * M * N + rm[:, None] * N + rn[None, :]
             tl.store(base, acc, mask=cmask)
             if PAIR:
                 tl.store(base + M * N, acc_u, mask=cmask)
+    if STREAM_K:
+        _stream_k(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
+                  pair_offset, num_pid_m, num_pid_n, num_units, sk_tiles, iters_per_tile,
+                  BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K)
 
 
 @triton.jit
@@ -106,25 +191,53 @@ def _reduce_kernel(ws_ptr, c_ptr, bias_ptr, M, N, s_cm, SPLIT_K: tl.constexpr,
     tl.store(c_ptr + (offs // N) * s_cm + col, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
+def plan_for(m: int, n: int, k: int, cfg: MatmulConfig, sm_count: int) -> StreamKPlan:
+    """The stream-K plan `matmul` launches for this shape (cfg.stream_k must be set)."""
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    return stream_k_plan(tiles, sm_count * cfg.programs_per_sm, triton.cdiv(k, cfg.block_k))
+
+
 def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: MatmulConfig,
-           sm_count: int, pair: bool) -> torch.Tensor:
-    """Launch on a grid of min(sm_count, units) programs; shapes were checked by the caller."""
+           sm_count: int, pair: bool, locks: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch on a grid of min(sm_count, units) programs; shapes were checked by the caller.
+
+    Stream-K takes a float32 partial workspace (torch.empty) and an int32 counter per stream-K
+    tile, both from the caching allocator, so the launch captures into a CUDA graph. The
+    counters are `locks` when given (int32, zero, at least `plan_for(...).sk_tiles` of them,
+    used by one launch at a time: the kernel leaves them at zero), else a torch.zeros before
+    the launch.
+    """
     m, k = x.shape
     n = out.shape[1]
     num_pid_m, num_pid_n = triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     units = num_pid_m * num_pid_n * cfg.split_k
-    ws = out
-    if cfg.split_k > 1:
+    grid, sk_tiles, iters_per_tile = min(units, sm_count * cfg.programs_per_sm), 0, 1
+    ws, counters = out, out
+    if cfg.stream_k:
+        plan = plan_for(m, n, k, cfg, sm_count)
+        units, grid = plan.dp_tiles, plan.programs
+        sk_tiles, iters_per_tile = plan.sk_tiles, plan.iters_per_tile
+        split = plan.split_tiles > 0          # else the partial hand-off never runs
+        ws = torch.empty((grid * 2 * (2 if pair else 1) * cfg.block_m * cfg.block_n if split
+                          else 1,), device=x.device, dtype=torch.float32)
+        if locks is not None and (locks.dtype != torch.int32 or locks.numel() < sk_tiles):
+            raise ValueError(f"matmul: locks must be int32 with at least {sk_tiles} entries, "
+                             f"got {locks.dtype} x {locks.numel()}")
+        counters = locks if locks is not None else (torch.zeros if split else torch.empty)(
+            (max(sk_tiles, 1),), device=x.device, dtype=torch.int32)
+    elif cfg.split_k > 1:
         ws = torch.empty((cfg.split_k * (2 if pair else 1) * m * n,), device=x.device,
                          dtype=torch.float32)
     has_bias = bias is not None
-    _persistent_kernel[(min(units, sm_count * cfg.programs_per_sm),)](
-        x, weight, out, bias if has_bias else out, ws, m, n, k, x.stride(0), weight.stride(0),
-        out.stride(0), k_per_split, n, num_pid_m, num_pid_n, units,
+    _persistent_kernel[(grid,)](
+        x, weight, out, bias if has_bias else out, ws, counters, m, n, k, x.stride(0),
+        weight.stride(0), out.stride(0), k_per_split, n, num_pid_m, num_pid_n, units,
+        sk_tiles, iters_per_tile,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
         HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda,
-        EVEN_K=k_per_split * cfg.split_k == k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        EVEN_K=k_per_split * cfg.split_k == k, STREAM_K=cfg.stream_k and sk_tiles > 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.split_k > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(m * n, block),)](
