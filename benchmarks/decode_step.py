@@ -93,13 +93,35 @@ def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def with_kv_eviction(kernels, policy: str):
+    """The kernel set with its decode attention loading K/V under an L2 eviction policy
+    (diagnostic: does streaming the KV cache evict the weight tiles the GEMMs beside it reuse?)."""
+    import dataclasses
+
+    from pipedecode.runtime import kernels as kmod
+    from pipedecode.runtime.kernels._attention import AttentionConfig
+
+    cfg = AttentionConfig(kv_eviction=policy)
+
+    def attention(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
+                  context_starts=None):
+        return kmod.decode_attention(q, k_cache, v_cache, context_lens, out=out,
+                                     sm_count=sm_count, scale=scale, config=cfg,
+                                     context_starts=context_starts)
+
+    return dataclasses.replace(kernels, name=f"{kernels.name}+{policy}",
+                               decode_attention=attention)
+
+
 def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=False,
-                     kernels: str = "auto") -> dict:
+                     kernels: str = "auto", kv_eviction: str = "") -> dict:
     from pipedecode.runtime.executor import Executor
     from pipedecode.runtime.step import DecodeStep
 
     shape, batch = weights.shape, len(lens)
     step = DecodeStep(weights, batch, max(lens) + SLACK)
+    if kv_eviction:
+        step.kernels = with_kv_eviction(step.kernels, kv_eviction)
     for cache in step.k_cache + step.v_cache:
         cache.normal_()
     tokens = torch.randint(0, shape.vocab_size, (batch,), device="cuda")
@@ -123,6 +145,8 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
         from pipedecode.runtime.ops import kernel_set
 
         step.kernels = kernel_set(kernels, "cuda")
+        if kv_eviction:
+            step.kernels = with_kv_eviction(step.kernels, kv_eviction)
         row["interleaved_kernels"] = kernels
     candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
         [("planner+guard", planner_schedule)] if planner_schedule.mode == "interleaved" else [])
@@ -158,7 +182,8 @@ def _graph_of(fn, stream=None):
     return graph
 
 
-def stage_breakdown(weights, lens, memory_sms: int, kernels: str = "auto") -> dict:
+def stage_breakdown(weights, lens, memory_sms: int, kernels: str = "auto",
+                    kv_eviction: str = "") -> dict:
     """Why interleaving wins or loses: compute-only and attention-only parts of the step, whole
     GPU (full batch) vs each partition (two micro-batches), and the two partitions at once."""
     from pipedecode.runtime.partition_streams import open_partition_streams
@@ -170,6 +195,8 @@ def stage_breakdown(weights, lens, memory_sms: int, kernels: str = "auto") -> di
         from pipedecode.runtime.ops import kernel_set
 
         step.kernels = kernel_set(kernels, "cuda")
+    if kv_eviction:
+        step.kernels = with_kv_eviction(step.kernels, kv_eviction)
     for cache in step.k_cache + step.v_cache:
         cache.normal_()
     step.set_inputs(torch.randint(0, weights.shape.vocab_size, (batch,), device="cuda"),
@@ -316,10 +343,10 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
             row.update(pipedecode_point(weights, lens, args.splits, schedule, args.triton_seq,
-                                        args.kernels))
+                                        args.kernels, args.kv_eviction))
             if row["name"].split("_", 1)[1] in args.breakdown:
-                row["breakdown"] = [stage_breakdown(weights, lens, m, args.kernels)
-                                    for m in args.splits]
+                row["breakdown"] = [stage_breakdown(weights, lens, m, args.kernels,
+                                                    args.kv_eviction) for m in args.splits]
         except torch.OutOfMemoryError as exc:
             row["skipped"] = f"out of memory: {str(exc)[:80]}"
         torch.cuda.empty_cache()
@@ -461,6 +488,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", default="auto",
                         help="kernel set for the interleaved splits and breakdowns: auto (hybrid "
                              "on CUDA), triton, cublas (diagnostic)")
+    parser.add_argument("--kv-eviction", default="", choices=["", "evict_first"],
+                        help="L2 eviction policy of the attention's K/V loads (diagnostic)")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="no GPU: merge these result JSONs into --out/decode_step_TAG.*")
     parser.add_argument("--merge-hf", nargs="+", default=[],
@@ -487,7 +516,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "transformers": transformers.__version__,
               "peak_tflops": profile.peak_flops_per_s / 1e12,
               "hbm_tbs": profile.hbm_bytes_per_s / 1e12,
-              "splits": args.splits, "kernels": KERNELS_NOTE,
+              "splits": args.splits, "kernels": KERNELS_NOTE, "kv_eviction": args.kv_eviction,
               "rows": []}
     for spec in args.models.split(","):
         result["rows"] += run_model(spec, args, profile.peak_flops_per_s, profile.hbm_bytes_per_s)

@@ -22,5 +22,7 @@ def _main(name: str):
 def test_example_runs_and_agrees(name, argv, capsys):
     assert _main(name)(argv) == 0
     out = capsys.readouterr().out
-    assert "identical: True" in out
+    # float32 on the CPU: every path gives transformers' own tokens
+    assert "identical: True" in out or ("100.0% of tokens equal" in out and
+                                        "% of tokens equal" not in out.replace("100.0% of", ""))
     assert "tokens/s" in out

@@ -129,3 +129,24 @@ def test_contiguous_keeps_sizes_and_lengths():
     assert [len(mb.request_ids) for mb in out.micro_batches] == sizes
     assert [r for mb in out.micro_batches for r in mb.request_ids] == list(range(6))
     assert _contiguous(None) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_compile_backend_serves_decode_on_the_gpu():
+    """bf16 on the GPU (Triton kernels, CUDA graph, the plan's guard): the same tokens as the
+    graph's own stages, and logits within bf16 error of them."""
+    model = build_model("tiny-llama", dtype=torch.bfloat16, seed=3).cuda().eval()
+    ids, mask = _prompts(6, 10, seed=4)
+    ids, mask = ids.cuda(), mask.cuda()
+    runners: list = []
+    got = _generate(_compile(model, runners, executor="auto"), ids, mask, new_tokens=8)
+    served = [r for r in runners if isinstance(r, GraphDecode)]
+    assert len(served) == 1 and served[0].calls["executor"] == 7
+    assert served[0].executor.describe()["graphs"]
+    staged: list = []
+    model2 = build_model("tiny-llama", dtype=torch.bfloat16, seed=3).cuda().eval()
+    expected = _generate(_compile(model2, staged, executor="never"), ids, mask, new_tokens=8)
+    for a, b in zip(got.logits, expected.logits):
+        assert ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-2
+    assert (got.sequences == expected.sequences).float().mean().item() > 0.9
