@@ -8,7 +8,8 @@ tokens, rows that reached EOS padded after it. Anything it does not serve (sampl
 streamers, logits processors) returns None so the caller falls back to transformers' own loop.
 Weights are packed once per model and kept; the executor of the last call is kept and reused
 when the next call plans the same way for as many requests of no longer context. Prompts are
-prefilled in one batched transformers forward, their K/V copied into the executor's cache.
+prefilled in batched transformers forwards (bounded in tokens), their K/V copied into the
+executor's cache.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 # Keyword arguments of generate() that the executor path honours; others send the call back.
 CONTEXT_STEP = 256      # executor cache lengths are multiples of this
+PREFILL_TOKENS = 32768  # padded prompt tokens per transformers prefill forward
 _SERVED = {"attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "num_beams",
            "pad_token_id", "eos_token_id", "use_cache", "return_dict_in_generate"}
 
@@ -77,7 +79,15 @@ class ExecutorGenerate:
 
     @torch.no_grad()
     def _prefill(self, step, rows_prompts) -> torch.Tensor:
-        """All prompts in one transformers forward (left-padded), K/V copied into the rows."""
+        """The prompts in batched transformers forwards of at most PREFILL_TOKENS padded tokens
+        each (left-padded), K/V copied into the rows: a bounded transformers cache beside the
+        executor's, not a second copy of the whole batch's."""
+        longest = max(int(p.numel()) for _, p in rows_prompts)
+        per_chunk = max(1, PREFILL_TOKENS // longest)
+        return torch.cat([self._prefill_chunk(step, rows_prompts[i:i + per_chunk])
+                          for i in range(0, len(rows_prompts), per_chunk)])
+
+    def _prefill_chunk(self, step, rows_prompts) -> torch.Tensor:
         from transformers import DynamicCache
 
         longest = max(int(p.numel()) for _, p in rows_prompts)

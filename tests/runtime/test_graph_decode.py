@@ -133,20 +133,22 @@ def test_contiguous_keeps_sizes_and_lengths():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_torch_compile_backend_serves_decode_on_the_gpu():
-    """bf16 on the GPU (Triton kernels, CUDA graph, the plan's guard): the same tokens as the
-    graph's own stages, and logits within bf16 error of them."""
+def test_torch_compile_backend_serves_decode_on_the_gpu(rel_err):
+    """bf16 on the GPU (Triton kernels, a CUDA graph, the plan's guard): generate is served, and
+    one step from the same inputs gives the graph's own logits and cache writes within bf16
+    error (whole generations may part at a bf16 near-tie, so they are not compared)."""
     model = build_model("tiny-llama", dtype=torch.bfloat16, seed=3).cuda().eval()
     ids, mask = _prompts(6, 10, seed=4)
-    ids, mask = ids.cuda(), mask.cuda()
-    runners: list = []
-    got = _generate(_compile(model, runners, executor="auto"), ids, mask, new_tokens=8)
-    served = [r for r in runners if isinstance(r, GraphDecode)]
-    assert len(served) == 1 and served[0].calls["executor"] == 7
-    assert served[0].executor.describe()["graphs"]
-    staged: list = []
-    model2 = build_model("tiny-llama", dtype=torch.bfloat16, seed=3).cuda().eval()
-    expected = _generate(_compile(model2, staged, executor="never"), ids, mask, new_tokens=8)
-    for a, b in zip(got.logits, expected.logits):
-        assert ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-2
-    assert (got.sequences == expected.sequences).float().mean().item() > 0.9
+    runners, graphs = [], []
+    got = _generate(_compile(model, runners, graphs, executor="auto"), ids.cuda(), mask.cuda(),
+                    new_tokens=8)
+    assert got.sequences.shape == (6, 18)
+    runner = next(r for r in runners if isinstance(r, GraphDecode))
+    assert runner.calls == {"executor": 7, "fallback": 0}
+    assert runner.executor.describe()["graphs"]
+    args = _first_step_args(graphs, runner.layout, prompt_len=ids.shape[1])
+    twin = [t.clone() for t in args]
+    out, ref = runner(*args)[0], runner.fallback(*twin)[0]
+    assert rel_err(out.float(), ref.float()) < 1e-2
+    for i in runner.layout.keys + runner.layout.values:
+        assert rel_err(args[i].float(), twin[i].float()) < 1e-2

@@ -29,6 +29,23 @@ def test_served_generate_equals_transformers(preset, lens):
     assert served.last_executor.mode == "sequential"
 
 
+def test_prefill_in_chunks_of_requests_is_exact(monkeypatch):
+    from pipedecode.runtime import hf_generate
+
+    model = build_model("tiny-llama", seed=6)
+    ids, mask = _left_padded([5, 9, 2, 7, 4], model.config.vocab_size, seed=6)
+    kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                  eos_token_id=None)
+    calls = []
+    chunk = ExecutorGenerate._prefill_chunk
+    monkeypatch.setattr(ExecutorGenerate, "_prefill_chunk",
+                        lambda self, step, rp: calls.append(len(rp)) or chunk(self, step, rp))
+    monkeypatch.setattr(hf_generate, "PREFILL_TOKENS", 20)     # 2 requests of <= 9 tokens
+    got = ExecutorGenerate(model, cuda_only=False)(ids, **kwargs)
+    assert calls == [2, 2, 1]
+    assert torch.equal(got, model.generate(ids, **kwargs))
+
+
 def test_second_call_reuses_the_executor_and_stays_exact():
     model = build_model("tiny-llama", seed=1)
     served = ExecutorGenerate(model, cuda_only=False)
@@ -96,7 +113,10 @@ def test_compile_on_gpu_serves_generate_with_the_executor():
     got = compiled.generate(ids, **kwargs)
     assert compiled.pipedecode_executor.last_executor is not None
     prompts = [row[m.bool()] for row, m in zip(ids, mask)]
-    direct = generate(build_executor(model, batch_size=4, max_context=17), prompts, 8)
+    # the same prefill (transformers' bf16 forward): the serving plumbing (row order, padding,
+    # cache copies) adds nothing; a different prefill may flip a bf16 near-tie
+    direct = generate(build_executor(model, batch_size=4, max_context=17), prompts, 8,
+                      prefill=compiled.pipedecode_executor._prefill)
     assert torch.equal(got[:, ids.shape[1]:].cpu(), direct.tokens)
     # Against transformers' own bf16 loop, one near-tie flips a token and the rows diverge
     # after it (seen: 72% of tokens equal on a 2-layer model), so that comparison lives in
