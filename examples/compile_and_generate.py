@@ -20,6 +20,7 @@ import time
 import torch
 
 import pipedecode
+from pipedecode.backend import pipedecode_backend
 from pipedecode.models import PRESETS, build_model
 
 
@@ -65,7 +66,9 @@ def main(argv=None) -> int:
 
     runners: list = []
     backend = copy.copy(model)                         # shares the weights; own forward
-    backend.forward = torch.compile(model.forward, backend="pipedecode", dynamic=False,
+    # backend="pipedecode" names the same function once the package is pip-installed (entry
+    # point); the function itself also works from a source tree on PYTHONPATH
+    backend.forward = torch.compile(model.forward, backend=pipedecode_backend, dynamic=False,
                                     options={"device": args.device_profile, "runners": runners})
     bk_tokens, bk_tps = _timed_generate(backend, ids, args.new_tokens,
                                         cache_implementation="static")
