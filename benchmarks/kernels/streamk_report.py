@@ -1,4 +1,4 @@
-"""Markdown from streamk.py's JSON: `python benchmarks/kernels/streamk_report.py kernels_streamk_h100.json`.
+"""Markdown from streamk.py: `python benchmarks/kernels/streamk_report.py kernels_streamk_h100.json`.
 
 Ratio to proportional = time on n SMs / (reference time on all SMs x all / n); the target is
 <= 1.10. Two references: the best of cuBLAS and the Triton matmul on all SMs ("best"), and the

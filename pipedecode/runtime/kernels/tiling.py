@@ -78,7 +78,7 @@ class StreamKPlan:
         return ((it + 1) * self.programs + self.sk_iters - 1) // self.sk_iters - 1
 
     def contributors(self, sk_tile: int) -> int:
-        """Programs that compute part of stream-K tile `sk_tile` (0-based within the stream-K tiles)."""
+        """Programs that compute part of stream-K tile `sk_tile` (counted from dp_tiles)."""
         lo = sk_tile * self.iters_per_tile
         return self.owner(lo + self.iters_per_tile - 1) - self.owner(lo) + 1
 
