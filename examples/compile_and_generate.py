@@ -18,23 +18,48 @@ import gc
 import time
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 import pipedecode
 from pipedecode.backend import pipedecode_backend
 from pipedecode.models import PRESETS, build_model
 
 
-def _timed_generate(model, ids, new_tokens: int, **extra) -> tuple[torch.Tensor, float]:
+class _StepClock(StoppingCriteria):
+    """Timestamps each generated token in transformers' loop (it syncs each step anyway)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if input_ids.is_cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def decode_tokens_per_s(self, batch: int) -> float:
+        """Steady decode steps only: from the end of the first decode step to the last."""
+        steps = len(self.times) - 2
+        return batch * steps / (self.times[-1] - self.times[1]) if steps > 0 else float("nan")
+
+
+def _timed_generate(model, ids, new_tokens: int, clock: bool = True, **extra):
+    """(new tokens, end-to-end tokens/s incl. prefill, steady decode tokens/s or None)."""
     kwargs = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
                   **extra)
     model.generate(ids, **kwargs)                       # warm-up: compile, capture, plan
+    steps = _StepClock()
+    if clock:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([steps])
     if ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     out = model.generate(ids, **kwargs)
     if ids.is_cuda:
         torch.cuda.synchronize()
-    return out[:, ids.shape[1]:], ids.shape[0] * new_tokens / (time.perf_counter() - start)
+    batch = ids.shape[0]
+    decode = steps.decode_tokens_per_s(batch) if clock else None
+    return out[:, ids.shape[1]:], batch * new_tokens / (time.perf_counter() - start), decode
 
 
 def main(argv=None) -> int:
@@ -52,11 +77,15 @@ def main(argv=None) -> int:
     ids = torch.randint(1, model.config.vocab_size, (args.batch, args.prompt), generator=gen)
     ids = ids.to(model.device)
 
-    eager_tokens, eager_tps = _timed_generate(model, ids, args.new_tokens)
+    eager_tokens, eager_tps, eager_dps = _timed_generate(model, ids, args.new_tokens)
     compiled = pipedecode.compile(model, device=args.device_profile)
-    tokens, tps = _timed_generate(compiled, ids, args.new_tokens)
+    # the executor serves generate only without transformers-loop hooks such as a stopping
+    # criterion: its own clock (GenerationResult) times the steady decode steps instead
     served = getattr(compiled, "pipedecode_executor", None)
+    tokens, tps, dps = _timed_generate(compiled, ids, args.new_tokens, clock=served is None)
     executor = served.last_executor if served is not None else None
+    if served is not None and served.last_result is not None:
+        dps = served.last_result.tokens_per_s
     how = "captured stages (CPU)" if executor is None else f"executor, {executor.mode} mode" + (
         f" ({executor.fallback_reason})" if executor.fallback_reason else "")
     del compiled, served, executor                     # free the executor's KV cache
@@ -70,20 +99,23 @@ def main(argv=None) -> int:
     # point); the function itself also works from a source tree on PYTHONPATH
     backend.forward = torch.compile(model.forward, backend=pipedecode_backend, dynamic=False,
                                     options={"device": args.device_profile, "runners": runners})
-    bk_tokens, bk_tps = _timed_generate(backend, ids, args.new_tokens,
-                                        cache_implementation="static")
+    bk_tokens, bk_tps, bk_dps = _timed_generate(backend, ids, args.new_tokens,
+                                                cache_implementation="static")
     decode = [r for r in runners if hasattr(r, "executor")]
     bk_how = "captured stages" if not decode else "executor, {}{}".format(
         decode[0].executor.mode,
         f" ({decode[0].executor.fallback_reason})" if decode[0].executor.fallback_reason else "")
 
     # bf16 on a GPU: a near-tie can flip one token and the row diverges after it.
-    for name, t, rate, via in (("pipedecode.compile", tokens, tps, how),
-                               ("torch.compile backend", bk_tokens, bk_tps, bk_how)):
+    print(f"{'':23s}generate (incl. prefill) | decode steps only")
+    for name, t, rate, drate, via in (
+            ("pipedecode.compile", tokens, tps, dps, how),
+            ("torch.compile backend", bk_tokens, bk_tps, bk_dps, bk_how)):
         same = (t == eager_tokens).float().mean().item()
-        print(f"{name + ':':23s}{rate:,.0f} tokens/s ({rate / eager_tps:.2f}x) via {via}; "
+        print(f"{name + ':':23s}{rate:,.0f} tokens/s ({rate / eager_tps:.2f}x) | "
+              f"{drate:,.0f} tokens/s ({drate / eager_dps:.2f}x) via {via}; "
               f"{100 * same:.1f}% of tokens equal to transformers'")
-    print(f"{'transformers generate:':23s}{eager_tps:,.0f} tokens/s")
+    print(f"{'transformers generate:':23s}{eager_tps:,.0f} tokens/s | {eager_dps:,.0f} tokens/s")
     return 0
 
 

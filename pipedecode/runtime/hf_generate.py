@@ -34,6 +34,7 @@ class ExecutorGenerate:
         self.model, self.device, self.cuda_only = model, device, cuda_only
         self._weights = None
         self.last_executor = None         # the executor of the latest call (mode, fallback)
+        self.last_result = None           # its GenerationResult (decode_seconds, tokens_per_s)
 
     def _served(self, input_ids: Any, kwargs: dict[str, Any]) -> bool:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -73,6 +74,7 @@ class ExecutorGenerate:
                                                 max_context=max_context, schedule=schedule)
             self.last_executor.fallback_reason = self.last_executor.fallback_reason or reason
         result = generate(self.last_executor, prompts, new_tokens, prefill=self._prefill)
+        self.last_result = result
         tokens = result.tokens.to(input_ids.device)
         tokens = _pad_after_eos(tokens, self._eos(kwargs), self._pad(kwargs))
         return torch.cat([input_ids, tokens], dim=1)
