@@ -1,12 +1,14 @@
-"""Stream-K against the plain persistent matmul and cuBLAS on 96/104-SM partitions and all SMs.
+"""The split tail (stream-K hybrid) against the plain persistent matmul and cuBLAS on 96/104-SM
+partitions and all SMs.
 
 One device call: `PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python benchmarks/kernels/streamk.py
 --out $OUT`. Partitions are real green contexts (`profiles.measure.CudaTimer`, driver route);
 the kernels get the granted SM count as their grid. Sections, each guarded and stopped once the
-time budget is spent: GPU correctness of stream-K (fresh inputs, NaN-poisoned outputs, three
-launches each), then per (shape, tokens): cuBLAS, the chooser without stream-K (the kernel as
-it was), a tile x split-K sweep on all SMs, stream-K with every tile, the chooser with stream-K,
-and stream-K with preallocated counters (no fill per call); then the fused gate/up. Writes
+time budget is spent: GPU correctness of the split tail (fresh inputs, NaN-poisoned outputs,
+three launches each), then per (shape, tokens) and SM count: cuBLAS, the chooser without the
+split tail (the kernel as it was), the chooser with it, every tile plain (and with split-K 2 on
+all SMs), every tile x tail split where the tiles leave a partial wave, and the chosen split
+tail with preallocated counters (no fill per call); then the fused gate/up. Writes
 kernels_streamk_<gpu>.json under --out after every point; streamk_report.py renders it.
 """
 
@@ -27,7 +29,8 @@ from pipedecode.models import model_shape
 from pipedecode.profiles.measure import CudaTimer, device_name, rotations
 from pipedecode.runtime import kernels
 from pipedecode.runtime.kernels import _matmul, reference
-from pipedecode.runtime.kernels.tiling import PAIR_TILES, TILES, MatmulConfig, choose_config
+from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES, MatmulConfig,
+                                               choose_config, tail_plan)
 
 SHAPES = (("llama-3-8b", "o_proj"), ("llama-3-8b", "down_proj"), ("llama-3-8b", "qkv_proj"),
           ("llama-2-7b", "down_proj"))
@@ -64,7 +67,8 @@ def correctness(timer, deadline):
             torch.cuda.synchronize()     # the partitions' streams read x, w, bias
             for sms in PART_SMS + (timer.total,):
                 g = timer.granted_sms(sms)
-                for cfg in (_cfg(TILES[0], stream_k=True), choose_config(m, n, k, g)):
+                for cfg in (_cfg(TILES[0], tail_split=2), _cfg(TILES[0], tail_split=4),
+                            choose_config(m, n, k, g)):
                     errs = []
                     for _ in range(3):     # a race shows as an error that moves between runs
                         o = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
@@ -72,17 +76,22 @@ def correctness(timer, deadline):
                             kernels.linear(x, w, bias=bias, sm_count=g, out=o, config=cfg)
                         torch.cuda.synchronize()
                         errs.append(_rel(o, ref))
-                    tag = f"{cfg.block_m}x{cfg.block_n}{'_sk' if cfg.stream_k else ''}"
-                    out[f"{label} {m} sms{g} {tag}"] = max(errs)
+                    out[f"{label} {m} sms{g} {_tag(cfg)}"] = max(errs)
             if time.time() > deadline:
                 return out
     x, w = _randn(256, 4096), _randn(2 * 14336, 4096, scale=4096 ** -0.5)
     for tile in PAIR_TILES[:2]:
         o = kernels.gate_up_silu(x, w, sm_count=timer.granted_sms(104),
-                                 config=_cfg(tile, stream_k=True))
-        out[f"gate_up 256 sms104 {tile[0]}x{tile[1]}_sk"] = _rel(o, reference.gate_up_silu(x, w))
+                                 config=_cfg(tile, tail_split=3))
+        out[f"gate_up 256 sms104 {tile[0]}x{tile[1]}/t3"] = _rel(o, reference.gate_up_silu(x, w))
     out["max"] = max(out.values())
     return out
+
+
+def _tag(cfg):
+    extra = f"/t{cfg.tail_split}" if cfg.tail_split > 1 else (
+        f"/split{cfg.split_k}" if cfg.split_k > 1 else "")
+    return f"{cfg.block_m}x{cfg.block_n}{extra}"
 
 
 def _time(timer, sets, sms, cfg=None, impl="triton", pair=False, locks=None):
@@ -105,6 +114,11 @@ def _row(cfg, us):
     return {"config": asdict(cfg), "us": us}
 
 
+def _has_tail(m, n, k, g, tile):
+    tiles = -(-m // tile[0]) * -(-n // tile[1])
+    return tail_plan(tiles, g, -(-k // tile[2]), 2).split_tiles > 0
+
+
 def point(timer, label, n, k, m, pair=False):
     """Every variant of one (shape, tokens) on all SMs and on each partition."""
     n_w = 2 * n if pair else n
@@ -115,21 +129,21 @@ def point(timer, label, n, k, m, pair=False):
     res = {"shape": label, "n": n, "k": k, "tokens": m, "pair": pair, "by_sms": {}}
     for sms in (timer.total,) + PART_SMS:
         g = timer.granted_sms(sms)
-        old = choose_config(m, n, k, g, pair=pair, stream_k=False)
+        old = choose_config(m, n, k, g, pair=pair, tail=False)
         new = choose_config(m, n, k, g, pair=pair)
-        row = {"old": _row(old, _time(timer, sets, sms, old, pair=pair)),
-               "sk": [_row(_cfg(t, stream_k=True), _time(timer, sets, sms, _cfg(t, stream_k=True),
-                                                        pair=pair)) for t in tiles]}
+        row = {"old": _row(old, _time(timer, sets, sms, old, pair=pair))}
         if not pair:
             row["cublas"] = _time(timer, sets, sms, impl="cublas")
-        if sms == timer.total:
-            row["dp_sweep"] = [_row(_cfg(t, split_k=s), _time(timer, sets, sms, _cfg(t, split_k=s),
-                                                             pair=pair))
-                               for t in tiles for s in (1, 2)]
-        known = [row["old"]] + row["sk"] + row.get("dp_sweep", [])
+        plain = [_cfg(t, split_k=s) for t in tiles for s in ((1, 2) if sms == timer.total
+                                                              else (1,))]
+        row["plain"] = [_row(c, _time(timer, sets, sms, c, pair=pair)) for c in plain]
+        tails = [_cfg(t, tail_split=s) for t in tiles if _has_tail(m, n, k, g, t)
+                 for s in TAIL_SPLITS if -(-k // s) >= 4 * t[2]]
+        row["tail"] = [_row(c, _time(timer, sets, sms, c, pair=pair)) for c in tails]
+        known = [row["old"]] + row["plain"] + row["tail"]
         hit = next((r for r in known if r["config"] == asdict(new)), None)
         row["new"] = hit or _row(new, _time(timer, sets, sms, new, pair=pair))
-        if new.stream_k and sms != timer.total and not pair:
+        if new.tail_split > 1 and not pair:
             locks = torch.zeros(4 * timer.total, dtype=torch.int32, device="cuda")
             row["new_prealloc_locks_us"] = _time(timer, sets, sms, new, locks=locks)
         res["by_sms"][g] = row

@@ -1,16 +1,22 @@
-"""Markdown from streamk.py: `python benchmarks/kernels/streamk_report.py kernels_streamk_h100.json`.
+"""Markdown from streamk.py: `python benchmarks/kernels/streamk_report.py RESULT.json [V1.json]`.
 
 Ratio to proportional = time on n SMs / (reference time on all SMs x all / n); the target is
-<= 1.10. Two references: the best of cuBLAS and the Triton matmul on all SMs ("best"), and the
-best Triton config on all SMs ("triton", the kernel's own scaling). "before" is the better of
-cuBLAS and the Triton matmul without stream-K on the partition, "after" the better of cuBLAS
-and the Triton matmul that the chooser now picks (stream-K or not).
+<= 1.10. Two references: the better of cuBLAS and the best Triton config measured on all SMs
+("ref best"), and the best Triton config on all SMs ("ref Triton", the kernel's own scaling).
+"before" is the better of cuBLAS and the Triton config the chooser picks without the split
+tail (the kernel as it was); "after" the better of cuBLAS and the config `tiling.choose_config`
+picks now, its time looked up among the configs the run measured (the chooser's candidates at
+these points are all measured; a pick that was not is shown as "—"). The optional V1.json is
+the first run, with the classic stream-K split (equal runs of K iterations per program).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
+
+from pipedecode.runtime.kernels.tiling import choose_config
 
 
 def _f(v, digits=1):
@@ -18,8 +24,12 @@ def _f(v, digits=1):
 
 
 def _tag(cfg):
-    extra = "/sk" if cfg.get("stream_k") else (f"/split{cfg['split_k']}" if cfg["split_k"] > 1
-                                                else "")
+    if cfg.get("tail_split", 1) > 1:
+        extra = f"/t{cfg['tail_split']}"
+    elif cfg.get("stream_k"):
+        extra = "/sk"
+    else:
+        extra = f"/split{cfg['split_k']}" if cfg["split_k"] > 1 else ""
     return f"{cfg['block_m']}x{cfg['block_n']}{extra}"
 
 
@@ -27,93 +37,113 @@ def _best(rows):
     return min(rows, key=lambda r: r["us"]) if rows else None
 
 
+def _measured(row):
+    return [row["old"], row["new"]] + row.get("plain", []) + row.get("tail", [])
+
+
+def chosen_now(p, sms, row):
+    """The chooser's pick today for this point, with its measured time (None if unmeasured)."""
+    cfg = asdict(choose_config(p["tokens"], p["n"], p["k"], sms, pair=p["pair"]))
+    hit = next((r for r in _measured(row) if r["config"] == cfg), None)
+    return {"config": cfg, "us": hit["us"] if hit else None}
+
+
 def summarize(p, total):
     """Per partition of one point: the times and the ratios (see the module docstring)."""
-    full = p["by_sms"][str(total)] if str(total) in p["by_sms"] else p["by_sms"][total]
-    tri_full = _best([full["old"], full["new"]] + full.get("dp_sweep", []) + full["sk"])
-    cub_full = full.get("cublas")
-    best_full = min(v for v in (cub_full, tri_full["us"]) if v is not None)
+    rows = {int(s): r for s, r in p["by_sms"].items()}
+    full = rows[total]
+    tri_full = _best(_measured(full))
+    best_full = min(v for v in (full.get("cublas"), tri_full["us"]) if v is not None)
     out = []
-    for sms, row in p["by_sms"].items():
-        n = int(sms)
+    for n, row in sorted(rows.items(), reverse=True):
         if n == total:
             continue
         scale = total / n
-        cub = row.get("cublas")
+        cub, now = row.get("cublas"), chosen_now(p, n, row)
         before = min(v for v in (cub, row["old"]["us"]) if v is not None)
-        after = min(v for v in (cub, row["new"]["us"]) if v is not None)
-        out.append({"sms": n, "cublas": cub, "old": row["old"], "new": row["new"],
-                    "best_sk": _best(row["sk"]), "prealloc": row.get("new_prealloc_locks_us"),
+        after = min(v for v in (cub, now["us"] or float("inf")) if v is not None)
+        out.append({"sms": n, "cublas": cub, "old": row["old"], "now": now,
+                    "best_plain": _best(row.get("plain", [])), "best_tail": _best(row["tail"]),
+                    "prealloc": row.get("new_prealloc_locks_us"),
                     "before": before / (best_full * scale), "after": after / (best_full * scale),
-                    "old_vs_triton": row["old"]["us"] / (tri_full["us"] * scale),
-                    "new_vs_triton": row["new"]["us"] / (tri_full["us"] * scale),
-                    "cub_full": cub_full, "tri_full": tri_full, "full": full})
+                    "old_t": row["old"]["us"] / (tri_full["us"] * scale),
+                    "now_t": (now["us"] or float("inf")) / (tri_full["us"] * scale),
+                    "cub_full": full.get("cublas"), "tri_full": tri_full})
     return out
 
 
-def _table(res, total):
-    lines = ["| shape | tokens | all SMs: cuBLAS / best Triton µs (config) | n | cuBLAS µs | "
-             "Triton before µs (config) | Triton after µs (config) | best stream-K µs (tile) | "
-             "before / after (ref: best) | before / after (ref: Triton) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    counts = {"before": 0, "after": 0, "old_vs_triton": 0, "new_vs_triton": 0, "n": 0}
+def _cell(r):
+    return "—" if r is None else f"{_f(r['us'])} ({_tag(r['config'])})"
+
+
+def _partitions(res, total):
+    lines = ["| shape | tokens | all SMs: cuBLAS / best Triton µs | n | cuBLAS µs | Triton "
+             "before µs | best plain µs | Triton now µs | best split tail µs | before / after "
+             "(ref best) | before / after (ref Triton) |", "|---|---|---|---|---|---|---|---|---"
+             "|---|---|"]
+    counts = dict.fromkeys(("before", "after", "old_t", "now_t", "n"), 0)
     for p in res["points"]:
         for s in summarize(p, total):
             counts["n"] += 1
-            for key in ("before", "after", "old_vs_triton", "new_vs_triton"):
+            for key in ("before", "after", "old_t", "now_t"):
                 counts[key] += s[key] <= 1.10
-            t = s["tri_full"]
             lines.append(
                 f"| {p['shape']} ({p['n']}x{p['k']}) | {p['tokens']} | {_f(s['cub_full'])} / "
-                f"{_f(t['us'])} ({_tag(t['config'])}) | {s['sms']} | {_f(s['cublas'])} | "
-                f"{_f(s['old']['us'])} ({_tag(s['old']['config'])}) | {_f(s['new']['us'])} "
-                f"({_tag(s['new']['config'])}) | {_f(s['best_sk']['us'])} "
-                f"({_tag(s['best_sk']['config'])}) | {s['before']:.2f} / {s['after']:.2f} | "
-                f"{s['old_vs_triton']:.2f} / {s['new_vs_triton']:.2f} |")
+                f"{_cell(s['tri_full'])} | {s['sms']} | {_f(s['cublas'])} | {_cell(s['old'])} | "
+                f"{_cell(s['best_plain'])} | {_cell(s['now'])} | {_cell(s['best_tail'])} | "
+                f"{s['before']:.2f} / {s['after']:.2f} | {s['old_t']:.2f} / {s['now_t']:.2f} |")
     return lines, counts
 
 
-def _full_sms(res, total):
-    lines = ["| shape | tokens | cuBLAS µs | chooser without stream-K µs | chooser µs | "
-             "best split/plain sweep µs | best stream-K µs |", "|---|---|---|---|---|---|---|"]
+def _all_sms(res, total):
+    lines = ["| shape | tokens | cuBLAS µs | Triton before µs | Triton now µs | best plain or "
+             "split-K µs | best split tail µs |", "|---|---|---|---|---|---|---|"]
     for p in res["points"]:
-        row = p["by_sms"].get(str(total)) or p["by_sms"].get(total)
-        sweep, sk = _best(row.get("dp_sweep", [])), _best(row["sk"])
+        row = {int(s): r for s, r in p["by_sms"].items()}[total]
         lines.append(f"| {p['shape']} | {p['tokens']} | {_f(row.get('cublas'))} | "
-                     f"{_f(row['old']['us'])} ({_tag(row['old']['config'])}) | "
-                     f"{_f(row['new']['us'])} ({_tag(row['new']['config'])}) | "
-                     f"{_f(sweep and sweep['us'])} ({sweep and _tag(sweep['config'])}) | "
-                     f"{_f(sk['us'])} ({_tag(sk['config'])}) |")
+                     f"{_cell(row['old'])} | {_cell(chosen_now(p, total, row))} | "
+                     f"{_cell(_best(row.get('plain', [])))} | {_cell(_best(row['tail']))} |")
     return lines
 
 
-def render(res: dict) -> str:
+def classic(v1, total):
+    """The first run's classic stream-K against the plain kernel, per point and SM count."""
+    lines = ["| shape | tokens | n | Triton plain (chooser) µs | best classic stream-K µs | "
+             "stream-K / plain |", "|---|---|---|---|---|---|"]
+    for p in v1["points"]:
+        for sms, row in sorted(((int(s), r) for s, r in p["by_sms"].items()), reverse=True):
+            sk = _best(row["sk"])
+            lines.append(f"| {p['shape']} | {p['tokens']} | {sms} | {_cell(row['old'])} | "
+                         f"{_cell(sk)} | {sk['us'] / row['old']['us']:.2f} |")
+    return lines
+
+
+def render(res: dict, v1: dict | None = None) -> str:
     total = max(int(s) for s in res["granted"].values())
-    lines = [f"# Stream-K matmul: {res['gpu']}, {res['date']}", "",
+    lines = [f"# Split-tail (stream-K hybrid) matmul: {res['gpu']}, {res['date']}", "",
              f"torch {res['torch']}, triton {res['triton']}; partitions: {res['partition_route']}"
-             f", granted SMs {res['granted']}. Medians of CUDA-graph replays timed with events "
-             "after warm-up, inputs rotated past L2. Generated by benchmarks/kernels/streamk.py.",
-             ""]
+             f" green contexts, granted SMs {res['granted']}. Medians of CUDA-graph replays "
+             "timed with events after warm-up, inputs rotated past L2. Generated by "
+             "benchmarks/kernels/streamk.py and streamk_report.py.", ""]
     c = res.get("correctness")
     if c:
-        lines += ["## Correctness (rel. L2 error vs float32 reference, NaN-poisoned output, "
-                  "worst of 3 launches)", "", f"max {c.get('max', float('nan')):.2e} over "
-                  f"{len(c) - 1} checks", ""]
+        lines += ["## Correctness", "", f"Relative L2 error against the float32 reference, fresh "
+                  f"random inputs, NaN-poisoned output, worst of 3 launches: max "
+                  f"{c.get('max', float('nan')):.2e} over {len(c) - 1} checks.", ""]
     if res["points"]:
-        table, counts = _table(res, total)
-        lines += ["## Partitions: ratio to proportional (target <= 1.10)", "",
-                  "ref best: the better of cuBLAS and the best Triton config on all SMs; "
-                  "ref Triton: the best Triton config on all SMs (the kernel's own scaling). "
-                  "before: min(cuBLAS, Triton without stream-K); after: min(cuBLAS, Triton as "
-                  "the chooser now picks).", ""] + table + [""]
-        lines += [f"Within 1.10 (ref best): before {counts['before']}/{counts['n']}, after "
-                  f"{counts['after']}/{counts['n']}. Triton alone (ref Triton): before "
-                  f"{counts['old_vs_triton']}/{counts['n']}, after "
-                  f"{counts['new_vs_triton']}/{counts['n']}.", ""]
-        lines += ["## All SMs", ""] + _full_sms(res, total) + [""]
+        table, counts = _partitions(res, total)
+        lines += ["## Partitions: ratio to proportional (target <= 1.10)", "", __doc__.split(
+            "\n\n")[1].replace("\n", " "), ""] + table + [""]
+        lines += [f"Within 1.10 against ref best: before {counts['before']}/{counts['n']}, after "
+                  f"{counts['after']}/{counts['n']}. Triton alone against ref Triton: before "
+                  f"{counts['old_t']}/{counts['n']}, after {counts['now_t']}/{counts['n']}.", ""]
+        lines += [f"## All {total} SMs", ""] + _all_sms(res, total) + [""]
     if "zeros_fill_us" in res:
-        lines += [f"Counter fill (torch.zeros of 256 int32 in a graph): "
+        lines += [f"Counter fill alone (graph of torch.zeros(256, int32)): "
                   f"{res['zeros_fill_us']:.2f} µs per call.", ""]
+    if v1:
+        lines += ["## First run: classic stream-K (abandoned)", "", classic.__doc__, ""] + \
+            classic(v1, total) + [""]
     if res.get("errors"):
         lines += ["## Failed or skipped", ""] + [f"- {k}: {v.strip().splitlines()[-1]}"
                                                   for k, v in res["errors"].items()] + [""]
@@ -121,5 +151,5 @@ def render(res: dict) -> str:
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as fh:
-        print(render(json.load(fh)))
+    docs = [json.load(open(path)) for path in sys.argv[1:3]]
+    print(render(docs[0], docs[1] if len(docs) > 1 else None))

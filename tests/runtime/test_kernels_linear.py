@@ -66,11 +66,11 @@ def test_chooser_stays_near_the_ideal_time():
             ideal = max(2 * m * n * k / (sms * tiling.FLOPS_PER_SM),
                         n * k * 2 / min(tiling.HBM_BYTES, tiling.BYTES_PER_SM * sms))
             assert tiling.modelled_time_s(m, n, k, sms, tile, cfg.split_k,
-                                          stream_k=cfg.stream_k) < 1.6 * ideal
+                                          tail_split=cfg.tail_split) < 1.6 * ideal
 
 
 def test_chooser_splits_k_for_few_tiles():
-    cfg = tiling.choose_config(64, 1024, 14336, 132, stream_k=False)
+    cfg = tiling.choose_config(64, 1024, 14336, 132, tail=False)
     assert cfg.split_k > 1                              # 8 tiles alone would idle 124 SMs
     assert tiling.choose_config(2048, 14336, 4096, 132).split_k == 1
 

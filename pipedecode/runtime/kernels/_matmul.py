@@ -2,16 +2,16 @@
 
 y[tokens, n] = x[tokens, k] @ w[n, k]^T. The grid has one program per SM of the partition;
 each walks the work units (output tile x K slice) with a stride of the grid. Tile shape,
-split-K and stream-K come from `pipedecode.runtime.kernels.tiling`, chosen per (tokens, n, k,
-sm_count) so the work fills whole waves of the partition. With split-K the partial sums go to a
-float32 workspace and a small reduce kernel adds them and applies the epilogue. With stream-K
-(`tiling.StreamKPlan`) the programs first run whole waves of tiles, then share the K iterations
-of the remaining tiles evenly; a program that computes only part of a tile stores its float32
-partial in its own slot and counts itself in on the tile's counter, and the last of a tile's
-contributors adds the others' partials and applies the epilogue (no program ever waits on
-another, so it also runs in the interpreter, one program after the other). In PAIR mode (the
-gate/up projection) each unit computes the same columns of the gate and the up halves of the
-weight and stores silu(gate) * up.
+split-K and the split tail come from `pipedecode.runtime.kernels.tiling`, chosen per (tokens,
+n, k, sm_count) so the work fills whole waves of the partition. With split-K the partial sums go
+to a float32 workspace and a small reduce kernel adds them and applies the epilogue. With a
+split tail (`tiling.TailPlan`, a stream-K hybrid) the programs first run the whole waves of
+tiles, then the tiles of the partial wave in K chunks: each chunk's program stores its float32
+partial in the chunk's slot and counts itself in on the tile's counter, and the last chunk in
+adds the others' partials and applies the epilogue (no program ever waits on another, so it also
+runs in the interpreter, one program after the other). In PAIR mode (the gate/up projection)
+each unit computes the same columns of the gate and the up halves of the weight and stores
+silu(gate) * up.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pipedecode.runtime.kernels.tiling import MatmulConfig, StreamKPlan, stream_k_plan
+from pipedecode.runtime.kernels.tiling import MatmulConfig, TailPlan, tail_plan
 
 
 @triton.jit
@@ -81,71 +81,64 @@ def _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS: tl.cons
 
 
 @triton.jit
-def _stream_k(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
-              pair_offset, num_pid_m, num_pid_n, dp_tiles, sk_tiles, iters_per_tile,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-              HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, DOT_F32: tl.constexpr,
-              EVEN_K: tl.constexpr):
-    """This program's share of the stream-K iterations (tiles dp_tiles.. in tile order)."""
+def _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
+                pair_offset, num_pid_m, num_pid_n, dp_tiles, tail_tiles, splits, chunk_iters,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, DOT_F32: tl.constexpr,
+                EVEN_K: tl.constexpr, FIX_ROWS: tl.constexpr):
+    """This program's chunks of the tail tiles (tiles dp_tiles.., see tiling.TailPlan)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    total = sk_tiles * iters_per_tile
-    first = pid * total // nprog           # tiling.StreamKPlan.start
-    it = first
-    it_end = (pid + 1) * total // nprog
-    # partials: [programs, 2 slots (first / last segment), 1 or 2 (PAIR), BM, BN] float32
+    # partials: [tail_tiles, splits, 1 or 2 (PAIR), BM, BN] float32, one slot per chunk
     slot_elems = BM * BN * (2 if PAIR else 1)
     offs = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
-    while it < it_end:
-        t_loc = it // iters_per_tile
-        t_lo = t_loc * iters_per_tile
-        seg_end = tl.minimum(it_end, t_lo + iters_per_tile)
+    for u in range(pid, tail_tiles * splits, nprog):
+        chunk = u // tail_tiles        # chunk-major: one wave's programs share the K range
+        t_loc = u % tail_tiles
         pid_m, pid_n = _tile_coords(dp_tiles + t_loc, num_pid_m, num_pid_n, GROUP_M)
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
-        acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn,
-                          (it - t_lo) * BK, tl.minimum((seg_end - t_lo) * BK, K),
-                          BM, BN, BK, PAIR, DOT_F32, EVEN_K)
-        if (it == t_lo) & (seg_end == t_lo + iters_per_tile):   # the whole tile is ours
-            _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR)
-        else:
-            mine = part_ptr + (pid * 2 + (it != first).to(tl.int32)).to(tl.int64) * slot_elems
-            tl.store(mine + offs, acc)
-            if PAIR:
-                tl.store(mine + BM * BN + offs, acc_u)
-            tl.debug_barrier()     # every thread's partial is written before the release below
-            # contributors: programs owner(t_lo) .. owner(t_hi - 1) (tiling.StreamKPlan.owner)
-            q_lo = ((t_lo + 1) * nprog + total - 1) // total - 1
-            q_hi = ((t_lo + iters_per_tile) * nprog + total - 1) // total - 1
-            arrived = tl.atomic_add(lock_ptr + t_loc, 1, sem="acq_rel")
-            tl.debug_barrier()
-            if arrived == q_hi - q_lo:     # the last one in: the others' partials are visible
-                for q in range(q_lo, q_hi + 1):
-                    if q != pid:
-                        # q's first segment (slot 0) if q starts inside this tile, else its last
-                        q_slot = q * 2 + ((q * total // nprog) < t_lo).to(tl.int32)
-                        theirs = part_ptr + q_slot.to(tl.int64) * slot_elems
-                        acc += tl.load(theirs + offs, cache_modifier=".cg")
-                        if PAIR:
-                            acc_u += tl.load(theirs + BM * BN + offs, cache_modifier=".cg")
-                _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR)
-                tl.atomic_xchg(lock_ptr + t_loc, 0)     # leave the counter as it was found
-        it = seg_end
+        k_lo = chunk * chunk_iters * BK        # a multiple of BK: the loads stay aligned
+        acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo,
+                          tl.minimum(k_lo + chunk_iters * BK, K), BM, BN, BK, PAIR, DOT_F32,
+                          EVEN_K)
+        mine = part_ptr + (t_loc * splits + chunk).to(tl.int64) * slot_elems
+        tl.store(mine + offs, acc)
+        if PAIR:
+            tl.store(mine + BM * BN + offs, acc_u)
+        tl.debug_barrier()      # every thread's partial is written before the release below
+        arrived = tl.atomic_add(lock_ptr + t_loc, 1, sem="acq_rel")
+        tl.debug_barrier()
+        if arrived == splits - 1:      # the last chunk in: every partial is visible
+            # sum the slots (its own too) FIX_ROWS rows at a time: few registers, no acc kept
+            for r0 in tl.static_range(0, BM, FIX_ROWS):
+                rows = r0 + tl.arange(0, FIX_ROWS)
+                offs_r = rows[:, None] * BN + tl.arange(0, BN)[None, :]
+                tot = tl.zeros([FIX_ROWS, BN], tl.float32)
+                tot_u = tl.zeros([FIX_ROWS, BN], tl.float32)
+                for c in range(splits):
+                    slot = part_ptr + (t_loc * splits + c).to(tl.int64) * slot_elems + offs_r
+                    tot += tl.load(slot, cache_modifier=".cg")
+                    if PAIR:
+                        tot_u += tl.load(slot + BM * BN, cache_modifier=".cg")
+                _epilogue(tot, tot_u, c_ptr, bias_ptr, pid_m * BM + rows, rn, M, N, s_cm,
+                          HAS_BIAS, PAIR)
+            tl.atomic_xchg(lock_ptr + t_loc, 0)     # leave the counter as it was found
 
 
 # sizes that change with the token count are not specialized on (one compile per tile shape)
-@triton.jit(do_not_specialize=["M", "num_pid_m", "num_pid_n", "num_units", "sk_tiles",
-                               "iters_per_tile"])
+@triton.jit(do_not_specialize=["M", "num_pid_m", "num_pid_n", "num_units", "tail_tiles",
+                               "splits", "chunk_iters"])
 def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn,
                        s_cm, k_per_split, pair_offset, num_pid_m, num_pid_n, num_units,
-                       sk_tiles, iters_per_tile,
+                       tail_tiles, splits, chunk_iters,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
                        PAIR: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr,
-                       STREAM_K: tl.constexpr):
+                       TAIL: tl.constexpr, FIX_ROWS: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    # with STREAM_K the units are the whole tiles [0, num_units) (whole waves); the rest follow
+    # with TAIL the units are the whole tiles [0, num_units) (whole waves); the tail follows
     for unit in range(pid, num_units, nprog):
         tile = unit // SPLIT_K
         ks = unit % SPLIT_K
@@ -165,10 +158,10 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
             tl.store(base, acc, mask=cmask)
             if PAIR:
                 tl.store(base + M * N, acc_u, mask=cmask)
-    if STREAM_K:
-        _stream_k(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
-                  pair_offset, num_pid_m, num_pid_n, num_units, sk_tiles, iters_per_tile,
-                  BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K)
+    if TAIL:
+        _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
+                    pair_offset, num_pid_m, num_pid_n, num_units, tail_tiles, splits, chunk_iters,
+                    BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K, FIX_ROWS)
 
 
 @triton.jit
@@ -191,19 +184,20 @@ def _reduce_kernel(ws_ptr, c_ptr, bias_ptr, M, N, s_cm, SPLIT_K: tl.constexpr,
     tl.store(c_ptr + (offs // N) * s_cm + col, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-def plan_for(m: int, n: int, k: int, cfg: MatmulConfig, sm_count: int) -> StreamKPlan:
-    """The stream-K plan `matmul` launches for this shape (cfg.stream_k must be set)."""
+def plan_for(m: int, n: int, k: int, cfg: MatmulConfig, sm_count: int) -> TailPlan:
+    """The split-tail plan `matmul` launches for this shape (cfg.tail_split > 1)."""
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    return stream_k_plan(tiles, sm_count * cfg.programs_per_sm, triton.cdiv(k, cfg.block_k))
+    return tail_plan(tiles, sm_count * cfg.programs_per_sm, triton.cdiv(k, cfg.block_k),
+                     cfg.tail_split)
 
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: MatmulConfig,
            sm_count: int, pair: bool, locks: torch.Tensor | None = None) -> torch.Tensor:
     """Launch on a grid of min(sm_count, units) programs; shapes were checked by the caller.
 
-    Stream-K takes a float32 partial workspace (torch.empty) and an int32 counter per stream-K
+    A split tail takes a float32 partial workspace (torch.empty) and an int32 counter per tail
     tile, both from the caching allocator, so the launch captures into a CUDA graph. The
-    counters are `locks` when given (int32, zero, at least `plan_for(...).sk_tiles` of them,
+    counters are `locks` when given (int32, zero, at least `plan_for(...).tail_tiles` of them,
     used by one launch at a time: the kernel leaves them at zero), else a torch.zeros before
     the launch.
     """
@@ -212,20 +206,21 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
     num_pid_m, num_pid_n = triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     units = num_pid_m * num_pid_n * cfg.split_k
-    grid, sk_tiles, iters_per_tile = min(units, sm_count * cfg.programs_per_sm), 0, 1
+    grid, tail_tiles, splits, chunk_iters = min(units, sm_count * cfg.programs_per_sm), 0, 1, 1
     ws, counters = out, out
-    if cfg.stream_k:
+    if cfg.tail_split > 1:
         plan = plan_for(m, n, k, cfg, sm_count)
-        units, grid = plan.dp_tiles, plan.programs
-        sk_tiles, iters_per_tile = plan.sk_tiles, plan.iters_per_tile
-        split = plan.split_tiles > 0          # else the partial hand-off never runs
-        ws = torch.empty((grid * 2 * (2 if pair else 1) * cfg.block_m * cfg.block_n if split
-                          else 1,), device=x.device, dtype=torch.float32)
-        if locks is not None and (locks.dtype != torch.int32 or locks.numel() < sk_tiles):
-            raise ValueError(f"matmul: locks must be int32 with at least {sk_tiles} entries, "
-                             f"got {locks.dtype} x {locks.numel()}")
-        counters = locks if locks is not None else (torch.zeros if split else torch.empty)(
-            (max(sk_tiles, 1),), device=x.device, dtype=torch.int32)
+        units, grid, tail_tiles, splits = plan.dp_tiles, plan.programs, plan.tail_tiles, \
+            plan.splits
+        chunk_iters = plan.chunk_iters
+        if tail_tiles:
+            ws = torch.empty((plan.tail_units * (2 if pair else 1) * cfg.block_m * cfg.block_n,),
+                             device=x.device, dtype=torch.float32)
+            if locks is not None and (locks.dtype != torch.int32 or locks.numel() < tail_tiles):
+                raise ValueError(f"matmul: locks must be int32 with at least {tail_tiles} "
+                                 f"entries, got {locks.dtype} x {locks.numel()}")
+            counters = locks if locks is not None else torch.zeros(
+                (tail_tiles,), device=x.device, dtype=torch.int32)
     elif cfg.split_k > 1:
         ws = torch.empty((cfg.split_k * (2 if pair else 1) * m * n,), device=x.device,
                          dtype=torch.float32)
@@ -233,10 +228,11 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
     _persistent_kernel[(grid,)](
         x, weight, out, bias if has_bias else out, ws, counters, m, n, k, x.stride(0),
         weight.stride(0), out.stride(0), k_per_split, n, num_pid_m, num_pid_n, units,
-        sk_tiles, iters_per_tile,
+        tail_tiles, splits, chunk_iters,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
         HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda,
-        EVEN_K=k_per_split * cfg.split_k == k, STREAM_K=cfg.stream_k and sk_tiles > 0,
+        EVEN_K=k_per_split * cfg.split_k == k, TAIL=tail_tiles > 0,
+        FIX_ROWS=min(cfg.block_m, 32),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.split_k > 1:
         block = 1024

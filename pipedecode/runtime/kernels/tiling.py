@@ -1,15 +1,25 @@
-"""Tile, split-K and stream-K choice for the persistent matmul, per (tokens, n, k, sm_count).
+"""Tile, split-K and stream-K tail choice for the persistent matmul, per (tokens, n, k, sm_count).
 
 Pure Python (no triton, no GPU), so it is unit-tested on the CPU. The model: a work unit is one
 output tile over one K slice; a partition of S SMs runs the units in ceil(units / S) waves; a
 unit's time is its tile's FLOPs over the per-SM matrix rate scaled by the tile's efficiency,
 and the whole GEMM can be no faster than reading the weight once at the partition's bandwidth.
-Split-K adds a float32 workspace round trip. Stream-K (`StreamKPlan`) runs whole waves of tiles,
-then spreads the K iterations of the last one to two waves' worth of tiles evenly over the
-programs: no partial wave, paid for by float32 partial tiles that the last contributor of each
-split tile reads back. The candidate with the least modelled time wins; ties go to fewer splits,
-no stream-K and larger tiles. Rates are those of an H100/H200 (per SM), which only set the
-balance between the terms, not absolute times.
+Split-K adds a float32 workspace round trip over the whole output and a reduce kernel.
+
+The stream-K tail (`TailPlan`) runs the whole waves of tiles as they are, then cuts each tile
+of the last, partial wave into `tail_split` equal K chunks, so the partial wave becomes
+ceil(tail tiles x splits / S) waves of 1/splits of a tile; the chunk's program stores a float32
+partial and the last of a tile's chunks to finish adds the others and applies the epilogue.
+Chunks are aligned (every tile is cut at the same K offsets) so the programs of one wave read
+the same K range of shared rows and columns together while it is in L2: the classic stream-K
+split, each program taking an equal run of K iterations across tile boundaries, starts every
+program at a different K offset and measured 1.3-1.8x slower than plain waves on an H100 for
+these shapes (benchmarks/results/kernels_streamk_h100_2026-11-21_v1.json), from the HBM
+traffic of lost L2 reuse.
+
+The candidate with the least modelled time wins; ties go to fewer splits and larger tiles.
+Rates are those of an H100/H200 (per SM), which only set the balance between the terms, not
+absolute times.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ FLOPS_PER_SM = 790e12 / 132          # dense bf16, per SM
 BYTES_PER_SM = 75e9                  # streaming rate of one SM at low counts (HOPPER-FACTS)
 HBM_BYTES = 3.0e12                   # whole-chip ceiling
 FIXUP_BYTES_PER_SM = 100e9           # one SM storing or reading float32 partial tiles (L2)
-STREAM_K_S = 2e-6                    # counter reset and the contributors' hand-off
+TAIL_S = 3e-6                        # counter fill before the launch and the hand-off
 
 
 @dataclass(frozen=True)
@@ -36,73 +46,67 @@ class MatmulConfig:
     num_warps: int = 8
     num_stages: int = 3
     programs_per_sm: int = 1
-    stream_k: bool = False       # whole waves of tiles, then the rest split evenly by K iteration
+    tail_split: int = 1      # > 1: whole waves as they are, the partial wave's tiles in K chunks
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages",
-                     "programs_per_sm"):
+                     "programs_per_sm", "tail_split"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"MatmulConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.stream_k and self.split_k != 1:
-            raise ValueError(f"MatmulConfig.stream_k needs split_k=1, got {self.split_k}")
+        if self.tail_split > 1 and self.split_k != 1:
+            raise ValueError(f"MatmulConfig.tail_split needs split_k=1, got {self.split_k}")
 
 
 @dataclass(frozen=True)
-class StreamKPlan:
-    """How one stream-K launch shares out `tiles` output tiles of `iters_per_tile` K blocks.
+class TailPlan:
+    """How one launch with a split tail shares out `tiles` tiles of `iters_per_tile` K blocks.
 
-    Tiles [0, dp_tiles) go round-robin to the `programs` programs, dp_tiles / programs whole
-    tiles each; the K iterations of tiles [dp_tiles, tiles) are laid end to end and program p
-    takes iterations [start(p), start(p + 1)). The kernel computes the same split.
+    Tiles [0, dp_tiles) are whole units, round-robin over `programs` programs (dp_tiles is a
+    multiple of it); then unit u of the tail is chunk u // tail_tiles of tail tile
+    u % tail_tiles (chunk-major: the programs of a wave work on the same K chunk), covering K
+    blocks [chunk x chunk_iters, (chunk + 1) x chunk_iters). The kernel computes the same.
     """
 
     tiles: int
     dp_tiles: int
     programs: int
+    splits: int
     iters_per_tile: int
 
     @property
-    def sk_tiles(self) -> int:
+    def tail_tiles(self) -> int:
         return self.tiles - self.dp_tiles
 
     @property
-    def sk_iters(self) -> int:
-        return self.sk_tiles * self.iters_per_tile
+    def tail_units(self) -> int:
+        return self.tail_tiles * self.splits
 
-    def start(self, program: int) -> int:
-        """First stream-K iteration of `program` (start(programs) is the end)."""
-        return program * self.sk_iters // self.programs
-
-    def owner(self, it: int) -> int:
-        """The program whose share holds stream-K iteration `it`."""
-        return ((it + 1) * self.programs + self.sk_iters - 1) // self.sk_iters - 1
-
-    def contributors(self, sk_tile: int) -> int:
-        """Programs that compute part of stream-K tile `sk_tile` (counted from dp_tiles)."""
-        lo = sk_tile * self.iters_per_tile
-        return self.owner(lo + self.iters_per_tile - 1) - self.owner(lo) + 1
+    @property
+    def chunk_iters(self) -> int:
+        return math.ceil(self.iters_per_tile / self.splits)
 
     @property
     def split_tiles(self) -> int:
-        """Stream-K tiles computed by more than one program (those need the partial hand-off)."""
-        return sum(self.contributors(t) > 1 for t in range(self.sk_tiles))
+        """Tail tiles cut into more than one chunk (those need the partial hand-off)."""
+        return self.tail_tiles if self.splits > 1 else 0
+
+    def unit(self, u: int) -> tuple[int, int]:
+        """(tile, chunk) of tail unit u."""
+        return self.dp_tiles + u % self.tail_tiles, u // self.tail_tiles
 
 
-def stream_k_plan(tiles: int, programs: int, iters_per_tile: int) -> StreamKPlan:
-    """Whole waves first, the last one to two waves' worth of tiles by stream-K.
-
-    No stream-K when the tiles fill whole waves; all tiles by stream-K under two waves. The
-    grid shrinks below `programs` only when there are fewer stream-K iterations than programs,
-    so that every program has at least one.
-    """
-    if min(tiles, programs, iters_per_tile) <= 0:
-        raise ValueError(f"stream_k_plan needs positive sizes, got tiles={tiles} "
-                         f"programs={programs} iters_per_tile={iters_per_tile}")
-    if tiles % programs == 0:
-        return StreamKPlan(tiles, tiles, programs, iters_per_tile)
-    dp = 0 if tiles < 2 * programs else (tiles // programs - 1) * programs
-    grid = programs if dp else min(programs, tiles * iters_per_tile)
-    return StreamKPlan(tiles, dp, grid, iters_per_tile)
+def tail_plan(tiles: int, programs: int, iters_per_tile: int, splits: int) -> TailPlan:
+    """Whole waves first; the last partial wave (all tiles under one wave) cut into `splits`
+    chunks. No tail where the tiles fill whole waves; the grid shrinks only where there are
+    fewer units than programs."""
+    if min(tiles, programs, iters_per_tile, splits) <= 0:
+        raise ValueError(f"tail_plan needs positive sizes, got tiles={tiles} "
+                         f"programs={programs} iters_per_tile={iters_per_tile} splits={splits}")
+    if tiles % programs == 0 or splits == 1:
+        return TailPlan(tiles, tiles, min(tiles, programs), 1, iters_per_tile)
+    dp = tiles - tiles % programs
+    grid = programs if dp else min(programs, tiles * splits)
+    return TailPlan(tiles, dp, grid, splits, iters_per_tile)
 
 
 # (block_m, block_n, block_k, warps, stages, relative efficiency of the tile on tensor cores)
@@ -124,85 +128,78 @@ SPLITS = (1, 2, 3, 4, 6, 8)
 
 
 def modelled_time_s(m: int, n: int, k: int, sm_count: int, tile: tuple, split_k: int,
-                    pair: bool = False, stream_k: bool = False) -> float:
+                    pair: bool = False, tail_split: int = 1) -> float:
     """Modelled seconds for one candidate (see the module docstring)."""
     bm, bn, bk, _, _, eff = tile
     width = 2 * bn if pair else bn
     bandwidth = min(HBM_BYTES, BYTES_PER_SM * sm_count)
     weight_s = (2 if pair else 1) * n * k * 2 / bandwidth
-    if stream_k:
-        return max(_stream_k_compute_s(m, n, k, sm_count, tile, pair), weight_s) + \
-            _stream_k_fixup_s(m, n, k, sm_count, tile, pair)
+    iter_s = 2.0 * bm * width * bk / (FLOPS_PER_SM * eff)
+    if tail_split > 1:
+        plan = _plan(m, n, k, sm_count, tile, tail_split)
+        waves = plan.dp_tiles // plan.programs
+        tail_waves = math.ceil(plan.tail_units / plan.programs)
+        compute_s = (waves * plan.iters_per_tile + tail_waves * plan.chunk_iters) * iter_s
+        return max(compute_s, weight_s) + _tail_fixup_s(plan, tile, pair) + \
+            1e-6 * (waves + tail_waves)
     k_slice = math.ceil(math.ceil(k / split_k) / bk) * bk
     units = math.ceil(m / bm) * math.ceil(n / bn) * split_k
     waves = math.ceil(units / sm_count)
-    unit_s = 2.0 * bm * width * k_slice / (FLOPS_PER_SM * eff)
-    compute_s = waves * unit_s
+    compute_s = waves * iter_s * k_slice / bk
     reduce_s = 0.0
     if split_k > 1:
         reduce_s = (2 if pair else 1) * m * n * 4 * (2 * split_k) / bandwidth + 3e-6
     return max(compute_s, weight_s) + reduce_s + 1e-6 * waves
 
 
-def _plan(m: int, n: int, k: int, sm_count: int, tile: tuple) -> StreamKPlan:
+def _plan(m: int, n: int, k: int, sm_count: int, tile: tuple, splits: int) -> TailPlan:
     bm, bn, bk = tile[:3]
-    return stream_k_plan(math.ceil(m / bm) * math.ceil(n / bn), sm_count, math.ceil(k / bk))
+    return tail_plan(math.ceil(m / bm) * math.ceil(n / bn), sm_count, math.ceil(k / bk), splits)
 
 
-def _stream_k_compute_s(m, n, k, sm_count, tile, pair) -> float:
-    """The busiest program: its whole tiles, its share of the stream-K iterations, per segment."""
-    bm, bn, bk, _, _, eff = tile
-    plan = _plan(m, n, k, sm_count, tile)
-    iter_s = 2.0 * bm * (2 * bn if pair else bn) * bk / (FLOPS_PER_SM * eff)
-    share = math.ceil(plan.sk_iters / plan.programs)
-    iters = plan.dp_tiles // plan.programs * plan.iters_per_tile + share
-    segments = plan.dp_tiles // plan.programs + math.ceil(share / plan.iters_per_tile) + 1
-    return iters * iter_s + 1e-6 * segments
-
-
-def _stream_k_fixup_s(m, n, k, sm_count, tile, pair) -> float:
-    """A program stores up to two float32 partial tiles, and the last contributor to a split
-    tile reads the others' back before the epilogue."""
-    plan = _plan(m, n, k, sm_count, tile)
+def _tail_fixup_s(plan: TailPlan, tile: tuple, pair: bool) -> float:
+    """Each chunk stores its float32 partial tile; the last one in reads the others back."""
     if not plan.split_tiles:
         return 0.0
-    most = max(plan.contributors(t) for t in range(plan.sk_tiles))
     part_bytes = tile[0] * tile[1] * 4 * (2 if pair else 1)
-    return (2 + most - 1) * part_bytes / FIXUP_BYTES_PER_SM + STREAM_K_S
+    return plan.splits * part_bytes / FIXUP_BYTES_PER_SM + TAIL_S
+
+
+TAIL_SPLITS = (2, 3, 4, 6, 8)
 
 
 @functools.lru_cache(maxsize=4096)
 def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
-                  stream_k: bool = True) -> MatmulConfig:
+                  tail: bool = True) -> MatmulConfig:
     """The candidate with the least modelled time for y[m, n] = x[m, k] @ w[n, k]^T on sm_count SMs.
 
-    With `stream_k`, stream-K is a candidate for each tile whose plan on sm_count programs
-    splits a tile (where the tiles fill whole waves it would be the plain kernel).
+    With `tail`, a split tail is a candidate for each tile that leaves a partial wave on
+    sm_count programs, in chunks of at least 4 K blocks.
     """
     if min(m, n, k, sm_count) <= 0:
         raise ValueError(f"choose_config needs positive sizes, got m={m} n={n} k={k} "
                          f"sm_count={sm_count}")
     best = None
     for tile in (PAIR_TILES if pair else TILES):
-        options = [(split, False) for split in SPLITS
+        options = [(split, 1) for split in SPLITS
                    if split == 1 or math.ceil(k / split) >= 4 * tile[2]]
-        if stream_k and _plan(m, n, k, sm_count, tile).split_tiles:
-            options.append((1, True))
-        for split, sk in options:
-            t = modelled_time_s(m, n, k, sm_count, tile, split, pair, stream_k=sk)
-            key = (round(t * 1e7), split, sk, -tile[0] * tile[1])
+        if tail and _plan(m, n, k, sm_count, tile, 2).split_tiles:
+            options += [(1, s) for s in TAIL_SPLITS if math.ceil(k / s) >= 4 * tile[2]]
+        for split, tail_split in options:
+            t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split)
+            key = (round(t * 1e7), split * tail_split, -tile[0] * tile[1])
             if best is None or key < best[0]:
-                best = (key, tile, split, sk)
-    _, (bm, bn, bk, warps, stages, _), split, sk = best
+                best = (key, tile, split, tail_split)
+    _, (bm, bn, bk, warps, stages, _), split, tail_split = best
     return MatmulConfig(block_m=bm, block_n=bn, block_k=bk, split_k=split, num_warps=warps,
-                        num_stages=stages, stream_k=sk)
+                        num_stages=stages, tail_split=tail_split)
 
 
 def candidate_configs(pair: bool = False) -> list[MatmulConfig]:
-    """Every tile x split, and each tile with stream-K, the chooser may consider (the benchmark
+    """Every tile x split-K and tile x tail split the chooser may consider (the benchmark
     sweeps them to check it)."""
     tiles = PAIR_TILES if pair else TILES
     return [MatmulConfig(block_m=t[0], block_n=t[1], block_k=t[2], split_k=s, num_warps=t[3],
                          num_stages=t[4]) for t in tiles for s in SPLITS] + \
         [MatmulConfig(block_m=t[0], block_n=t[1], block_k=t[2], num_warps=t[3], num_stages=t[4],
-                      stream_k=True) for t in tiles]
+                      tail_split=s) for t in tiles for s in TAIL_SPLITS]
