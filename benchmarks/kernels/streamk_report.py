@@ -38,14 +38,38 @@ def _best(rows):
 
 
 def _measured(row):
-    return [row["old"], row["new"]] + row.get("plain", []) + row.get("tail", [])
+    """Each config measured in the row once, at the lower time where it was timed twice (a
+    repeated graph timing can land 1.3-1.6x high; see `repeats`)."""
+    best = {}
+    for r in [row["old"], row["new"]] + row.get("plain", []) + row.get("tail", []):
+        key = json.dumps(r["config"], sort_keys=True)
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    return list(best.values())
+
+
+def _lookup(row, cfg):
+    return next((r for r in _measured(row) if r["config"] == cfg), None)
 
 
 def chosen_now(p, sms, row):
     """The chooser's pick today for this point, with its measured time (None if unmeasured)."""
     cfg = asdict(choose_config(p["tokens"], p["n"], p["k"], sms, pair=p["pair"]))
-    hit = next((r for r in _measured(row) if r["config"] == cfg), None)
+    hit = _lookup(row, cfg)
     return {"config": cfg, "us": hit["us"] if hit else None}
+
+
+def repeats(res):
+    """Pairs of timings of one launch in one run: the old choice again in the plain sweep, and
+    the chosen split tail with preallocated counters (no fill) beside the one with a fill."""
+    out = []
+    for p in res["points"]:
+        for row in p["by_sms"].values():
+            out += [(row["old"]["us"], r["us"]) for r in row.get("plain", [])
+                    if r["config"] == row["old"]["config"]]
+            if "new_prealloc_locks_us" in row:
+                out.append((row["new"]["us"], row["new_prealloc_locks_us"]))
+    return sorted(max(a, b) / min(a, b) for a, b in out)
 
 
 def summarize(p, total):
@@ -59,14 +83,16 @@ def summarize(p, total):
         if n == total:
             continue
         scale = total / n
-        cub, now = row.get("cublas"), chosen_now(p, n, row)
-        before = min(v for v in (cub, row["old"]["us"]) if v is not None)
+        cub, now, old = row.get("cublas"), chosen_now(p, n, row), _lookup(row, row["old"]["config"])
+        before = min(v for v in (cub, old["us"]) if v is not None)
         after = min(v for v in (cub, now["us"] or float("inf")) if v is not None)
-        out.append({"sms": n, "cublas": cub, "old": row["old"], "now": now,
+        out.append({"sms": n, "cublas": cub, "old": old, "now": now,
                     "best_plain": _best(row.get("plain", [])), "best_tail": _best(row["tail"]),
                     "prealloc": row.get("new_prealloc_locks_us"),
                     "before": before / (best_full * scale), "after": after / (best_full * scale),
-                    "old_t": row["old"]["us"] / (tri_full["us"] * scale),
+                    "oracle": min(v for v in (cub, _best(_measured(row))["us"]) if v is not None)
+                    / (best_full * scale),
+                    "old_t": old["us"] / (tri_full["us"] * scale),
                     "now_t": (now["us"] or float("inf")) / (tri_full["us"] * scale),
                     "cub_full": full.get("cublas"), "tri_full": tri_full})
     return out
@@ -81,11 +107,11 @@ def _partitions(res, total):
              "before µs | best plain µs | Triton now µs | best split tail µs | before / after "
              "(ref best) | before / after (ref Triton) |", "|---|---|---|---|---|---|---|---|---"
              "|---|---|"]
-    counts = dict.fromkeys(("before", "after", "old_t", "now_t", "n"), 0)
+    counts = dict.fromkeys(("before", "after", "oracle", "old_t", "now_t", "n"), 0)
     for p in res["points"]:
         for s in summarize(p, total):
             counts["n"] += 1
-            for key in ("before", "after", "old_t", "now_t"):
+            for key in ("before", "after", "oracle", "old_t", "now_t"):
                 counts[key] += s[key] <= 1.10
             lines.append(
                 f"| {p['shape']} ({p['n']}x{p['k']}) | {p['tokens']} | {_f(s['cub_full'])} / "
@@ -101,7 +127,8 @@ def _all_sms(res, total):
     for p in res["points"]:
         row = {int(s): r for s, r in p["by_sms"].items()}[total]
         lines.append(f"| {p['shape']} | {p['tokens']} | {_f(row.get('cublas'))} | "
-                     f"{_cell(row['old'])} | {_cell(chosen_now(p, total, row))} | "
+                     f"{_cell(_lookup(row, row['old']['config']))} | "
+                     f"{_cell(chosen_now(p, total, row))} | "
                      f"{_cell(_best(row.get('plain', [])))} | {_cell(_best(row['tail']))} |")
     return lines
 
@@ -135,9 +162,16 @@ def render(res: dict, v1: dict | None = None) -> str:
         lines += ["## Partitions: ratio to proportional (target <= 1.10)", "", __doc__.split(
             "\n\n")[1].replace("\n", " "), ""] + table + [""]
         lines += [f"Within 1.10 against ref best: before {counts['before']}/{counts['n']}, after "
-                  f"{counts['after']}/{counts['n']}. Triton alone against ref Triton: before "
+                  f"{counts['after']}/{counts['n']}, with the best config measured at each point "
+                  f"{counts['oracle']}/{counts['n']}. Triton alone against ref Triton: before "
                   f"{counts['old_t']}/{counts['n']}, after {counts['now_t']}/{counts['n']}.", ""]
         lines += [f"## All {total} SMs", ""] + _all_sms(res, total) + [""]
+    rep = repeats(res)
+    if rep:
+        lines += [f"Repeated timings of one launch in this run: {len(rep)} pairs, median spread "
+                  f"{100 * (rep[len(rep) // 2] - 1):.1f}%, {sum(r > 1.1 for r in rep)} pairs apart "
+                  f"by more than 10% (largest {rep[-1]:.2f}x); the tables use the lower of a pair.",
+                  ""]
     if "zeros_fill_us" in res:
         lines += [f"Counter fill alone (graph of torch.zeros(256, int32)): "
                   f"{res['zeros_fill_us']:.2f} µs per call.", ""]

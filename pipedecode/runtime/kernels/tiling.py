@@ -13,9 +13,18 @@ partial and the last of a tile's chunks to finish adds the others and applies th
 Chunks are aligned (every tile is cut at the same K offsets) so the programs of one wave read
 the same K range of shared rows and columns together while it is in L2: the classic stream-K
 split, each program taking an equal run of K iterations across tile boundaries, starts every
-program at a different K offset and measured 1.3-1.8x slower than plain waves on an H100 for
-these shapes (benchmarks/results/kernels_streamk_h100_2026-11-21_v1.json), from the HBM
-traffic of lost L2 reuse.
+program at a different K offset and measured a median 1.27x (up to 1.71x) slower than plain
+waves on an H100 for these shapes (benchmarks/results/kernels_streamk_h100_2026-11-21_v1.json),
+from the HBM traffic of lost L2 reuse.
+
+The split tail's cost (FIXUP_BYTES_PER_SM, TAIL_S) is fitted to the H100 sweep in
+kernels_streamk_h100_2026-11-21.json (96/104/132 SMs, 256-2048 tokens, four Llama shapes;
+in-sample, no held-out check), and it is a candidate for
+the largest tile only (the best tail in 38 of 45 sweep points without PAIR; with smaller tiles
+the model, whose tile efficiencies are 20-50% optimistic, picked tails that lost). With that,
+the chooser takes the split tail at 3 of the 36 measured partition points (down_proj, 2048
+tokens), each a measured win of 9-15% over the plain choice, and changes nothing else there; it
+misses measured tail wins of 3-9% (o_proj at 1024/2048 tokens, the fused gate/up at 256).
 
 The candidate with the least modelled time wins; ties go to fewer splits and larger tiles.
 Rates are those of an H100/H200 (per SM), which only set the balance between the terms, not
@@ -31,7 +40,7 @@ from dataclasses import dataclass
 FLOPS_PER_SM = 790e12 / 132          # dense bf16, per SM
 BYTES_PER_SM = 75e9                  # streaming rate of one SM at low counts (HOPPER-FACTS)
 HBM_BYTES = 3.0e12                   # whole-chip ceiling
-FIXUP_BYTES_PER_SM = 100e9           # one SM storing or reading float32 partial tiles (L2)
+FIXUP_BYTES_PER_SM = 10e9            # fitted: split-tail cost per float32 partial tile byte
 TAIL_S = 3e-6                        # counter fill before the launch and the hand-off
 
 
@@ -173,17 +182,18 @@ def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
                   tail: bool = True) -> MatmulConfig:
     """The candidate with the least modelled time for y[m, n] = x[m, k] @ w[n, k]^T on sm_count SMs.
 
-    With `tail`, a split tail is a candidate for each tile that leaves a partial wave on
-    sm_count programs, in chunks of at least 4 K blocks.
+    With `tail`, a split tail is a candidate for the largest tile where it leaves a partial
+    wave on sm_count programs, in chunks of at least 4 K blocks.
     """
     if min(m, n, k, sm_count) <= 0:
         raise ValueError(f"choose_config needs positive sizes, got m={m} n={n} k={k} "
                          f"sm_count={sm_count}")
     best = None
-    for tile in (PAIR_TILES if pair else TILES):
+    tiles = PAIR_TILES if pair else TILES
+    for tile in tiles:
         options = [(split, 1) for split in SPLITS
                    if split == 1 or math.ceil(k / split) >= 4 * tile[2]]
-        if tail and _plan(m, n, k, sm_count, tile, 2).split_tiles:
+        if tail and tile is tiles[0] and _plan(m, n, k, sm_count, tile, 2).split_tiles:
             options += [(1, s) for s in TAIL_SPLITS if math.ceil(k / s) >= 4 * tile[2]]
         for split, tail_split in options:
             t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split)
