@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     ids = ids.to(model.device)
 
     eager_tokens, eager_tps, eager_dps = _timed_generate(model, ids, args.new_tokens)
+    print(f"{'transformers generate:':23s}{eager_tps:,.0f} tokens/s generate incl. prefill | "
+          f"{eager_dps:,.0f} tokens/s decode steps", flush=True)
     compiled = pipedecode.compile(model, device=args.device_profile)
     # the executor serves generate only without transformers-loop hooks such as a stopping
     # criterion: its own clock (GenerationResult) times the steady decode steps instead
@@ -88,7 +90,10 @@ def main(argv=None) -> int:
         dps = served.last_result.tokens_per_s
     how = "captured stages (CPU)" if executor is None else f"executor, {executor.mode} mode" + (
         f" ({executor.fallback_reason})" if executor.fallback_reason else "")
-    del compiled, served, executor                     # free the executor's KV cache
+    _report("pipedecode.compile", tokens, eager_tokens, tps, eager_tps, dps, eager_dps, how)
+    if served is not None:                             # free the executor's KV cache and the
+        served.last_executor = served._weights = None  # fused weights before the next path
+    del compiled, served, executor
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -106,21 +111,21 @@ def main(argv=None) -> int:
         decode[0].executor.mode,
         f" ({decode[0].executor.fallback_reason})" if decode[0].executor.fallback_reason else "")
 
-    # bf16 on a GPU: a near-tie can flip one token and the row diverges after it.
-    print(f"{'':23s}generate (incl. prefill) | decode steps only")
-    for name, t, rate, drate, via in (
-            ("pipedecode.compile", tokens, tps, dps, how),
-            ("torch.compile backend", bk_tokens, bk_tps, bk_dps, bk_how)):
-        equal = (t == eager_tokens).float()
-        # per position: a row that parts at a near-tie differs from there on, so the first
-        # decode steps say more about correctness than the total
-        first = "/".join(f"{100 * v:.0f}" for v in equal[:, :3].mean(0).tolist())
-        print(f"{name + ':':23s}{rate:,.0f} tokens/s ({rate / eager_tps:.2f}x) | "
-              f"{drate:,.0f} tokens/s ({drate / eager_dps:.2f}x) via {via}; "
-              f"{100 * equal.mean().item():.1f}% of tokens equal to transformers' "
-              f"(tokens 1/2/3: {first}%)")
-    print(f"{'transformers generate:':23s}{eager_tps:,.0f} tokens/s | {eager_dps:,.0f} tokens/s")
+    _report("torch.compile backend", bk_tokens, eager_tokens, bk_tps, eager_tps, bk_dps,
+            eager_dps, bk_how)
     return 0
+
+
+def _report(name, tokens, eager_tokens, rate, eager_rate, decode_rate, eager_decode, via):
+    """One line per path, printed as soon as it is measured (a later path may run out of memory)."""
+    # bf16 on a GPU: a near-tie can flip one token and the row diverges after it; per position,
+    # the first decode steps say more about correctness than the total
+    equal = (tokens == eager_tokens).float()
+    first = "/".join(f"{100 * v:.0f}" for v in equal[:, :3].mean(0).tolist())
+    print(f"{name + ':':23s}{rate:,.0f} tokens/s ({rate / eager_rate:.2f}x) generate incl. "
+          f"prefill | {decode_rate:,.0f} tokens/s ({decode_rate / eager_decode:.2f}x) decode "
+          f"steps; via {via}; {100 * equal.mean().item():.1f}% of tokens equal to "
+          f"transformers' (tokens 1/2/3: {first}%)", flush=True)
 
 
 if __name__ == "__main__":
