@@ -54,8 +54,10 @@ def _split_plan(m, n, k, sms, splits):
 
 
 # (m, n, k, sm_count, splits): several tail waves and K not whole blocks; one tail tile in two
-# chunks; one in four; one tile alone, its last chunk empty
-CASES = [(37, 96, 200, 5, 3), (64, 224, 160, 3, 2), (20, 64, 300, 3, 4), (16, 32, 320, 7, 6)]
+# chunks; one in four; one tile alone, its last chunk empty; two tail tiles in two chunks each
+# (tail tiles and splits not coprime, so a unit numbering that mixed them up would miss chunks)
+CASES = [(37, 96, 200, 5, 3), (64, 224, 160, 3, 2), (20, 64, 300, 3, 4), (16, 32, 320, 7, 6),
+         (32, 96, 128, 4, 2)]
 
 
 @pytest.mark.parametrize("m,n,k,sms,splits", CASES)
