@@ -14,8 +14,9 @@ CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
   on context_lens (default: the cache capacity), used only to size the splits; it never syncs.
 - `linear(x, weight, *, bias=None, sm_count=None, out=None, impl="auto") -> out`:
   x @ weight.T (+ bias); x: [tokens, k], weight: [n, k], bias: [n]. Two paths: a persistent
-  Triton matmul whose grid is the SM count, tiles and split-K from
-  `tiling.choose_config(tokens, n, k, sm_count)`, and cuBLAS. impl="auto" takes the one measured
+  Triton matmul whose grid is the SM count, tiles, split-K and a split tail (the last partial
+  wave's tiles cut into K chunks) from `tiling.choose_config(tokens, n, k, sm_count)`, and
+  cuBLAS. impl="auto" takes the one measured
   faster at that (tokens, n, k, sm_count) on this GPU (`dispatch`); "triton"/"cublas" force one.
 - `gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, impl="auto") -> out`:
   silu(x @ w_gate.T) * (x @ w_up.T); w_gate_up: [2 * inter, k] with the gate rows first;
