@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     how = "captured stages (CPU)" if executor is None else f"executor, {executor.mode} mode" + (
         f" ({executor.fallback_reason})" if executor.fallback_reason else "")
     _report("pipedecode.compile", tokens, eager_tokens, tps, eager_tps, dps, eager_dps, how)
-    if served is not None:                             # free the executor's KV cache and the
-        served.last_executor = served._weights = None  # fused weights before the next path
+    if served is not None:                  # free the executor's KV cache and fused weights
+        served.release()
     del compiled, served, executor
     gc.collect()
     if cuda:

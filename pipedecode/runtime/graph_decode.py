@@ -172,13 +172,12 @@ def _contiguous(schedule: Any) -> Any:
     cache rows belong to transformers, in its order, so the executor cannot regroup them."""
     if schedule is None or not getattr(schedule, "micro_batches", None):
         return schedule
+    ordered = sorted(schedule.micro_batches, key=lambda m: m.index)
+    lens = [c for mb in ordered for c in mb.context_lens]
     start, groups = 0, []
-    lens = [c for mb in sorted(schedule.micro_batches, key=lambda m: m.index)
-            for c in mb.context_lens]
-    for mb in sorted(schedule.micro_batches, key=lambda m: m.index):
+    for mb in ordered:
         n = len(mb.request_ids)
-        ids = tuple(range(start, start + n))
-        groups.append(dataclasses.replace(mb, request_ids=ids,
+        groups.append(dataclasses.replace(mb, request_ids=tuple(range(start, start + n)),
                                           context_lens=tuple(lens[start:start + n])))
         start += n
     return dataclasses.replace(schedule, micro_batches=tuple(groups))
@@ -194,6 +193,7 @@ class GraphDecode:
         self.layout, self.fallback, self.device, self.plan = layout, fallback, device, plan
         self.executor = None
         self._cache_key: tuple | None = None
+        self._at: torch.Tensor | None = None       # [1, max_context] positions, made once
         self.calls = {"executor": 0, "fallback": 0}
         self.last_reason: str | None = None
 
@@ -242,8 +242,9 @@ class GraphDecode:
             return None
         allowed = mask[:, 0, -1, :]
         allowed = allowed if allowed.dtype == torch.bool else allowed == 0
-        at = torch.arange(g.max_context, device=mask.device)[None, :]
-        expected = (at >= starts[:, None]) & (at <= slot)
+        if self._at is None or self._at.device != mask.device:
+            self._at = torch.arange(g.max_context, device=mask.device)[None, :]
+        expected = (self._at >= starts[:, None]) & (self._at <= slot)
         ok = (allowed == expected).all() & (counters == slot).all() & (starts >= 0).all() & \
             (slot < g.max_context)
         if not bool(ok):

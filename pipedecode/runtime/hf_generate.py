@@ -36,6 +36,11 @@ class ExecutorGenerate:
         self.last_executor = None         # the executor of the latest call (mode, fallback)
         self.last_result = None           # its GenerationResult (decode_seconds, tokens_per_s)
 
+    def release(self) -> None:
+        """Drop the kept executor (its KV cache, graphs) and the packed weights; the next call
+        sets them up again."""
+        self.last_executor = self.last_result = self._weights = None
+
     def _served(self, input_ids: Any, kwargs: dict[str, Any]) -> bool:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             return False

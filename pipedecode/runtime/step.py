@@ -90,8 +90,8 @@ class DecodeStep:
                    context_starts: torch.Tensor | None = None) -> None:
         """Copy this step's token ids and context lengths (incl. the new token) into the buffers;
         a left-padded step also takes each request's RoPE position and first attended position."""
-        if (rope_positions is None) != (self.context_starts is None) or \
-                (context_starts is None) != (self.context_starts is None):
+        padded = self.context_starts is not None
+        if (rope_positions is not None) != padded or (context_starts is not None) != padded:
             raise ValueError("rope_positions and context_starts are given exactly when the step "
                              "was built with left_padded=True")
         self.tokens.copy_(tokens)

@@ -96,9 +96,9 @@ def pack_state(state: Mapping[str, torch.Tensor], shape: ModelShape, *, rms_eps:
 
     embed = get("model.embed_tokens.weight")
     lm_head = get("lm_head.weight") if "lm_head.weight" in state else embed
-    first = "model.layers.0.self_attn.q_proj.weight"
-    key = (embed.data_ptr(), lm_head.data_ptr(), get(first).data_ptr() if first in state else 0,
-           shape, max_positions, rms_eps, attention_scaling)
+    key = (embed.data_ptr(), lm_head.data_ptr(),
+           get("model.layers.0.self_attn.q_proj.weight").data_ptr(), shape, max_positions,
+           rms_eps, attention_scaling)
     packed = _PACKED.get(key)
     if packed is not None:
         return packed

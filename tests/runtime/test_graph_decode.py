@@ -64,14 +64,18 @@ def _first_step_args(graphs, layout, prompt_len):
     return args
 
 
-def test_a_mask_the_executor_cannot_read_runs_the_stages():
-    model = build_model("tiny-llama").eval()
-    ids, mask = _prompts(3, 8, seed=5)
+def _served_first_step(model, ids, mask, new_tokens=3, executor="always"):
+    """Generate through the backend; (the decode graph's GraphDecode, its first step's args)."""
     runners, graphs = [], []
-    _generate(_compile(model, runners, graphs), ids, mask, new_tokens=3)
+    _generate(_compile(model, runners, graphs, executor=executor), ids, mask, new_tokens)
     runner = next(r for r in runners if isinstance(r, GraphDecode))
+    return runner, _first_step_args(graphs, runner.layout, prompt_len=ids.shape[1])
+
+
+def test_a_mask_the_executor_cannot_read_runs_the_stages():
+    ids, mask = _prompts(3, 8, seed=5)
+    runner, args = _served_first_step(build_model("tiny-llama").eval(), ids, mask)
     layout = runner.layout
-    args = _first_step_args(graphs, layout, prompt_len=ids.shape[1])
     holed = args[layout.attention_mask]
     holed[1, ..., 2] = ~holed[1, ..., 2] if holed.dtype == torch.bool else -holed[1, ..., 2]
     twin = [t.clone() for t in args]
@@ -84,13 +88,9 @@ def test_a_mask_the_executor_cannot_read_runs_the_stages():
 
 
 def test_served_step_writes_the_cache_and_counters_as_the_graph_does():
-    model = build_model("tiny-mistral").eval()
     ids, mask = _prompts(3, 6, seed=9)
-    runners, graphs = [], []
-    _generate(_compile(model, runners, graphs), ids, mask, new_tokens=3)
-    runner = next(r for r in runners if isinstance(r, GraphDecode))
+    runner, args = _served_first_step(build_model("tiny-mistral").eval(), ids, mask)
     layout = runner.layout
-    args = _first_step_args(graphs, layout, prompt_len=ids.shape[1])
     twin = [t.clone() for t in args]
     out = runner(*args)
     ref = runner.fallback(*twin)

@@ -59,6 +59,9 @@ def test_second_call_reuses_the_executor_and_stays_exact():
     assert torch.equal(got, model.generate(ids, attention_mask=mask, **kwargs))
     served(ids[:2], attention_mask=mask[:2], **kwargs)                     # another batch size
     assert served.last_executor is not executor
+    served.release()
+    assert served.last_executor is None and served.last_result is None
+    assert torch.equal(served(ids, attention_mask=mask, **kwargs), got)    # set up again
 
 
 def test_compiled_generate_is_served_without_the_dynamo_forward():
