@@ -5,7 +5,7 @@ Usage: python benchmarks/corun_model_check.py [-v]
 """
 import json, statistics, sys
 sys.path.insert(0, 'benchmarks')
-from decode_step import context_lens_for, MIXED, balanced_halves
+from decode_step import context_lens_for, MIXED, balanced_groups
 from pipedecode.models import model_shape
 from pipedecode.profiles import load_profile
 from pipedecode.planner.cost import CostModel
@@ -20,7 +20,7 @@ def evaluate(gpu):
         cm = CostModel(shape, prof)
         b = r['batch']; c = r['context']
         lens = context_lens_for(b, None, MIXED[r['model']]) if isinstance(c, str) else [c] * b
-        halves = balanced_halves(lens)
+        halves = balanced_groups(lens)
         sizes = [(len(h), sum(lens[i] for i in h)) for h in halves]
         for name, v in r['interleaved_by_split'].items():
             if not name.startswith('split'): continue

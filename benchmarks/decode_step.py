@@ -66,16 +66,18 @@ def interleaved_bytes_floor_us(spec: str, kv_tokens: int, hbm_bytes_per_s: float
     return (micro_batches * weights + kv_tokens * shape.kv_bytes_per_token()) / hbm_bytes_per_s * 1e6
 
 
-def balanced_halves(lens: list[int]) -> list[list[int]]:
-    """Two micro-batches of equal size and near-equal KV tokens (longest first, alternating)."""
+def balanced_groups(lens: list[int], n: int = 2) -> list[list[int]]:
+    """n micro-batches of equal size and near-equal KV tokens (longest first, dealt in turn)."""
     order = sorted(range(len(lens)), key=lambda r: -lens[r])
-    return [order[0::2], order[1::2]]
+    return [order[i::n] for i in range(n)]
 
 
-def make_schedule(shape, lens, memory_sms: int, compute_sms: int, groups=None):
+def make_schedule(shape, lens, memory_sms: int, compute_sms: int, groups=None,
+                  micro_batches: int = 2):
     from pipedecode.runtime.program import manual_schedule
 
-    return manual_schedule(shape, lens, groups or balanced_halves(lens), memory_sms, compute_sms)
+    return manual_schedule(shape, lens, groups or balanced_groups(lens, micro_batches),
+                           memory_sms, compute_sms)
 
 
 def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
@@ -114,7 +116,7 @@ def with_kv_eviction(kernels, policy: str):
 
 
 def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=False,
-                     kernels: str = "auto", kv_eviction: str = "") -> dict:
+                     kernels: str = "auto", kv_eviction: str = "", micro_batches=(2,)) -> dict:
     from pipedecode.runtime.executor import Executor
     from pipedecode.runtime.step import DecodeStep
 
@@ -151,7 +153,9 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
     candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
         [("planner+guard", planner_schedule)] if planner_schedule.mode == "interleaved" else [])
     total = torch.cuda.get_device_properties(0).multi_processor_count
-    candidates += [(f"split{m}", make_schedule(shape, lens, m, total - m)) for m in splits]
+    candidates += [(f"split{m}" + (f"x{n}" if n != 2 else ""),
+                    make_schedule(shape, lens, m, total - m, micro_batches=n))
+                   for n in micro_batches for m in splits]
     best = None
     for name, schedule in candidates:
         ex = Executor(weights, batch, step.max_context, step=step, schedule=schedule,
@@ -343,7 +347,7 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
             row.update(pipedecode_point(weights, lens, args.splits, schedule, args.triton_seq,
-                                        args.kernels, args.kv_eviction))
+                                        args.kernels, args.kv_eviction, args.micro_batches))
             if row["name"].split("_", 1)[1] in args.breakdown:
                 row["breakdown"] = [stage_breakdown(weights, lens, m, args.kernels,
                                                     args.kv_eviction) for m in args.splits]
@@ -476,6 +480,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="llama-3-8b,llama-2-7b")
     parser.add_argument("--splits", default="40,48,64",
                         help="memory-partition SM counts tried when no planner schedule is given")
+    parser.add_argument("--micro-batches", default="2",
+                        help="micro-batch counts tried at each split, e.g. 2,3,4 (split<m>x<n>)")
     parser.add_argument("--schedules", default=None, help="folder of planner schedule JSONs")
     parser.add_argument("--hf-eager", action="store_true")
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
@@ -499,6 +505,7 @@ def main(argv=None) -> int:
         write_result(merge_results(args.merge, args.merge_hf), args.out, args.tag)
         return 0
     args.splits = [int(s) for s in args.splits.split(",") if s]
+    args.micro_batches = [int(n) for n in args.micro_batches.split(",") if n]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
     args.points = set(filter(None, args.points.split(",")))
     args.extra = [tuple(int(v) for v in p.split("x")) for p in args.extra.split(",") if p]

@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     eager_tokens, eager_tps, eager_dps = _timed_generate(model, ids, args.new_tokens)
     print(f"{'transformers generate:':23s}{eager_tps:,.0f} tokens/s generate incl. prefill | "
           f"{eager_dps:,.0f} tokens/s decode steps", flush=True)
+    _memory("transformers generate")
     compiled = pipedecode.compile(model, device=args.device_profile)
     # the executor serves generate only without transformers-loop hooks such as a stopping
     # criterion: its own clock (GenerationResult) times the steady decode steps instead
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
+    _memory("pipedecode.compile, released")
 
     runners: list = []
     backend = copy.copy(model)                         # shares the weights; own forward
@@ -113,7 +115,17 @@ def main(argv=None) -> int:
 
     _report("torch.compile backend", bk_tokens, eager_tokens, bk_tps, eager_tps, bk_dps,
             eager_dps, bk_how)
+    _memory("torch.compile backend")
     return 0
+
+
+def _memory(after: str) -> None:
+    """GPU memory still allocated and the peak since the last report (what a path left behind)."""
+    if torch.cuda.is_available():
+        gib = 2 ** 30
+        print(f"{'':23s}GPU memory after {after}: {torch.cuda.memory_allocated() / gib:.1f} GiB "
+              f"allocated, peak {torch.cuda.max_memory_allocated() / gib:.1f} GiB", flush=True)
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _report(name, tokens, eager_tokens, rate, eager_rate, decode_rate, eager_decode, via):

@@ -6,10 +6,12 @@ rule and the predicted times. Knows nothing of files, CLIs or GPUs.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipedecode.planner.cost import CostModel
 from pipedecode.planner.ilp import SplitChoice, build_split_lp, decode_split, refine
 from pipedecode.planner.problem import Problem, build_problem
-from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
+from pipedecode.planner.schedule import MicroBatch, Schedule, Slot, interleaved_pattern
 from pipedecode.planner.solvers import solve_lp
 
 DEFAULT_TIME_LIMIT_S = 30.0
@@ -33,19 +35,14 @@ def realize(problem: Problem, choice: SplitChoice) -> tuple[MicroBatch, ...]:
 
 
 def interleaved_slots(cost: CostModel, mbs: tuple[MicroBatch, ...], memory_sms: int):
-    """(slots, prologue, epilogue): phase j runs attention(j) beside post/pre_attn of
-    micro-batch (j+1) % n, the pattern the runtime's executor runs (runtime/program.py)."""
-    m, compute_sms, all_sms = len(mbs), cost.profile.sm_count - memory_sms, cost.profile.sm_count
-    slots = []
-    for j, mb in enumerate(mbs):
-        partner = mbs[(j + 1) % m]
-        post_offset, pre_offset = (-1, 0) if j < m - 1 else (0, 1)
-        slots += [Slot("attention", j, "memory", j, 0,
-                       cost.attention_us(mb.tokens, mb.kv_tokens, memory_sms)),
-                  Slot("post_attn", partner.index, "compute", j, post_offset,
-                       cost.post_attn_us(partner.tokens, compute_sms)),
-                  Slot("pre_attn", partner.index, "compute", j, pre_offset,
-                       cost.pre_attn_us(partner.tokens, compute_sms))]
+    """(slots, prologue, epilogue): `interleaved_pattern` priced, the pattern the runtime's
+    executor runs (runtime/program.py)."""
+    compute_sms, all_sms = cost.profile.sm_count - memory_sms, cost.profile.sm_count
+    price = {"attention": lambda mb: cost.attention_us(mb.tokens, mb.kv_tokens, memory_sms),
+             "post_attn": lambda mb: cost.post_attn_us(mb.tokens, compute_sms),
+             "pre_attn": lambda mb: cost.pre_attn_us(mb.tokens, compute_sms)}
+    slots = [replace(s, predicted_us=price[s.stage](mbs[s.micro_batch]))
+             for s in interleaved_pattern(len(mbs))]
     prologue = (Slot("pre_attn", 0, "all", 0, 0, cost.pre_attn_us(mbs[0].tokens, all_sms)),)
     epilogue = tuple(Slot("post_attn", mb.index, "all", 0, 0, cost.post_attn_us(mb.tokens, all_sms))
                      for mb in mbs[1:])

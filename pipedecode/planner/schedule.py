@@ -72,6 +72,23 @@ class Slot:
             raise ValueError("layer_offset must be -1, 0 or 1 and phase >= 0")
 
 
+def interleaved_pattern(num_micro_batches: int) -> tuple[Slot, ...]:
+    """The per-layer slots of an interleaved step, unpriced: phase j runs attention of
+    micro-batch j on the memory partition beside post_attn + pre_attn of micro-batch
+    (j + 1) % n on the compute partition (the last phase's partner is already one layer on)."""
+    n = num_micro_batches
+    if n < 2:
+        raise ValueError(f"an interleaved step needs two or more micro-batches, got {n}")
+    slots = []
+    for j in range(n):
+        partner = (j + 1) % n
+        post_offset, pre_offset = (-1, 0) if j < n - 1 else (0, 1)
+        slots += [Slot("attention", j, "memory", j, 0),
+                  Slot("post_attn", partner, "compute", j, post_offset),
+                  Slot("pre_attn", partner, "compute", j, pre_offset)]
+    return tuple(slots)
+
+
 @dataclass(frozen=True)
 class SwitchPoint:
     """When to stop decoding and prefill the waiting prompts (TD-Pipe's decode-to-prefill switch).

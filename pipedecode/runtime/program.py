@@ -156,21 +156,14 @@ def pattern_mismatch(schedule: Any) -> str | None:
 
 def manual_schedule(shape: Any, context_lens: Sequence[int], groups: Sequence[Sequence[int]],
                     memory_sms: int, compute_sms: int, *, step_us: float = 1.0) -> Any:
-    """A two-micro-batch interleaved Schedule with a fixed SM split, not planned (benchmarks,
-    tests): the layer pattern the executor runs, in the planner's slot form."""
-    from pipedecode.planner.schedule import MicroBatch, Schedule
-    from pipedecode.planner.schedule import Slot as PlanSlot
+    """An interleaved Schedule of two or more micro-batches with a fixed SM split, not planned
+    (benchmarks, tests): the layer pattern the executor runs, in the planner's slot form (phase
+    j: attention of micro-batch j beside post_attn + pre_attn of micro-batch (j + 1) % n)."""
+    from pipedecode.planner.schedule import MicroBatch, Schedule, interleaved_pattern
 
-    if len(groups) != 2:
-        raise ValueError(f"manual_schedule takes two micro-batches, got {len(groups)}")
     mbs = tuple(MicroBatch(i, tuple(g), tuple(context_lens[r] for r in g))
                 for i, g in enumerate(groups))
-    slots = (PlanSlot("attention", 0, MEMORY, phase=0),
-             PlanSlot("post_attn", 1, COMPUTE, phase=0, layer_offset=-1),
-             PlanSlot("pre_attn", 1, COMPUTE, phase=0),
-             PlanSlot("attention", 1, MEMORY, phase=1),
-             PlanSlot("post_attn", 0, COMPUTE, phase=1),
-             PlanSlot("pre_attn", 0, COMPUTE, phase=1, layer_offset=1))
+    slots = interleaved_pattern(len(groups))
     return Schedule(model=shape, device="manual", mode="interleaved", memory_sms=memory_sms,
                     compute_sms=compute_sms, micro_batches=mbs, slots=slots,
                     predicted_step_us=step_us, sequential_step_us=step_us,

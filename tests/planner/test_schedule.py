@@ -93,3 +93,23 @@ def test_invariants_are_checked_on_construction(schedule):
                  (mb, MicroBatch(1, (2,), (5,))), (), 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="equally long"):
         MicroBatch(0, (1,), ())
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_interleaved_pattern_runs_each_stage_once_per_micro_batch(n):
+    from pipedecode.planner.schedule import interleaved_pattern
+
+    slots = interleaved_pattern(n)
+    for mb in range(n):
+        assert sorted(s.stage for s in slots if s.micro_batch == mb) == \
+            ["attention", "post_attn", "pre_attn"]
+    for phase in range(n):        # attention of one micro-batch beside another's compute
+        here = [s for s in slots if s.phase == phase]
+        (attn,) = [s.micro_batch for s in here if s.stage == "attention"]
+        assert attn == phase and {s.micro_batch for s in here if s.stage != "attention"} == \
+            {(phase + 1) % n}
+    # the last phase's partner (micro-batch 0) is already a layer ahead
+    assert [(s.stage, s.layer_offset) for s in slots if s.phase == n - 1][1:] == \
+        [("post_attn", 0), ("pre_attn", 1)]
+    with pytest.raises(ValueError, match="two or more"):
+        interleaved_pattern(1)

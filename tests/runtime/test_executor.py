@@ -50,11 +50,12 @@ def test_sequential_matches_transformers_eager(preset, lengths):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_interleaved_order_on_one_stream_matches_sequential(preset):
+@pytest.mark.parametrize("groups", [[[3, 0], [4, 1, 2]], [[3], [0, 4], [1, 2]]])
+def test_interleaved_order_on_one_stream_matches_sequential(preset, groups):
     model = build_model(preset, seed=2)
     weights = pack_hf_model(model)
     lens = [5, 12, 3, 8, 6]
-    schedule = _schedule(preset, lens, [[3, 0], [4, 1, 2]])
+    schedule = _schedule(preset, lens, groups)
     seq = Executor(weights, 5, max_context=24)
     inter = Executor(weights, 5, max_context=24, schedule=schedule)
     assert inter.layout.order == (3, 0, 4, 1, 2)
@@ -107,11 +108,12 @@ def test_step_writes_no_new_tensors_between_steps():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_interleaved_graph_matches_sequential():
+@pytest.mark.parametrize("groups", [[[0, 2], [1, 3]], [[0], [2, 3], [1]]])
+def test_gpu_interleaved_graph_matches_sequential(groups):
     model = build_model("tiny-llama", seed=6, dtype=torch.bfloat16).cuda()
     weights = pack_hf_model(model)
     lens = [5, 9, 3, 7]
-    schedule = _schedule("tiny-llama", lens, [[0, 2], [1, 3]])
+    schedule = _schedule("tiny-llama", lens, groups)
     prompts = _prompts(lens, seed=8)
     seq = generate(Executor(weights, 4, max_context=32), prompts, 8)
     inter_exec = Executor(weights, 4, max_context=32, schedule=schedule)

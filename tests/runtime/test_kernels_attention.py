@@ -67,6 +67,34 @@ def test_context_starts_skip_left_padding(split, device, rel_err):
                        v[2, :, 39].cpu().repeat_interleave(4, dim=0))
 
 
+@pytest.mark.parametrize("with_starts", [False, True])
+def test_fused_combine_matches_reference_and_leaves_locks_at_zero(with_starts, device, rel_err):
+    """One launch: the last split of each (request, KV head) merges the partials. Requests span
+    1 to 5 splits of 32 keys, or none where a start skips them; two calls reuse the counters."""
+    from pipedecode.runtime.kernels._attention import AttentionConfig
+
+    q, k, v, _ = _inputs(4, 8, 2, 32, 150, device, seed=31 + with_starts)
+    lens = torch.tensor([150, 97, 40, 1], dtype=torch.int32, device=device)
+    starts = torch.tensor([0, 70, 39, 0], dtype=torch.int32, device=device) if with_starts \
+        else None
+    expected = reference.decode_attention(q.cpu(), k.cpu(), v.cpu(), lens.cpu(),
+                                          context_starts=None if starts is None else starts.cpu())
+    cfg = AttentionConfig(block_n=16, min_chunk=32, programs_per_sm=8, fused_combine=True)
+    locks = torch.zeros(4 * 2, dtype=torch.int32, device=device)
+    for _ in range(2):
+        out = torch.full_like(q, float("nan"))
+        kernels.decode_attention(q, k, v, lens, sm_count=8, out=out, config=cfg,
+                                 context_starts=starts, locks=locks)
+        assert rel_err(out.cpu(), expected) < BF16_TOL
+        assert not locks.any()
+    unfused = kernels.decode_attention(q, k, v, lens, sm_count=8, context_starts=starts,
+                                       config=AttentionConfig(block_n=16, min_chunk=32,
+                                                              programs_per_sm=8))
+    assert rel_err(out.cpu(), unfused.cpu()) < 1e-3    # same partials, merged in another order
+    with pytest.raises(ValueError, match="locks"):
+        kernels.decode_attention(q, k, v, lens, sm_count=8, config=cfg, locks=locks[:3])
+
+
 def test_single_token_context_returns_its_value(device):
     q, k, v, _ = _inputs(2, 4, 2, 16, 8, device, seed=3)
     lens = torch.ones(2, dtype=torch.int32, device=device)
@@ -110,8 +138,11 @@ def test_split_plan_fills_the_partition():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_llama3_shape_against_reference(rel_err):
     q, k, v, lens = _inputs(16, 32, 8, 128, 1024, "cuda", seed=5)
+    from pipedecode.runtime.kernels._attention import AttentionConfig
+
+    expected = reference.decode_attention(q.cpu(), k.cpu(), v.cpu(), lens.cpu())
     for sms in (32, 132):
-        out = torch.full_like(q, float("nan"))
-        kernels.decode_attention(q, k, v, lens, sm_count=sms, out=out)
-        expected = reference.decode_attention(q.cpu(), k.cpu(), v.cpu(), lens.cpu())
-        assert rel_err(out.cpu(), expected) < BF16_TOL
+        for cfg in (None, AttentionConfig(fused_combine=True)):
+            out = torch.full_like(q, float("nan"))
+            kernels.decode_attention(q, k, v, lens, sm_count=sms, out=out, config=cfg)
+            assert rel_err(out.cpu(), expected) < BF16_TOL

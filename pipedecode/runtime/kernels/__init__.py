@@ -80,10 +80,11 @@ def _check_sm_count(sm_count: int | None, t: torch.Tensor) -> int:
 
 
 def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-                     max_context_len=None, config=None, context_starts=None):
+                     max_context_len=None, config=None, context_starts=None, locks=None):
     """Decode attention over each request's first context_lens[b] cache positions.
 
     `config` (an `_attention.AttentionConfig`) overrides the launch shape (tests, benchmarks).
+    `locks`: zeroed int32 counters for a fused combine (see `_attention.decode_attention`).
     """
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(f"decode_attention: q must be [batch, heads, dim] and the caches "
@@ -117,7 +118,7 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     return _attention.decode_attention(
         q, k_cache, v_cache, context_lens, out, sm_count=sms,
         scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
-        cfg=config or _attention.AttentionConfig(), context_starts=context_starts)
+        cfg=config or _attention.AttentionConfig(), context_starts=context_starts, locks=locks)
 
 
 def _check_linear(x, weight, n_out, out, name):

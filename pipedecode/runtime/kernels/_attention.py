@@ -3,7 +3,9 @@
 Two launches: a split kernel over (batch x kv_heads, splits) where each program streams one
 chunk of one request's K/V for all query heads of one KV head (the GQA group is the M side of
 the dot products), then a combine kernel that merges the splits by their log-sum-exp. With one
-split the first kernel writes the output directly and the combine is skipped. Request b's keys
+split the first kernel writes the output directly and the combine is skipped. With
+`fused_combine` there is one launch: each split counts itself in on an atomic counter and the
+last of a request's splits to finish merges them. Request b's keys
 are positions [context_starts[b], context_lens[b]) (starts default to 0; a left-padded cache, as
 transformers' static cache keeps it, starts after its padding). Programs whose chunk lies outside
 that range return before loading anything, and loads outside it are masked, so no byte of
@@ -33,6 +35,7 @@ class AttentionConfig:
     programs_per_sm: int = 8   # target programs per SM when choosing the split count
     min_chunk: int = 256       # never split a request into chunks shorter than this
     kv_eviction: str = ""      # L2 policy for K/V loads: "" (default) or "evict_first"
+    fused_combine: bool = False  # the last split of a request to finish merges them (no 2nd launch)
 
 
 def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
@@ -50,12 +53,13 @@ def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, o_ptr, po_ptr, plse_ptr, qk_scale,
+def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, o_ptr, po_ptr, plse_ptr, lock_ptr,
+                  qk_scale,
                   s_qb, s_qh, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh,
                   num_kv_heads, num_heads, chunk_len, max_splits,
                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, DOT_F32: tl.constexpr,
-                  HAS_STARTS: tl.constexpr, KV_EVICT: tl.constexpr):
+                  HAS_STARTS: tl.constexpr, KV_EVICT: tl.constexpr, FUSED: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // num_kv_heads
@@ -105,6 +109,39 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, o_ptr, po_ptr, plse
             row = (b * num_heads + heads) * max_splits + split      # [GROUP_PAD]
             tl.store(po_ptr + row[:, None] * HEAD_DIM + d[None, :], acc / l_i[:, None], mask=head_ok)
             tl.store(plse_ptr + row, m_i + tl.log2(l_i), mask=g < GROUP)
+            if FUSED:
+                first = 0
+                if HAS_STARTS:
+                    first = tl.load(starts_ptr + b) // chunk_len
+                used = tl.cdiv(length, chunk_len) - first           # splits that ran
+                tl.debug_barrier()      # every thread's partial is written before the release
+                arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel")
+                tl.debug_barrier()
+                if arrived == used - 1:    # the last split in: every partial is visible
+                    _merge_splits(po_ptr, plse_ptr, o_ptr, b * s_ob + heads * s_oh, row - split,
+                                  first, first + used, g < GROUP, GROUP_PAD, HEAD_DIM)
+                    tl.atomic_xchg(lock_ptr + pid, 0)    # leave the counter as it was found
+
+
+@triton.jit
+def _merge_splits(po_ptr, plse_ptr, o_ptr, o_off, row0, first, last, head_ok,
+                  GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """o[heads] = the log-sum-exp weighted mean of the partials of splits [first, last)."""
+    d = tl.arange(0, HEAD_DIM)
+    m = tl.load(plse_ptr + row0 + first, mask=head_ok, other=0.0)
+    l_sum = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    for s in range(first, last):
+        lse = tl.load(plse_ptr + row0 + s, mask=head_ok, other=0.0)
+        part = tl.load(po_ptr + (row0 + s)[:, None] * HEAD_DIM + d[None, :],
+                       mask=head_ok[:, None], other=0.0)
+        m_new = tl.maximum(m, lse)
+        keep, w = tl.exp2(m - m_new), tl.exp2(lse - m_new)
+        acc = acc * keep[:, None] + part * w[:, None]
+        l_sum = l_sum * keep + w
+        m = m_new
+    tl.store(o_ptr + o_off[:, None] + d[None, :], (acc / l_sum[:, None]).to(o_ptr.dtype.element_ty),
+             mask=head_ok[:, None])
 
 
 @triton.jit
@@ -131,30 +168,46 @@ def _combine_kernel(po_ptr, plse_ptr, lens_ptr, starts_ptr, o_ptr, s_ob, s_oh, n
 
 def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, scale: float,
                      max_context: int, cfg: AttentionConfig = AttentionConfig(),
-                     context_starts=None):
-    """Launch the split and combine kernels; shapes were checked by the caller."""
+                     context_starts=None, locks=None):
+    """Launch the split kernel, then the combine kernel unless the config fuses it.
+
+    A fused combine counts finished splits in one int32 per (request, KV head): `locks` when
+    given (zero, at least batch x kv_heads of them, used by one launch at a time: the kernel
+    leaves them at zero), else a torch.zeros before the launch. Shapes were checked by the
+    caller.
+    """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     group = num_heads // num_kv_heads
     splits, chunk = plan_splits(batch, num_kv_heads, max_context, sm_count, cfg)
     single = splits == 1
+    fused = cfg.fused_combine and not single
     has_starts = context_starts is not None
     starts = context_starts if has_starts else context_lens        # unused placeholder
-    if single:
-        part_o = part_lse = out                                   # unused placeholders
-    else:
+    part_o = part_lse = counters = out                            # unused placeholders
+    if not single:
         part_o = torch.empty((batch * num_heads * splits, head_dim), device=q.device,
                              dtype=torch.float32)
         part_lse = torch.empty((batch * num_heads * splits,), device=q.device, dtype=torch.float32)
+    if fused:
+        if locks is not None and (locks.dtype != torch.int32 or
+                                  locks.numel() < batch * num_kv_heads):
+            raise ValueError(f"decode_attention: locks must be int32 with at least "
+                             f"{batch * num_kv_heads} entries, got {locks.dtype} x "
+                             f"{locks.numel()}")
+        counters = locks if locks is not None else torch.zeros(
+            (batch * num_kv_heads,), device=q.device, dtype=torch.int32)
     _split_kernel[(batch * num_kv_heads, splits)](
-        q, k_cache, v_cache, context_lens, starts, out, part_o, part_lse, scale * LOG2E,
+        q, k_cache, v_cache, context_lens, starts, out, part_o, part_lse, counters,
+        scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         num_kv_heads, num_heads, chunk, splits,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, HAS_STARTS=has_starts,
-        KV_EVICT=cfg.kv_eviction, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if not single:
+        KV_EVICT=cfg.kv_eviction, FUSED=fused, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+    if not single and not fused:
         _combine_kernel[(batch * num_heads,)](
             part_o, part_lse, context_lens, starts, out, out.stride(0), out.stride(1), num_heads,
             chunk, splits, SPLITS_PAD=max(2, triton.next_power_of_2(splits)), HEAD_DIM=head_dim,
