@@ -80,3 +80,24 @@ def test_package_import_loads_no_solver():
             "print(any(m.split('.')[0] in ('pulp', 'ortools') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_first_pulp_import_does_not_pin_the_callers_locals():
+    """PuLP keeps its optional solvers' import errors; their tracebacks must not keep alive the
+    stack that first imported it (a generate call's packed weights and KV cache)."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import gc, weakref",
+        "from pipedecode.planner import plan",
+        "class Big: pass",
+        "def call():",
+        "    big = Big()",
+        "    plan('tiny-llama', 'h100', [10, 20, 30])",
+        "    return weakref.ref(big)",
+        "ref = call(); gc.collect()",
+        "print('pinned' if ref() is not None else 'freed')"])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.strip().endswith("freed"), done.stdout[-500:] + done.stderr[-2000:]

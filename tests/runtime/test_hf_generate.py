@@ -124,3 +124,32 @@ def test_compile_on_gpu_serves_generate_with_the_executor():
     # Against transformers' own bf16 loop, one near-tie flips a token and the rows diverge
     # after it (seen: 72% of tokens equal on a 2-layer model), so that comparison lives in
     # benchmarks/check_correctness.py, which measures logit error instead of token equality.
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_release_on_gpu_gives_back_all_memory():
+    """After release() nothing of the executor stays: not its KV cache, not its CUDA graph's
+    pool, not the fused projections packed from the model's weights."""
+    import gc
+
+    import pipedecode
+    from pipedecode.runtime.weights import PackedWeights
+
+    model = build_model("tiny-llama", seed=1, dtype=torch.bfloat16).cuda()
+    gc.collect()
+    torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated()
+    compiled = pipedecode.compile(model)
+    ids, mask = _left_padded([4, 7, 6], model.config.vocab_size, seed=1)
+    compiled.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=4, do_sample=False,
+                      pad_token_id=0, eos_token_id=None)
+    assert compiled.pipedecode_executor.last_executor is not None
+    compiled.pipedecode_executor.release()
+    del compiled
+    gc.collect()
+    torch.cuda.empty_cache()
+    live = [o for o in gc.get_objects() if isinstance(o, PackedWeights)]
+    holders = [type(r).__name__ for o in live for r in gc.get_referrers(o)]
+    assert not live, f"packed weights still held by {holders}"
+    assert torch.cuda.memory_allocated() == baseline

@@ -46,7 +46,24 @@ def _import_pulp():
     except ImportError as exc:
         raise PlanningError(f"PuLP is not installed ({exc}); `pip install 'pulp>=3,<4'` or use "
                             f"--solver ortools") from None
+    drop_kept_tracebacks(pulp)
     return pulp
+
+
+def drop_kept_tracebacks(package) -> None:
+    """Forget the tracebacks of the import errors PuLP keeps on the solver classes it could not
+    load (`CPLEX_PY.err`, `COPT_DLL.err`, ...). A traceback holds its frames, and each frame
+    its caller (f_back) with all its locals: whatever stack first imported PuLP (a generate
+    call holding packed weights and a KV cache) would otherwise never be freed."""
+    prefix = package.__name__ + "."
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == package.__name__ or name.startswith(prefix)):
+            continue
+        for value in list(vars(module).values()):
+            for holder in (value, *(vars(value).values() if isinstance(value, type) else ())):
+                while isinstance(holder, BaseException):
+                    holder.__traceback__ = None
+                    holder = holder.__context__ or holder.__cause__
 
 
 def solve_lp(lp: LinearProgram, *, time_limit_s: float = 30.0) -> Solution:
