@@ -37,6 +37,21 @@ def torch_linear(x: torch.Tensor, weight: torch.Tensor, *, bias: torch.Tensor | 
     return out
 
 
+def torch_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
+                     scratch: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
+    """out += x @ weight.T, as transformers does it: the GEMM rounded into scratch, then the
+    residual add."""
+    torch.matmul(x, weight.t(), out=scratch)
+    return out.add_(scratch)
+
+
+def cublas_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
+                      scratch: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
+    """out += x @ weight.T in one cuBLAS call (beta = 1): the residual add in the GEMM's
+    epilogue, rounded once instead of twice."""
+    return out.addmm_(x, weight.t())
+
+
 def torch_gate_up_silu(x: torch.Tensor, w_gate_up: torch.Tensor, *, scratch: torch.Tensor,
                        out: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
     """silu(x @ w_gate.T) * (x @ w_up.T); scratch: [tokens, 2 * inter]."""
@@ -106,11 +121,12 @@ class KernelSet:
     gate_up_silu: Callable[..., torch.Tensor]
     rope_kv_write: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
+    linear_add: Callable[..., torch.Tensor]       # out += x @ W.T (the residual adds)
     provided: tuple[str, ...] = ()  # ops that come from pipedecode.runtime.kernels
 
 
 TORCH_KERNELS = KernelSet("torch", torch_rms_norm, torch_linear, torch_gate_up_silu,
-                          torch_rope_kv_write, torch_decode_attention)
+                          torch_rope_kv_write, torch_decode_attention, torch_linear_add)
 
 
 def _kernels_module():
@@ -128,6 +144,9 @@ def triton_kernel_set() -> KernelSet:
 
     def lin(x, weight, *, bias=None, out, sm_count=None):
         return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
+
+    def lin_add(x, weight, *, out, scratch, sm_count=None):
+        return out.add_(mod.linear(x, weight, out=scratch, sm_count=sm_count))
 
     def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
             context_starts=None):
@@ -148,15 +167,21 @@ def triton_kernel_set() -> KernelSet:
                      pick("linear", lin, torch_linear),
                      pick("gate_up_silu", gate_up, torch_gate_up_silu),
                      pick("rope_kv_write", rope, torch_rope_kv_write),
-                     pick("decode_attention", att, torch_decode_attention), tuple(sorted(have)))
+                     pick("decode_attention", att, torch_decode_attention),
+                     pick("linear", lin_add, torch_linear_add), tuple(sorted(have)))
 
 
 def cublas_kernel_set() -> KernelSet:
     """The kernels package's attention, RoPE and RMSNorm with torch (cuBLAS) GEMMs: the
-    whole-GPU comparison for the partition-aware matmul."""
-    fast = triton_kernel_set()
-    return KernelSet("cublas", fast.rms_norm, torch_linear, torch_gate_up_silu,
-                     fast.rope_kv_write, fast.decode_attention,
+    whole-GPU comparison for the partition-aware matmul. The residual adds ride in the GEMM
+    (beta = 1) and gate/up's SiLU-and-multiply is one pass where the kernels package is there."""
+    fast, mod = triton_kernel_set(), _kernels_module()
+    gate_up = torch_gate_up_silu
+    if mod is not None and "gate_up_silu" in fast.provided:
+        def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
+            return mod.gate_up_silu(x, w_gate_up, out=out, impl="cublas", scratch=scratch)
+    return KernelSet("cublas", fast.rms_norm, torch_linear, gate_up, fast.rope_kv_write,
+                     fast.decode_attention, cublas_linear_add,
                      tuple(n for n in fast.provided if n not in ("linear", "gate_up_silu")))
 
 
@@ -173,8 +198,12 @@ def hybrid_kernel_set() -> KernelSet:
         pick = blas if sm_count is None else fast
         return pick.gate_up_silu(x, w_gate_up, scratch=scratch, out=out, sm_count=sm_count)
 
+    def lin_add(x, weight, *, out, scratch, sm_count=None):
+        pick = blas if sm_count is None else fast
+        return pick.linear_add(x, weight, out=out, scratch=scratch, sm_count=sm_count)
+
     return KernelSet("hybrid", fast.rms_norm, lin, gate_up, fast.rope_kv_write,
-                     fast.decode_attention, fast.provided)
+                     fast.decode_attention, lin_add, fast.provided)
 
 
 def kernel_set(name: str = "auto", device: torch.device | str = "cpu") -> KernelSet:

@@ -141,13 +141,11 @@ class DecodeStep:
         """Output projection + residual, RMSNorm, gate/up + SiLU, down projection + residual."""
         k, lw = self.kernels, self.weights.layers[layer]
         x, tmp = self.x[rows], self.tmp[rows]
-        k.linear(self.attn[rows], lw.o_proj, out=tmp, sm_count=sm_count)
-        x.add_(tmp)
+        k.linear_add(self.attn[rows], lw.o_proj, out=x, scratch=tmp, sm_count=sm_count)
         k.rms_norm(x, lw.post_norm, self.eps, out=self.h[rows])
         k.gate_up_silu(self.h[rows], lw.gate_up, scratch=self.gate_up[rows],
                        out=self.act[rows], sm_count=sm_count)
-        k.linear(self.act[rows], lw.down, out=tmp, sm_count=sm_count)
-        x.add_(tmp)
+        k.linear_add(self.act[rows], lw.down, out=x, scratch=tmp, sm_count=sm_count)
 
     def head(self, rows: slice, sm_count: int | None = None) -> None:
         w = self.weights

@@ -11,6 +11,28 @@ from pipedecode.runtime.kernels import reference
 BF16_TOL = 1e-2
 
 
+def test_silu_mul_matches_torch(device, rel_err):
+    """One pass of silu(gate) * up over [tokens, 2 * inter], on a row stride wider than the
+    row. On a GPU it rounds as torch's bf16 ops do (silu rounded, then the product); the CPU
+    interpreter truncates its bf16 casts, so there it is held to the float32 result."""
+    from pipedecode.runtime import kernels as pkg
+
+    if pkg.backend(torch.empty(0, device=device)) != "triton":
+        return                                   # no triton here: the torch path runs instead
+    from pipedecode.runtime.kernels._elementwise import silu_mul
+
+    gen = torch.Generator().manual_seed(3)
+    y = (torch.randn(7, 2 * 1500 + 8, generator=gen) * 4).to(device, torch.bfloat16)[:, :3000]
+    out = torch.full((7, 1500), float("nan"), device=device, dtype=torch.bfloat16)
+    silu_mul(y, out)
+    yf = y.float()
+    assert rel_err(out.float().cpu(), (torch.nn.functional.silu(yf[:, :1500]) * yf[:, 1500:])
+                   .cpu()) < BF16_TOL
+    if y.is_cuda:
+        torch_bf16 = torch.nn.functional.silu(y[:, :1500]) * y[:, 1500:]
+        assert (out == torch_bf16).float().mean() > 0.99    # bitwise but for rare sigmoid ulps
+
+
 def test_rms_norm_matches_reference(device, rel_err):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(9, 100, generator=gen).to(device, torch.bfloat16)

@@ -42,6 +42,21 @@ def test_hybrid_linears_match_float32_on_both_paths(sm_count):
     torch.testing.assert_close(out, reference.linear(x, w), rtol=1e-5, atol=1e-5)
     kernels.gate_up_silu(x, w, scratch=scratch, out=act, sm_count=sm_count)
     torch.testing.assert_close(act, reference.gate_up_silu(x, w), rtol=1e-5, atol=1e-5)
+    residual = _rand(5, 40, seed=11)
+    total = residual.clone()
+    kernels.linear_add(x, w, out=total, scratch=scratch, sm_count=sm_count)
+    torch.testing.assert_close(total, residual + reference.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["torch", "triton", "cublas", "hybrid"])
+def test_linear_add_accumulates_into_out(name):
+    """out += x @ W.T on every kernel set, the residual kept: the post-attention adds."""
+    kernels = ops.kernel_set(name)
+    x, w = _rand(6, 24, seed=12), _rand(16, 24, seed=13)
+    residual = _rand(6, 16, seed=14)
+    out, scratch = residual.clone(), torch.full((6, 16), float("nan"))
+    assert kernels.linear_add(x, w, out=out, scratch=scratch) is out
+    torch.testing.assert_close(out, residual + x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_set_names():

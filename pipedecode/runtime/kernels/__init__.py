@@ -185,11 +185,12 @@ def linear(x, weight, *, bias=None, sm_count=None, out=None, impl: str = "auto",
 
 
 def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, impl: str = "auto",
-                 config: MatmulConfig | None = None):
+                 config: MatmulConfig | None = None, scratch=None):
     """silu(x @ w_gate.T) * (x @ w_up.T) with w_gate_up = [w_gate; w_up].
 
     The Triton path is one fused pass; the cuBLAS path (chosen as for `linear` on the
-    [tokens, 2 * inter] product) is a GEMM then torch's silu and multiply.
+    [tokens, 2 * inter] product) is a GEMM into `scratch` ([tokens, 2 * inter], allocated when
+    not given) then one SiLU-and-multiply pass.
     """
     if w_gate_up.shape[0] % 2:
         raise ValueError(f"gate_up_silu: w_gate_up must have an even number of rows, got "
@@ -203,8 +204,16 @@ def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, impl: str = "auto",
     if path == "reference":
         return reference.gate_up_silu(x, w_gate_up, out=out)
     if path == "cublas":
-        both = torch.matmul(x, w_gate_up.t())                     # [tokens, 2 * inter]
-        return torch.mul(torch.nn.functional.silu(both[:, :inter]), both[:, inter:], out=out)
+        if scratch is not None and (tuple(scratch.shape) != (x.shape[0], 2 * inter)
+                                    or scratch.dtype != x.dtype):
+            raise ValueError(f"gate_up_silu: scratch must be [{x.shape[0]}, {2 * inter}] "
+                             f"{x.dtype}, got {tuple(scratch.shape)} {scratch.dtype}")
+        both = torch.matmul(x, w_gate_up.t(), out=scratch)        # [tokens, 2 * inter]
+        if not _use_triton(x) or both.stride(1) != 1 or out.stride(1) != 1:
+            return torch.mul(torch.nn.functional.silu(both[:, :inter]), both[:, inter:], out=out)
+        from pipedecode.runtime.kernels import _elementwise
+
+        return _elementwise.silu_mul(both, out)
     from pipedecode.runtime.kernels import _matmul
 
     cfg = config or choose_config(x.shape[0], inter, x.shape[1], sms, pair=True)

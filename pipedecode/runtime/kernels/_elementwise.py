@@ -1,4 +1,5 @@
-"""Row-wise Triton kernels: RMSNorm, RoPE fused with the KV-cache write, and an SM-id probe.
+"""Row-wise Triton kernels: RMSNorm, SiLU-and-multiply, RoPE fused with the KV-cache write,
+and an SM-id probe.
 
 Imports triton; load it through `pipedecode.runtime.kernels`, lazily. Shapes are checked by
 the caller.
@@ -27,6 +28,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     block = triton.next_power_of_2(hidden)
     _rms_norm_kernel[(x.shape[0],)](x, weight, out, x.stride(0), out.stride(0), hidden, eps,
                                     BLOCK=block, num_warps=8 if block >= 4096 else 4)
+    return out
+
+
+@triton.jit
+def _silu_mul_kernel(y_ptr, o_ptr, s_y, s_o, inter, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < inter
+    gate = tl.load(y_ptr + row * s_y + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(y_ptr + row * s_y + inter + offs, mask=mask, other=0.0)
+    # torch's bf16 arithmetic: silu rounded to the input dtype, then the product rounded
+    act = (gate * tl.sigmoid(gate)).to(y_ptr.dtype.element_ty)
+    tl.store(o_ptr + row * s_o + offs, (act.to(tl.float32) * up.to(tl.float32))
+             .to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_mul(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = silu(y[:, :inter]) * y[:, inter:] in one pass; y: [tokens, 2 * inter]."""
+    inter = out.shape[1]
+    block = 1024
+    _silu_mul_kernel[(y.shape[0], triton.cdiv(inter, block))](
+        y, out, y.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4)
     return out
 
 
