@@ -146,7 +146,7 @@ def triton_kernel_set() -> KernelSet:
         return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
 
     def lin_add(x, weight, *, out, scratch, sm_count=None):
-        return out.add_(mod.linear(x, weight, out=scratch, sm_count=sm_count))
+        return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
 
     def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
             context_starts=None):

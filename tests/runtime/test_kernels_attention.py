@@ -122,6 +122,13 @@ def test_rejects_bad_shapes():
         kernels.decode_attention(q[:, :4], k, k, torch.ones(3, dtype=torch.int32))
 
 
+def test_launch_shape_follows_the_sm_count():
+    from pipedecode.runtime.kernels._attention import AttentionConfig, WHOLE_GPU, choose_config
+
+    assert choose_config(132) == WHOLE_GPU and WHOLE_GPU.block_n == 128
+    assert choose_config(32) == AttentionConfig()
+
+
 def test_split_plan_fills_the_partition():
     from pipedecode.runtime.kernels._attention import AttentionConfig, plan_splits
 

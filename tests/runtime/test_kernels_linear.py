@@ -30,6 +30,31 @@ def test_linear_matches_reference(m, n, k, split_k, device, rel_err):
     assert rel_err(no_bias.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
 
 
+def _accumulated(x, w, bias, residual):
+    """float32 residual + x @ w.T (+ bias): what `accumulate` rounds once."""
+    product = x.float() @ w.float().t() + (0 if bias is None else bias.float())
+    return residual.float() + product
+
+
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_linear_accumulates_into_out(split_k, device, rel_err):
+    """out += x @ W.T (+ bias) in the epilogue (split-K: in the reduction). The residual is
+    ten times the product, so dropping it, or adding it twice, fails."""
+    gen = torch.Generator().manual_seed(40 + split_k)
+    x, w, bias = _rand(37, 200, device=device, gen=gen), _rand(96, 200, device=device, gen=gen), \
+        _rand(96, device=device, gen=gen)
+    residual = (_rand(37, 96, device=device, gen=gen).float() * 10 * 200 ** 0.5).to(torch.bfloat16)
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=32, split_k=split_k, num_warps=4)
+    for b in (bias, None):
+        out = residual.clone()
+        assert kernels.linear(x, w, bias=b, sm_count=2, out=out, config=cfg,
+                              accumulate=True) is out
+        expected = _accumulated(x.cpu(), w.cpu(), None if b is None else b.cpu(), residual.cpu())
+        assert rel_err(out.float().cpu(), expected) < BF16_TOL
+    with pytest.raises(ValueError, match="accumulate"):
+        kernels.linear(x, w, accumulate=True)
+
+
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_gate_up_silu_matches_reference(split_k, device, rel_err):
     gen = torch.Generator().manual_seed(17 + split_k)

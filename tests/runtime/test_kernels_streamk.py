@@ -74,6 +74,19 @@ def test_split_tail_linear_matches_reference(m, n, k, sms, splits, device, rel_e
     assert rel_err(again.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
 
 
+@pytest.mark.parametrize("m,n,k,sms,splits", CASES[:3])
+def test_split_tail_linear_accumulates(m, n, k, sms, splits, device, rel_err):
+    """out += x @ W.T: the last chunk of a split tile adds the residual once, as do whole tiles."""
+    _split_plan(m, n, k, sms, splits)
+    gen = torch.Generator().manual_seed(3000 + m + n + k)
+    x, w = _rand(m, k, device=device, gen=gen), _rand(n, k, device=device, gen=gen)
+    residual = (_rand(m, n, device=device, gen=gen).float() * 10 * k ** 0.5).to(torch.bfloat16)
+    out = residual.clone()
+    kernels.linear(x, w, sm_count=sms, out=out, config=_cfg(splits), accumulate=True)
+    expected = residual.float().cpu() + x.float().cpu() @ w.float().cpu().t()
+    assert rel_err(out.float().cpu(), expected) < BF16_TOL
+
+
 @pytest.mark.parametrize("m,n,k,sms,splits", CASES[:2])
 def test_split_tail_gate_up_silu_matches_reference(m, n, k, sms, splits, device, rel_err):
     _split_plan(m, n, k, sms, splits)

@@ -118,7 +118,7 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     return _attention.decode_attention(
         q, k_cache, v_cache, context_lens, out, sm_count=sms,
         scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
-        cfg=config or _attention.AttentionConfig(), context_starts=context_starts, locks=locks)
+        cfg=config or _attention.choose_config(sms), context_starts=context_starts, locks=locks)
 
 
 def _check_linear(x, weight, n_out, out, name):
@@ -157,12 +157,15 @@ def _gemm_path(x, n: int, sms: int, impl: str, config) -> str:
 
 
 def linear(x, weight, *, bias=None, sm_count=None, out=None, impl: str = "auto",
-           config: MatmulConfig | None = None):
-    """x @ weight.T (+ bias) on sm_count SMs.
+           config: MatmulConfig | None = None, accumulate: bool = False):
+    """x @ weight.T (+ bias) on sm_count SMs; with accumulate, out += that, rounded once (the
+    residual add in the GEMM's epilogue; cuBLAS: beta = 1).
 
     impl: "auto" (the faster of cuBLAS and the Triton matmul where measured, see `dispatch`),
     "triton" or "cublas"; `config` forces the Triton matmul with that tile (benchmarks).
     """
+    if accumulate and out is None:
+        raise ValueError("linear: accumulate needs out (what the product is added to)")
     _check_linear(x, weight, weight.shape[0], out, "linear")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
@@ -171,8 +174,15 @@ def linear(x, weight, *, bias=None, sm_count=None, out=None, impl: str = "auto",
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     path = _gemm_path(x, weight.shape[0], sms, impl, config)
     if path == "reference":
+        if accumulate:     # the float32 product, added and rounded once
+            product = reference.linear(x.float(), weight.float(),
+                                       bias=None if bias is None else bias.float())
+            return out.copy_(out.float() + product)
         return reference.linear(x, weight, bias=bias, out=out)
     if path == "cublas":
+        if accumulate:
+            out.addmm_(x, weight.t())
+            return out if bias is None else out.add_(bias)
         if bias is None:
             return torch.matmul(x, weight.t(), out=out)
         return torch.addmm(bias, x, weight.t(), out=out)
@@ -181,7 +191,7 @@ def linear(x, weight, *, bias=None, sm_count=None, out=None, impl: str = "auto",
     m, k = x.shape
     cfg = config or choose_config(m, weight.shape[0], k, sms)
     return _matmul.matmul(_contiguous_rows(x), _contiguous_rows(weight), out, bias, cfg, sms,
-                          pair=False)
+                          pair=False, accumulate=accumulate)
 
 
 def gate_up_silu(x, w_gate_up, *, sm_count=None, out=None, impl: str = "auto",

@@ -71,13 +71,16 @@ def _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo, k_hi,
 
 @triton.jit
 def _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS: tl.constexpr,
-              PAIR: tl.constexpr):
+              PAIR: tl.constexpr, ACC: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     if PAIR:
         acc = acc / (1.0 + tl.exp(-acc)) * acc_u
-    tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty),
-             mask=(rm < M)[:, None] & (rn < N)[None, :])
+    c_ptrs = c_ptr + rm[:, None] * s_cm + rn[None, :]
+    cmask = (rm < M)[:, None] & (rn < N)[None, :]
+    if ACC:     # c += the product, rounded once (a residual add in the epilogue)
+        acc += tl.load(c_ptrs, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -85,7 +88,7 @@ def _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am
                 pair_offset, num_pid_m, num_pid_n, dp_tiles, tail_tiles, splits, chunk_iters,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                 HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, DOT_F32: tl.constexpr,
-                EVEN_K: tl.constexpr, FIX_ROWS: tl.constexpr):
+                EVEN_K: tl.constexpr, FIX_ROWS: tl.constexpr, ACC: tl.constexpr):
     """This program's chunks of the tail tiles (tiles dp_tiles.., see tiling.TailPlan)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -122,7 +125,7 @@ def _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am
                     if PAIR:
                         tot_u += tl.load(slot + BM * BN, cache_modifier=".cg")
                 _epilogue(tot, tot_u, c_ptr, bias_ptr, pid_m * BM + rows, rn, M, N, s_cm,
-                          HAS_BIAS, PAIR)
+                          HAS_BIAS, PAIR, ACC)
             tl.atomic_xchg(lock_ptr + t_loc, 0)     # leave the counter as it was found
 
 
@@ -135,7 +138,7 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
                        PAIR: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr,
-                       TAIL: tl.constexpr, FIX_ROWS: tl.constexpr):
+                       TAIL: tl.constexpr, FIX_ROWS: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     # with TAIL the units are the whole tiles [0, num_units) (whole waves); the tail follows
@@ -149,7 +152,7 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
         acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo,
                           tl.minimum(k_lo + k_per_split, K), BM, BN, BK, PAIR, DOT_F32, EVEN_K)
         if SPLIT_K == 1:
-            _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR)
+            _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR, ACC)
         else:
             # workspace: [SPLIT_K, M, N] (PAIR: [SPLIT_K, 2, M, N])
             cmask = (rm < M)[:, None] & (rn < N)[None, :]
@@ -161,12 +164,13 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
     if TAIL:
         _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
                     pair_offset, num_pid_m, num_pid_n, num_units, tail_tiles, splits, chunk_iters,
-                    BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K, FIX_ROWS)
+                    BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K, FIX_ROWS, ACC)
 
 
 @triton.jit
 def _reduce_kernel(ws_ptr, c_ptr, bias_ptr, M, N, s_cm, SPLIT_K: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, BLOCK: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, BLOCK: tl.constexpr,
+                   ACC: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     step = M * N * (2 if PAIR else 1)
@@ -181,7 +185,10 @@ def _reduce_kernel(ws_ptr, c_ptr, bias_ptr, M, N, s_cm, SPLIT_K: tl.constexpr,
         acc += tl.load(bias_ptr + col, mask=mask, other=0.0).to(tl.float32)
     if PAIR:
         acc = acc / (1.0 + tl.exp(-acc)) * acc_u
-    tl.store(c_ptr + (offs // N) * s_cm + col, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    c_ptrs = c_ptr + (offs // N) * s_cm + col
+    if ACC:
+        acc += tl.load(c_ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 def plan_for(m: int, n: int, k: int, cfg: MatmulConfig, sm_count: int) -> TailPlan:
@@ -192,8 +199,10 @@ def plan_for(m: int, n: int, k: int, cfg: MatmulConfig, sm_count: int) -> TailPl
 
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: MatmulConfig,
-           sm_count: int, pair: bool, locks: torch.Tensor | None = None) -> torch.Tensor:
+           sm_count: int, pair: bool, locks: torch.Tensor | None = None,
+           accumulate: bool = False) -> torch.Tensor:
     """Launch on a grid of min(sm_count, units) programs; shapes were checked by the caller.
+    accumulate: out += the product (rounded once) instead of out = the product.
 
     A split tail takes a float32 partial workspace (torch.empty) and an int32 counter per tail
     tile, both from the caching allocator, so the launch captures into a CUDA graph. The
@@ -232,11 +241,11 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
         HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda,
         EVEN_K=k_per_split * cfg.split_k == k, TAIL=tail_tiles > 0,
-        FIX_ROWS=min(cfg.block_m, 32),
+        FIX_ROWS=min(cfg.block_m, 32), ACC=accumulate,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.split_k > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(m * n, block),)](
             ws, out, bias if has_bias else out, m, n, out.stride(0), SPLIT_K=cfg.split_k,
-            HAS_BIAS=has_bias, PAIR=pair, BLOCK=block, num_warps=4)
+            HAS_BIAS=has_bias, PAIR=pair, BLOCK=block, ACC=accumulate, num_warps=4)
     return out
