@@ -47,9 +47,12 @@ def torch_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor
 
 def cublas_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
                       scratch: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
-    """out += x @ weight.T in one cuBLAS call (beta = 1): the residual add in the GEMM's
-    epilogue, rounded once instead of twice."""
-    return out.addmm_(x, weight.t())
+    """out += x @ weight.T. Where out has x's dtype, one cuBLAS call (beta = 1: the residual add
+    in the GEMM's epilogue, rounded once); a wider out (the step's float32 residual stream)
+    takes the product rounded to x's dtype, then the add, as every other path does."""
+    if out.dtype == x.dtype:
+        return out.addmm_(x, weight.t())
+    return torch_linear_add(x, weight, out=out, scratch=scratch)
 
 
 def torch_gate_up_silu(x: torch.Tensor, w_gate_up: torch.Tensor, *, scratch: torch.Tensor,
@@ -146,7 +149,9 @@ def triton_kernel_set() -> KernelSet:
         return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
 
     def lin_add(x, weight, *, out, scratch, sm_count=None):
-        return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
+        if out.dtype == x.dtype:      # the add in the epilogue, rounded once (as cuBLAS's)
+            return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
+        return out.add_(mod.linear(x, weight, out=scratch, sm_count=sm_count))
 
     def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
             context_starts=None):

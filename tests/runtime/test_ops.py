@@ -59,6 +59,18 @@ def test_linear_add_accumulates_into_out(name):
     torch.testing.assert_close(out, residual + x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["torch", "cublas", "hybrid"])
+def test_linear_add_into_a_wider_residual_rounds_the_product_first(name):
+    """The step's residual stream is float32 beside bf16 weights: every set adds the product
+    rounded to bf16, so sequential (cuBLAS) and interleaved (Triton) steps agree bitwise."""
+    kernels = ops.kernel_set(name)
+    x, w = _rand(6, 24, seed=15).bfloat16(), _rand(16, 24, seed=16).bfloat16()
+    residual = _rand(6, 16, seed=17)
+    out, scratch = residual.clone(), torch.empty(6, 16, dtype=torch.bfloat16)
+    kernels.linear_add(x, w, out=out, scratch=scratch)
+    assert torch.equal(out, residual + (x @ w.t()).float())
+
+
 def test_kernel_set_names():
     assert ops.kernel_set("auto", "cpu").name == "torch"
     with pytest.raises(ValueError):
