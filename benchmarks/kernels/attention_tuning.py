@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import os
 import sys
 import time
-import traceback
 
 import torch
 import torch.nn.functional as F
@@ -104,21 +102,12 @@ def stream_depth(ctx):
     return {"bytes": nbytes, "rows": rows_out}
 
 
-SHAPES = {"llama3-8b b256 c1024": (256, 32, 8, 128, 1024, False),
-          "llama3-8b b64 c4096": (64, 32, 8, 128, 4096, False),
-          "llama3-8b b16 c8192": (16, 32, 8, 128, 8192, False),
-          "llama3-8b b128 ragged<=4096": (128, 32, 8, 128, 4096, True),
-          "llama2-7b b64 c1024": (64, 32, 32, 128, 1024, False),
-          "llama2-7b b16 c4096": (16, 32, 32, 128, 4096, False),
-          "llama3-70b b64 c2048": (64, 64, 8, 128, 2048, False)}
-
-
 def attention_configs(ctx):
     configs = [AttentionConfig(block_n=bn, num_stages=st, programs_per_sm=pps, fused_combine=fu)
                for bn, st, pps, fu in itertools.product((64, 128), (2, 3), (2, 4, 8),
                                                         (False, True))]
     rows = []
-    for label, (b, h, hkv, d, s, ragged) in SHAPES.items():
+    for label, (b, h, hkv, d, s, ragged) in sections.ATTN_SHAPES.items():
         q, k, v, lens, o = sections._attn_inputs(b, h, hkv, d, s, ragged)
         locks = torch.zeros(b * hkv, device="cuda", dtype=torch.int32)
         kv_bytes = int(lens.sum().item()) * hkv * d * 2 * 2
@@ -229,20 +218,10 @@ def main() -> int:
            "torch": torch.__version__, "triton": triton.__version__, "errors": {}}
     ctx = sections.Context(timer=CudaTimer(reps=10, warmup=3), results=res, F=F,
                            deadline=t0 + args.budget_s)
-    names = ("stream_depth", "attention_configs", "norm_share")
-    for name in [n for n in names if not args.only or n in args.only.split(",")]:
-        if time.time() > ctx.deadline:
-            res["errors"][name] = "skipped: time budget spent"
-            continue
-        started = time.time()
-        try:
-            res[name] = globals()[name](ctx)
-        except Exception:  # noqa: BLE001 - keep the other sections
-            res["errors"][name] = traceback.format_exc()[-3000:]
-            print(f"[{name}] FAILED\n{res['errors'][name]}", flush=True)
-        print(f"[{name}] {time.time() - started:.1f} s", flush=True)
-        with open(os.path.join(args.out, f"attention_tuning_{gpu}.json"), "w") as fh:
-            json.dump(res, fh, indent=1, default=str)
+    names = [n for n in ("stream_depth", "attention_configs", "norm_share")
+             if not args.only or n in args.only.split(",")]
+    sections.run_sections(ctx, names, {n: globals()[n] for n in names},
+                          os.path.join(args.out, f"attention_tuning_{gpu}.json"))
     text = markdown(res)
     with open(os.path.join(args.out, f"attention_tuning_{gpu}.md"), "w") as fh:
         fh.write(text)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
-import traceback
 
 import torch
 import torch.nn.functional as F
@@ -47,19 +45,8 @@ def main() -> int:
     timer = CudaTimer(reps=12, warmup=3)
     ctx = sections.Context(timer=timer, results=results, F=F, deadline=t0 + args.budget_s)
     chosen = [s for s in sections.ORDER if not args.only or s in args.only.split(",")]
-    for name in chosen:
-        if time.time() - t0 > args.budget_s:
-            results["errors"][name] = "skipped: time budget spent"
-            continue
-        started = time.time()
-        try:
-            results[name] = getattr(sections, name)(ctx)
-        except Exception:  # noqa: BLE001 - keep the other sections
-            results["errors"][name] = traceback.format_exc()[-3000:]
-            print(f"[{name}] FAILED\n{results['errors'][name]}", flush=True)
-        print(f"[{name}] {time.time() - started:.1f} s", flush=True)
-        with open(os.path.join(args.out, f"kernels_{gpu}.json"), "w") as fh:
-            json.dump(results, fh, indent=1, default=str)
+    sections.run_sections(ctx, chosen, {n: getattr(sections, n) for n in chosen},
+                          os.path.join(args.out, f"kernels_{gpu}.json"))
     markdown = sections.markdown(results)
     with open(os.path.join(args.out, f"kernels_{gpu}.md"), "w") as fh:
         fh.write(markdown)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import traceback
 from dataclasses import dataclass, replace
 
 import torch
@@ -164,17 +166,39 @@ def attention_sweep(ctx):
             "default": vars(AttentionConfig())}
 
 
+# decode attention benchmark shapes: (batch, heads, kv heads, head dim, context, ragged)
+ATTN_SHAPES = {"llama3-8b b256 c1024": (256, 32, 8, 128, 1024, False),
+               "llama3-8b b64 c4096": (64, 32, 8, 128, 4096, False),
+               "llama3-8b b16 c8192": (16, 32, 8, 128, 8192, False),
+               "llama3-8b b128 ragged<=4096": (128, 32, 8, 128, 4096, True),
+               "llama2-7b b64 c1024": (64, 32, 32, 128, 1024, False),
+               "llama2-7b b16 c4096": (16, 32, 32, 128, 4096, False),
+               "llama3-70b b64 c2048": (64, 64, 8, 128, 2048, False)}
+
+
+def run_sections(ctx, names, functions, json_path: str) -> None:
+    """Run each named section into ctx.results (a failure is recorded, the rest go on; none
+    starts after ctx.deadline), saving the JSON after each."""
+    results = ctx.results
+    for name in names:
+        if time.time() > ctx.deadline:
+            results["errors"][name] = "skipped: time budget spent"
+            continue
+        started = time.time()
+        try:
+            results[name] = functions[name](ctx)
+        except Exception:  # noqa: BLE001 - keep the other sections
+            results["errors"][name] = traceback.format_exc()[-3000:]
+            print(f"[{name}] FAILED\n{results['errors'][name]}", flush=True)
+        print(f"[{name}] {time.time() - started:.1f} s", flush=True)
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+
+
 def attention(ctx):
     bw = ctx.results.get("bandwidth", {})
-    shapes = {"llama3-8b b256 c1024": (256, 32, 8, 128, 1024, False),
-              "llama3-8b b64 c4096": (64, 32, 8, 128, 4096, False),
-              "llama3-8b b16 c8192": (16, 32, 8, 128, 8192, False),
-              "llama3-8b b128 ragged<=4096": (128, 32, 8, 128, 4096, True),
-              "llama2-7b b64 c1024": (64, 32, 32, 128, 1024, False),
-              "llama2-7b b16 c4096": (16, 32, 32, 128, 4096, False),
-              "llama3-70b b64 c2048": (64, 64, 8, 128, 2048, False)}
     rows = []
-    for label, (b, h, hkv, d, s, ragged) in shapes.items():
+    for label, (b, h, hkv, d, s, ragged) in ATTN_SHAPES.items():
         inputs = _attn_inputs(b, h, hkv, d, s, ragged)
         q, k, v, lens, _ = inputs
         kv_bytes = int(lens.sum().item()) * hkv * d * 2 * 2
