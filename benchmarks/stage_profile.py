@@ -52,6 +52,19 @@ def wall_us(fn, repeats: int) -> float:
     return start.elapsed_time(end) * 1e3 / repeats
 
 
+def graph_us(fn, repeats: int) -> float:
+    """Microseconds per call of fn captured once in a CUDA graph and replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()                                      # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return wall_us(graph.replay, repeats)
+
+
 def profile_point(spec: str, batch: int, micro_batches: int) -> dict:
     from pipedecode.models import model_shape
     from pipedecode.runtime.step import DecodeStep
@@ -75,6 +88,7 @@ def profile_point(spec: str, batch: int, micro_batches: int) -> dict:
     per_kernel = {k: v / LAYERS for k, v in kernel_times_us(compute, REPEATS).items()}
     return {"model": spec, "batch": batch, "micro_batches": micro_batches,
             "wall_us_per_layer": wall_us(compute, REPEATS) / LAYERS,
+            "graph_us_per_layer": graph_us(compute, REPEATS) / LAYERS,
             "kernel_us_per_layer": per_kernel,
             "kernel_sum_us_per_layer": sum(per_kernel.values())}
 
@@ -96,8 +110,10 @@ def markdown(res: dict) -> str:
                 f"{r['kernel_us_per_layer'].get(name, 0):.1f}" for r in rows) + " |")
         lines.append("| **sum of kernels** | " + " | ".join(
             f"{r['kernel_sum_us_per_layer']:.1f}" for r in rows) + " |")
-        lines.append("| **wall (events)** | " + " | ".join(
+        lines.append("| **wall (events), eager** | " + " | ".join(
             f"{r['wall_us_per_layer']:.1f}" for r in rows) + " |")
+        lines.append("| **wall (events), one CUDA graph** | " + " | ".join(
+            f"{r.get('graph_us_per_layer', float('nan')):.1f}" for r in rows) + " |")
         lines.append("")
     return "\n".join(lines)
 
