@@ -205,6 +205,10 @@ def stage_breakdown(weights, lens, memory_sms: int, kernels: str = "auto",
         cache.normal_()
     step.set_inputs(torch.randint(0, weights.shape.vocab_size, (batch,), device="cuda"),
                     torch.tensor(lens, dtype=torch.int32, device="cuda"))
+    # one whole step first: every activation buffer then holds real values. GEMMs on a fresh
+    # step's zeros run faster, which once made the first-timed column look cheap
+    # (results/compute_gap_h100_2026-11-21.md)
+    step.run_sequential()
     total = torch.cuda.get_device_properties(0).multi_processor_count
     streams = open_partition_streams(memory_sms, total - memory_sms, torch.device("cuda"))
     halves = [slice(0, batch // 2), slice(batch // 2, batch)]
