@@ -18,9 +18,22 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stage_profile import graph_us  # noqa: E402
+from decode_step import time_us  # noqa: E402
 
 REPEATS = 3
+
+
+def graph_us(fn, repeats: int) -> float:
+    """Microseconds per call of fn captured once in a CUDA graph and replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()                                      # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_us(graph.replay, repeats, 1)
 
 
 def compute_us(weights, batch: int, context: int, micro_batches: int) -> float:

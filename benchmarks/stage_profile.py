@@ -20,6 +20,9 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from decode_step import _graph_of, time_us  # noqa: E402
+
 LAYERS = 4          # profiled layers (each layer's work is the same)
 REPEATS = 5
 
@@ -39,30 +42,6 @@ def kernel_times_us(fn, repeats: int) -> dict[str, float]:
         if event.self_device_time_total > 0:
             totals[event.key] += event.self_device_time_total / repeats
     return dict(totals)
-
-
-def wall_us(fn, repeats: int) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / repeats
-
-
-def graph_us(fn, repeats: int) -> float:
-    """Microseconds per call of fn captured once in a CUDA graph and replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()                                      # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return wall_us(graph.replay, repeats)
 
 
 def profile_point(spec: str, batch: int, micro_batches: int) -> dict:
@@ -88,8 +67,8 @@ def profile_point(spec: str, batch: int, micro_batches: int) -> dict:
 
     per_kernel = {k: v / LAYERS for k, v in kernel_times_us(compute, REPEATS).items()}
     return {"model": spec, "batch": batch, "micro_batches": micro_batches,
-            "wall_us_per_layer": wall_us(compute, REPEATS) / LAYERS,
-            "graph_us_per_layer": graph_us(compute, REPEATS) / LAYERS,
+            "wall_us_per_layer": time_us(compute, REPEATS, 1) / LAYERS,
+            "graph_us_per_layer": time_us(_graph_of(compute).replay, REPEATS, 1) / LAYERS,
             "kernel_us_per_layer": per_kernel,
             "kernel_sum_us_per_layer": sum(per_kernel.values())}
 

@@ -39,15 +39,21 @@ def hidden_highspy():
             del sys.modules["highspy"]
 
 
+_pulp = None      # the module once imported (and its kept tracebacks dropped)
+
+
 def _import_pulp():
-    try:
-        with hidden_highspy():
-            import pulp
-    except ImportError as exc:
-        raise PlanningError(f"PuLP is not installed ({exc}); `pip install 'pulp>=3,<4'` or use "
-                            f"--solver ortools") from None
-    drop_kept_tracebacks(pulp)
-    return pulp
+    global _pulp
+    if _pulp is None:
+        try:
+            with hidden_highspy():
+                import pulp
+        except ImportError as exc:
+            raise PlanningError(f"PuLP is not installed ({exc}); `pip install 'pulp>=3,<4'` or "
+                                f"use --solver ortools") from None
+        drop_kept_tracebacks(pulp)
+        _pulp = pulp
+    return _pulp
 
 
 def drop_kept_tracebacks(package) -> None:
