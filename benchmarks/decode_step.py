@@ -116,8 +116,9 @@ def with_kv_eviction(kernels, policy: str):
 
 
 def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=False,
-                     kernels: str = "auto", kv_eviction: str = "", micro_batches=(2,)) -> dict:
-    from pipedecode.runtime.executor import Executor
+                     kernels: str = "auto", kv_eviction: str = "", micro_batches=(2,),
+                     graph_modes=("one",)) -> dict:
+    from pipedecode.runtime.executor import GRAPH_MODES, Executor
     from pipedecode.runtime.step import DecodeStep
 
     shape, batch = weights.shape, len(lens)
@@ -153,13 +154,15 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
     candidates = [] if planner_schedule is None else [("planner", planner_schedule)] + (
         [("planner+guard", planner_schedule)] if planner_schedule.mode == "interleaved" else [])
     total = torch.cuda.get_device_properties(0).multi_processor_count
-    candidates += [(f"split{m}" + (f"x{n}" if n != 2 else ""),
-                    make_schedule(shape, lens, m, total - m, micro_batches=n))
-                   for n in micro_batches for m in splits]
+    candidates = [(name, schedule, GRAPH_MODES[0]) for name, schedule in candidates]
+    candidates += [(f"split{m}" + (f"x{n}" if n != 2 else "") +
+                    ("" if mode == GRAPH_MODES[0] else f"-{mode}"),
+                    make_schedule(shape, lens, m, total - m, micro_batches=n), mode)
+                   for n in micro_batches for m in splits for mode in graph_modes]
     best = None
-    for name, schedule in candidates:
+    for name, schedule, mode in candidates:
         ex = Executor(weights, batch, step.max_context, step=step, schedule=schedule,
-                      autotune=name == "planner+guard")
+                      autotune=name == "planner+guard", graphs=mode)
         ex.set_inputs(tokens, ctx)
         us = time_us(ex.run)
         info = ex.describe()
@@ -351,7 +354,8 @@ def run_model(spec: str, args, peak_flops: float, hbm: float) -> list[dict]:
             row["planner_roofline_floor_us"] = schedule.roofline_floor_us
         try:
             row.update(pipedecode_point(weights, lens, args.splits, schedule, args.triton_seq,
-                                        args.kernels, args.kv_eviction, args.micro_batches))
+                                        args.kernels, args.kv_eviction, args.micro_batches,
+                                        args.graph_modes))
             if row["name"].split("_", 1)[1] in args.breakdown:
                 row["breakdown"] = [stage_breakdown(weights, lens, m, args.kernels,
                                                     args.kv_eviction) for m in args.splits]
@@ -486,6 +490,9 @@ def main(argv=None) -> int:
                         help="memory-partition SM counts tried when no planner schedule is given")
     parser.add_argument("--micro-batches", default="2",
                         help="micro-batch counts tried at each split, e.g. 2,3,4 (split<m>x<n>)")
+    parser.add_argument("--graph-modes", default="one",
+                        help="executor graph modes tried at each split: one (the executor's "
+                             "default), per_partition (split<m>-per_partition)")
     parser.add_argument("--schedules", default=None, help="folder of planner schedule JSONs")
     parser.add_argument("--hf-eager", action="store_true")
     parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024,...")
@@ -510,6 +517,7 @@ def main(argv=None) -> int:
         return 0
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.micro_batches = [int(n) for n in args.micro_batches.split(",") if n]
+    args.graph_modes = [m for m in args.graph_modes.split(",") if m]
     args.compile_points = set(filter(None, args.compile_points.split(",")))
     args.points = set(filter(None, args.points.split(",")))
     args.extra = [tuple(int(v) for v in p.split("x")) for p in args.extra.split(",") if p]

@@ -47,11 +47,14 @@ def torch_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor
 
 def cublas_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
                       scratch: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
-    """out += x @ weight.T. Where out has x's dtype, one cuBLAS call (beta = 1: the residual add
-    in the GEMM's epilogue, rounded once); a wider out (the step's float32 residual stream)
-    takes the product rounded to x's dtype, then the add, as every other path does."""
+    """out += x @ weight.T in one cuBLAS call (beta = 1: the residual add in the GEMM's epilogue,
+    rounded once, to out's dtype). A float32 out beside bf16/fp16 x (the step's residual
+    stream) takes cuBLAS's float32 output on CUDA (torch's `out_dtype`); where torch has no
+    such kernel (CPU) the product is rounded to x's dtype and then added, as transformers does."""
     if out.dtype == x.dtype:
         return out.addmm_(x, weight.t())
+    if out.dtype == torch.float32 and x.is_cuda:
+        return torch.addmm(out, x, weight.t(), out_dtype=torch.float32, out=out)
     return torch_linear_add(x, weight, out=out, scratch=scratch)
 
 
@@ -149,9 +152,8 @@ def triton_kernel_set() -> KernelSet:
         return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
 
     def lin_add(x, weight, *, out, scratch, sm_count=None):
-        if out.dtype == x.dtype:      # the add in the epilogue, rounded once (as cuBLAS's)
-            return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
-        return out.add_(mod.linear(x, weight, out=scratch, sm_count=sm_count))
+        # the add in the epilogue, rounded once to out's dtype (as cuBLAS's)
+        return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
 
     def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
             context_starts=None):

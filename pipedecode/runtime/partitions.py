@@ -55,7 +55,8 @@ class PartitionPair:
         return iter((self.memory, self.compute))
 
 
-def _driver():
+def cuda_driver():
+    """cuda.bindings' driver module, or None where it is not installed."""
     if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
         return None
     from cuda.bindings import driver
@@ -91,7 +92,7 @@ def partition_support(device_index: int | None = None) -> tuple[bool, str]:
     if problem:
         return False, problem
     index = torch.cuda.current_device() if device_index is None else device_index
-    if _driver() is not None:
+    if cuda_driver() is not None:
         try:
             _split_info(index)
         except PartitionUnavailableError as exc:
@@ -116,7 +117,7 @@ def _check(result: Any, what: str) -> Any:
 
 
 def _device_resource(index: int):
-    cu = _driver()
+    cu = cuda_driver()
     torch.cuda.init()
     _check(cu.cuInit(0), "cuInit")
     dev = _check(cu.cuDeviceGet(index), "cuDeviceGet")
@@ -235,6 +236,6 @@ def make_partition(sm_count: int, *, device_index: int | None = None) -> Partiti
         raise ValueError(f"sm_count must be positive, got {sm_count}")
     if sm_count >= total:
         return Partition(sm_count, total, 1, total, torch.cuda.Stream(index), "whole", True)
-    if _driver() is not None:
+    if cuda_driver() is not None:
         return make_partitions(sm_count, device_index=index).memory
     return _torch_partition(sm_count, index)

@@ -58,7 +58,8 @@ class DecodeStep:
             self.rope_positions = buf(b, dtype=torch.int32)
             self.context_starts = buf(b, dtype=torch.int32)
         # The residual stream stays float32 between layers (transformers keeps it in the model
-        # dtype): one rounding per layer fewer; identical for float32 models.
+        # dtype): one rounding per layer fewer; identical for float32 models. On CUDA the o_proj
+        # and down projections add their float32 products into it in the GEMM's epilogue.
         self.x = buf(b, h, dtype=torch.float32)
         self.h, self.tmp = buf(b, h), buf(b, h)
         self.qkv, self.q = buf(b, q_dim + 2 * kv_dim), buf(b, self.num_heads, self.head_dim)

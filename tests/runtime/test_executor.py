@@ -106,17 +106,31 @@ def test_step_writes_no_new_tensors_between_steps():
     assert pointers == {t.data_ptr() for t in executor.step.k_cache}
 
 
+def test_graph_mode_is_checked_and_described():
+    model = build_model("tiny-llama", seed=4)
+    with pytest.raises(ValueError, match="graphs"):
+        Executor(pack_hf_model(model), 2, max_context=16, graphs="two")
+    info = Executor(pack_hf_model(model), 2, max_context=16, graphs="one").describe()
+    assert info["graph_mode"] is None and info["mode"] == "sequential"     # no graphs on CPU
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", ["per_partition", "one"])
 @pytest.mark.parametrize("groups", [[[0, 2], [1, 3]], [[0], [2, 3], [1]]])
-def test_gpu_interleaved_graph_matches_sequential(groups):
+def test_gpu_interleaved_graph_matches_sequential(groups, graphs):
+    """Interleaved graphs (one per partition with flags, or one spanning both streams) decode
+    the tokens of the sequential graph; per partition, every flag is clear after each step."""
     model = build_model("tiny-llama", seed=6, dtype=torch.bfloat16).cuda()
     weights = pack_hf_model(model)
     lens = [5, 9, 3, 7]
     schedule = _schedule("tiny-llama", lens, groups)
     prompts = _prompts(lens, seed=8)
     seq = generate(Executor(weights, 4, max_context=32), prompts, 8)
-    inter_exec = Executor(weights, 4, max_context=32, schedule=schedule)
+    inter_exec = Executor(weights, 4, max_context=32, schedule=schedule, graphs=graphs)
     inter = generate(inter_exec, prompts, 8)
-    assert inter_exec.mode in ("interleaved", "sequential")
+    assert inter_exec.mode == "interleaved", inter_exec.fallback_reason
+    assert inter_exec.describe()["graph_mode"] == graphs
+    if graphs == "per_partition":
+        assert inter_exec.flags is not None and int(inter_exec.flags.values.abs().sum()) == 0
     assert torch.equal(seq.tokens, inter.tokens)

@@ -59,16 +59,54 @@ def test_linear_add_accumulates_into_out(name):
     torch.testing.assert_close(out, residual + x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
+def _wide_residual_case(seed, device="cpu"):
+    """bf16 x, W and a float32 residual of the product's size, so rounding the product to bf16
+    first moves the sum by far more than float32 accumulation order does."""
+    x = _rand(6, 64, seed=seed).bfloat16().to(device)
+    w = _rand(16, 64, seed=seed + 1).bfloat16().to(device)
+    residual = _rand(6, 16, seed=seed + 2).to(device)
+    exact = residual + x.float() @ w.float().t()
+    rounded = residual + (x @ w.t()).float()
+    return x, w, residual, exact, rounded
+
+
 @pytest.mark.parametrize("name", ["torch", "cublas", "hybrid"])
-def test_linear_add_into_a_wider_residual_rounds_the_product_first(name):
-    """The step's residual stream is float32 beside bf16 weights: every set adds the product
-    rounded to bf16, so sequential (cuBLAS) and interleaved (Triton) steps agree bitwise."""
+def test_linear_add_into_a_wider_residual_on_cpu_rounds_the_product_first(name):
+    """Without a GEMM that writes float32 from bf16 (torch on CPU), the product is rounded to
+    bf16 and then added: transformers' arithmetic."""
     kernels = ops.kernel_set(name)
-    x, w = _rand(6, 24, seed=15).bfloat16(), _rand(16, 24, seed=16).bfloat16()
-    residual = _rand(6, 16, seed=17)
+    x, w, residual, _, rounded = _wide_residual_case(15)
     out, scratch = residual.clone(), torch.empty(6, 16, dtype=torch.bfloat16)
     kernels.linear_add(x, w, out=out, scratch=scratch)
-    assert torch.equal(out, residual + (x @ w.t()).float())
+    assert torch.equal(out, rounded)
+
+
+def test_triton_linear_add_into_a_wider_residual_adds_the_float32_product():
+    """The Triton matmul adds its float32 accumulator into a float32 residual, rounded once."""
+    kernels = ops.kernel_set("triton")
+    x, w, residual, exact, rounded = _wide_residual_case(18)
+    out, scratch = residual.clone(), torch.full((6, 16), float("nan"), dtype=torch.bfloat16)
+    kernels.linear_add(x, w, out=out, scratch=scratch)
+    tol = 1e-5 * exact.abs().max().item()
+    assert (rounded - exact).abs().max().item() > 20 * tol      # the case tells them apart
+    assert (out - exact).abs().max().item() < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["cublas", "hybrid", "triton"])
+@pytest.mark.parametrize("sm_count", [None, 48])
+def test_gpu_linear_add_into_a_wider_residual_adds_the_float32_product(name, sm_count):
+    """On CUDA every set but torch adds the float32 product in the GEMM's epilogue (cuBLAS's
+    float32 output, or the Triton matmul's accumulator): sequential and interleaved agree."""
+    kernels = ops.kernel_set(name)
+    x, w, residual, exact, rounded = _wide_residual_case(21, "cuda")
+    out, scratch = residual.clone(), torch.full((6, 16), float("nan"), dtype=torch.bfloat16,
+                                                device="cuda")
+    kernels.linear_add(x, w, out=out, scratch=scratch, sm_count=sm_count)
+    tol = 1e-5 * exact.abs().max().item()
+    assert (rounded - exact).abs().max().item() > 20 * tol
+    assert (out - exact).abs().max().item() < tol
 
 
 def test_kernel_set_names():

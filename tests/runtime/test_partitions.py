@@ -73,7 +73,7 @@ def test_gpu_driver_partitions_are_disjoint_and_granted():
 def test_without_cuda_bindings_pairs_are_refused_with_the_reason(monkeypatch):
     monkeypatch.setattr(partitions, "_gpu_problem", lambda index: None)
     monkeypatch.setattr(partitions.torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(partitions, "_driver", lambda: None)
+    monkeypatch.setattr(partitions, "cuda_driver", lambda: None)
     monkeypatch.setattr(partitions, "_torch_green_contexts", lambda: object())
     ok, reason = partitions.partition_support()
     assert not ok and "share SMs" in reason and "cuda-python" in reason

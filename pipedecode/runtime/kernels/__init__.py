@@ -181,7 +181,10 @@ def linear(x, weight, *, bias=None, sm_count=None, out=None, impl: str = "auto",
         return reference.linear(x, weight, bias=bias, out=out)
     if path == "cublas":
         if accumulate:
-            out.addmm_(x, weight.t())
+            if out.dtype == x.dtype:
+                out.addmm_(x, weight.t())
+            else:      # a wider residual (float32): cuBLAS's float32 output, added once
+                torch.addmm(out, x, weight.t(), out_dtype=out.dtype, out=out)
             return out if bias is None else out.add_(bias)
         if bias is None:
             return torch.matmul(x, weight.t(), out=out)
