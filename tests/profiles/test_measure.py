@@ -87,6 +87,13 @@ def test_attention_steps_skip_caches_over_the_byte_cap():
     assert batches == {1}
 
 
+def test_repeated_cycles_calls_to_a_minimum():
+    assert measure.repeated(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
+    assert measure.repeated(["a", "b"], 1) == ["a", "b"]
+    with pytest.raises(ValueError):
+        measure.repeated([], 8)
+
+
 def test_rotations_and_names():
     assert measure.rotations(10 * 2 ** 20, 50 * 2 ** 20) == 8
     assert measure.rotations(2 ** 30, 50 * 2 ** 20) == 1
