@@ -80,6 +80,17 @@ def make_schedule(shape, lens, memory_sms: int, compute_sms: int, groups=None,
                            memory_sms, compute_sms)
 
 
+def time_rounds(fns: dict, rounds: int = 5, iters: int = 5) -> dict:
+    """Median microseconds per call of each fn, timed in alternating rounds (every fn once per
+    round), so that drift in the GPU's clocks or temperature during a point falls on all of them
+    alike rather than on whichever was timed last."""
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_us(fn, iters, repeats=1))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
     fn()
     torch.cuda.synchronize()
@@ -132,18 +143,18 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
     row = {}
     seq = Executor(weights, batch, step.max_context, step=step)
     seq.set_inputs(tokens, ctx)
-    row["sequential_us"] = time_us(seq.run)
-    del seq
+    seq.run()                        # captured now, with the default kernels
+    runs = {"sequential": seq}
     if triton_seq:                   # the same step with the Triton matmul on the whole GPU
         from pipedecode.runtime.ops import kernel_set
 
         own = step.kernels
         step.kernels = kernel_set("triton")
-        seq = Executor(weights, batch, step.max_context, step=step)
-        seq.set_inputs(tokens, ctx)
-        row["sequential_triton_us"] = time_us(seq.run)
+        tri = Executor(weights, batch, step.max_context, step=step)
+        tri.set_inputs(tokens, ctx)
+        row["sequential_triton_us"] = time_us(tri.run)
         step.kernels = own
-        del seq
+        del tri
     if kernels != "auto":            # a kernel set other than the default for the splits
         from pipedecode.runtime.ops import kernel_set
 
@@ -159,20 +170,24 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
                     ("" if mode == GRAPH_MODES[0] else f"-{mode}"),
                     make_schedule(shape, lens, m, total - m, micro_batches=n), mode)
                    for n in micro_batches for m in splits for mode in graph_modes]
-    best = None
     for name, schedule, mode in candidates:
         ex = Executor(weights, batch, step.max_context, step=step, schedule=schedule,
                       autotune=name == "planner+guard", graphs=mode)
         ex.set_inputs(tokens, ctx)
-        us = time_us(ex.run)
-        info = ex.describe()
+        ex.run()                     # captured (and, for the guard, chosen) before timing
+        runs[name] = ex
+    timed = time_rounds({name: ex.run for name, ex in runs.items()})
+    row["sequential_us"] = timed.pop("sequential")
+    best = None
+    for name, us in timed.items():
+        info = runs[name].describe()
         row.setdefault("interleaved_by_split", {})[name] = {"us": us, **info}
         if name.startswith("planner"):
             row[name.replace("+", "_") + "_us"] = us
         if not name.startswith("planner") and (best is None or us < best[1]):
             best = (name, us, info)
-        del ex
-        gc.collect()
+    del runs, seq
+    gc.collect()
     if best is not None:
         row["interleaved_best_split_us"], row["interleaved_best_split"] = best[1], best[0]
     del step
@@ -406,7 +421,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Decode step, {result['gpu']}, {result['date'][:16]} UTC", "",
              f"torch {result['torch']}, transformers {result['transformers']}; milliseconds per "
              f"decode step (all layers, bf16, random weights), median of CUDA-event timings of "
-             f"graph replays. planner = the executor running the planner's schedule (mode in "
+             f"graph replays, every column of a point timed in 5 alternating rounds. planner = the executor running the planner's schedule (mode in "
              f"brackets; 'seq' means it chose sequential; for 'il' the time shown includes the "
              f"executor's guard, which times interleaved against sequential at set-up and keeps "
              f"the faster, and the unguarded time follows); pred. err = planner predicted vs the "
