@@ -80,15 +80,17 @@ def make_schedule(shape, lens, memory_sms: int, compute_sms: int, groups=None,
                            memory_sms, compute_sms)
 
 
-def time_rounds(fns: dict, rounds: int = 5, iters: int = 5) -> dict:
-    """Median microseconds per call of each fn, timed in alternating rounds (every fn once per
-    round), so that drift in the GPU's clocks or temperature during a point falls on all of them
-    alike rather than on whichever was timed last."""
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name].append(time_us(fn, iters, repeats=1))
-    return {name: statistics.median(v) for name, v in samples.items()}
+def time_rounds(fns: dict, rounds: int = 6, iters: int = 5) -> tuple[dict, dict]:
+    """(median microseconds per call of each fn, the per-round samples), timed in rounds that
+    each run every fn once, the order rotated by one each round. On the H200, a step timed right
+    after another heavy step ran up to 4% slower than the same graph timed first (clocks under
+    the power limit), so a fixed order charged that to whichever came second."""
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(time_us(fns[name], iters, repeats=1))
+    return {name: statistics.median(v) for name, v in samples.items()}, samples
 
 
 def time_us(fn, iters: int = 5, repeats: int = 5) -> float:
@@ -176,7 +178,7 @@ def pipedecode_point(weights, lens, splits, planner_schedule=None, triton_seq=Fa
         ex.set_inputs(tokens, ctx)
         ex.run()                     # captured (and, for the guard, chosen) before timing
         runs[name] = ex
-    timed = time_rounds({name: ex.run for name, ex in runs.items()})
+    timed, row["round_samples_us"] = time_rounds({name: ex.run for name, ex in runs.items()})
     row["sequential_us"] = timed.pop("sequential")
     best = None
     for name, us in timed.items():
@@ -410,7 +412,7 @@ def hf_columns(spec: str, todo: list, args) -> None:
 
 def _short(row: dict) -> dict:
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
-            if k not in ("interleaved_by_split",)}
+            if k not in ("interleaved_by_split", "round_samples_us")}
 
 
 def _ms(row: dict, key: str) -> str:
@@ -421,7 +423,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Decode step, {result['gpu']}, {result['date'][:16]} UTC", "",
              f"torch {result['torch']}, transformers {result['transformers']}; milliseconds per "
              f"decode step (all layers, bf16, random weights), median of CUDA-event timings of "
-             f"graph replays, every column of a point timed in 5 alternating rounds. planner = the executor running the planner's schedule (mode in "
+             f"graph replays, every column of a point timed in 6 rounds, the order rotated each round. planner = the executor running the planner's schedule (mode in "
              f"brackets; 'seq' means it chose sequential; for 'il' the time shown includes the "
              f"executor's guard, which times interleaved against sequential at set-up and keeps "
              f"the faster, and the unguarded time follows); pred. err = planner predicted vs the "
