@@ -129,6 +129,21 @@ def test_launch_shape_follows_the_sm_count():
     assert choose_config(32) == AttentionConfig()
 
 
+def test_launch_shape_fits_shared_memory_for_wide_caches():
+    """A float32 cache at head_dim 128 would need 256 KiB of K/V tiles at the whole-GPU shape
+    (it failed to launch on an H100): one stage fewer fits; bf16 keeps the measured shape."""
+    from pipedecode.runtime.kernels._attention import (KV_PIPELINE_BYTES, WHOLE_GPU, choose_config,
+                                                       kv_pipeline_bytes)
+
+    assert kv_pipeline_bytes(WHOLE_GPU, 128, 4) > KV_PIPELINE_BYTES
+    wide = choose_config(132, head_dim=128, element_size=4)
+    assert kv_pipeline_bytes(wide, 128, 4) <= KV_PIPELINE_BYTES
+    assert (wide.block_n, wide.num_stages) == (128, 2)
+    assert choose_config(132, head_dim=128, element_size=2) == WHOLE_GPU
+    huge = choose_config(132, head_dim=512, element_size=4)
+    assert kv_pipeline_bytes(huge, 512, 4) <= KV_PIPELINE_BYTES and huge.num_stages == 2
+
+
 def test_split_plan_fills_the_partition():
     from pipedecode.runtime.kernels._attention import AttentionConfig, plan_splits
 

@@ -118,7 +118,8 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     return _attention.decode_attention(
         q, k_cache, v_cache, context_lens, out, sm_count=sms,
         scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
-        cfg=config or _attention.choose_config(sms), context_starts=context_starts, locks=locks)
+        cfg=config or _attention.choose_config(sms, q.shape[-1], k_cache.element_size()),
+        context_starts=context_starts, locks=locks)
 
 
 def _check_linear(x, weight, n_out, out, name):

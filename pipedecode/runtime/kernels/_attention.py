@@ -16,7 +16,7 @@ the SM count it sizes its grid for.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -46,9 +46,28 @@ WHOLE_GPU = AttentionConfig(block_n=128, num_stages=3, programs_per_sm=2)
 WHOLE_GPU_MIN_SMS = 100
 
 
-def choose_config(sm_count: int) -> AttentionConfig:
-    """The launch shape for a grid of sm_count SMs (see WHOLE_GPU)."""
-    return WHOLE_GPU if sm_count >= WHOLE_GPU_MIN_SMS else AttentionConfig()
+# Shared memory the K/V pipeline may take: Hopper gives a block 227 KiB, and Triton adds its own
+# (a float32 cache at the WHOLE_GPU shape asked for 278,784 bytes on an H100 and did not launch).
+KV_PIPELINE_BYTES = 192 * 1024
+
+
+def kv_pipeline_bytes(cfg: AttentionConfig, head_dim: int, element_size: int) -> int:
+    """Shared memory of the K and V tiles in flight: (stages - 1) buffers of block_n keys."""
+    return 2 * (cfg.num_stages - 1) * cfg.block_n * head_dim * element_size
+
+
+def choose_config(sm_count: int, head_dim: int = 128, element_size: int = 2) -> AttentionConfig:
+    """The launch shape for a grid of sm_count SMs (see WHOLE_GPU), with fewer stages, then
+    smaller key blocks, where wide elements (a float32 cache) would overflow shared memory."""
+    cfg = WHOLE_GPU if sm_count >= WHOLE_GPU_MIN_SMS else AttentionConfig()
+    while kv_pipeline_bytes(cfg, head_dim, element_size) > KV_PIPELINE_BYTES:
+        if cfg.num_stages > 2:
+            cfg = replace(cfg, num_stages=cfg.num_stages - 1)
+        elif cfg.block_n > 16:
+            cfg = replace(cfg, block_n=cfg.block_n // 2)
+        else:
+            break
+    return cfg
 
 
 def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
