@@ -90,19 +90,26 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def check_generation(spec: str, overrides: dict, batch: int = 6, new_tokens: int = 12) -> dict:
+def _setup(spec: str, overrides: dict, dtype: torch.dtype, batch: int):
+    """(model on the GPU, its shape, prompt lengths, ragged prompts, packed weights): the same
+    seeds for every dtype."""
     from pipedecode.models import build_model, model_shape
-    from pipedecode.runtime.engine import generate
-    from pipedecode.runtime.executor import Executor
     from pipedecode.runtime.weights import pack_hf_model
 
-    model = build_model(spec, dtype=torch.bfloat16, seed=0, attn_implementation="eager",
+    model = build_model(spec, dtype=dtype, seed=0, attn_implementation="eager",
                         **overrides).cuda()
     shape = model_shape(model)
     gen = torch.Generator().manual_seed(1)
     lens = [int(x) for x in torch.randint(5, 40, (batch,), generator=gen)]
     prompts = [torch.randint(1, shape.vocab_size, (n,), generator=gen).cuda() for n in lens]
-    weights = pack_hf_model(model, max_positions=128)
+    return model, shape, lens, prompts, pack_hf_model(model, max_positions=128)
+
+
+def check_generation(spec: str, overrides: dict, batch: int = 6, new_tokens: int = 12) -> dict:
+    from pipedecode.runtime.engine import generate
+    from pipedecode.runtime.executor import Executor
+
+    model, shape, lens, prompts, weights = _setup(spec, overrides, torch.bfloat16, batch)
     seq = generate(Executor(weights, batch, 96), prompts, new_tokens, keep_logits=True)
     inter_exec = Executor(weights, batch, 96, schedule=_schedule_for(shape, lens, 48, 84))
     inter = generate(inter_exec, prompts, new_tokens, keep_logits=True)
@@ -144,18 +151,10 @@ def check_float32_tokens(spec: str, overrides: dict, batch: int = 6,
                          new_tokens: int = 12) -> dict:
     """The same model in float32: do greedy tokens match transformers' eager float32 loop for
     every request once bf16 rounding no longer decides near-ties? Sequential and interleaved."""
-    from pipedecode.models import build_model, model_shape
     from pipedecode.runtime.engine import generate
     from pipedecode.runtime.executor import Executor
-    from pipedecode.runtime.weights import pack_hf_model
 
-    model = build_model(spec, dtype=torch.float32, seed=0, attn_implementation="eager",
-                        **overrides).cuda()
-    shape = model_shape(model)
-    gen = torch.Generator().manual_seed(1)
-    lens = [int(x) for x in torch.randint(5, 40, (batch,), generator=gen)]
-    prompts = [torch.randint(1, shape.vocab_size, (n,), generator=gen).cuda() for n in lens]
-    weights = pack_hf_model(model, max_positions=128)
+    model, shape, lens, prompts, weights = _setup(spec, overrides, torch.float32, batch)
     hf = [_hf_greedy(model, p, new_tokens)[0] for p in prompts]
     row = {"model": spec, "dtype": "float32", "requests": batch}
     for name, schedule in (("sequential", None),
