@@ -36,11 +36,12 @@ def test_every_layer_runs_every_stage_of_every_micro_batch_once(schedule):
             assert got == list(range(layers))
 
 
-def test_attention_follows_its_pre_attn(schedule):
+@pytest.mark.parametrize("before,after", [("pre_attn", "attention"), ("attention", "post_attn")])
+def test_each_stage_follows_the_one_it_depends_on(schedule, before, after):
     events = timeline(schedule)
-    done = {(e.micro_batch, e.layer): e.end_us for e in events if e.stage == "pre_attn"}
+    done = {(e.micro_batch, e.layer): e.end_us for e in events if e.stage == before}
     for e in events:
-        if e.stage == "attention":
+        if e.stage == after:
             assert e.start_us >= done[e.micro_batch, e.layer] - 1e-6
 
 
@@ -51,10 +52,3 @@ def test_chrome_trace_is_trace_event_json(schedule):
     assert {e["tid"] for e in spans} <= {1, 2, 3}
     assert any(e["ph"] == "M" and e["name"] == "thread_name" for e in trace["traceEvents"])
 
-
-def test_post_attn_follows_its_attention(schedule):
-    events = timeline(schedule)
-    done = {(e.micro_batch, e.layer): e.end_us for e in events if e.stage == "attention"}
-    for e in events:
-        if e.stage == "post_attn":
-            assert e.start_us >= done[e.micro_batch, e.layer] - 1e-6
