@@ -211,9 +211,10 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated section names")
     args = parser.parse_args()
     t0 = time.time()
-    from pipedecode.profiles.measure import CudaTimer, device_name
+    from pipedecode.profiles.registry import gpu_key
+    from pipedecode.runtime.profile_gpu import CudaTimer
 
-    gpu = device_name(torch.cuda.get_device_name())
+    gpu = gpu_key(torch.cuda.get_device_name())
     res = {"gpu": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
            "torch": torch.__version__, "triton": triton.__version__, "errors": {}}
     ctx = sections.Context(timer=CudaTimer(reps=10, warmup=3), results=res, F=F,

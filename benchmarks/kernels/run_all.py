@@ -31,10 +31,11 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated section names")
     args = parser.parse_args()
     t0 = time.time()
-    from pipedecode.profiles.measure import CudaTimer, device_name
+    from pipedecode.profiles.registry import gpu_key
+    from pipedecode.runtime.profile_gpu import CudaTimer
 
     props = torch.cuda.get_device_properties(0)
-    gpu = device_name(props.name)
+    gpu = gpu_key(props.name)
     results = {"gpu": props.name, "date": datetime.date.today().isoformat(),
                "torch": torch.__version__, "errors": {}}
     try:

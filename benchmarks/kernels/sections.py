@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from pipedecode.models import model_shape
-from pipedecode.profiles.measure import rotations
 from pipedecode.runtime import kernels, partitions
+from pipedecode.runtime.timing import l2_bytes, rotations
 from pipedecode.runtime.kernels import reference
 from pipedecode.runtime.kernels._attention import AttentionConfig
 from pipedecode.runtime.kernels.tiling import MatmulConfig, TILES, choose_config
@@ -221,12 +221,8 @@ def attention(ctx):
 
 
 def _gemm_sets(m, n, k):
-    copies = rotations((m * k + n * k + m * n) * 2, ctx_l2())
+    copies = rotations((m * k + n * k + m * n) * 2, l2_bytes())
     return [(_randn(m, k), _randn(n, k, scale=k ** -0.5), _randn(m, n)) for _ in range(copies)]
-
-
-def ctx_l2():
-    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2 ** 20))
 
 
 def _gemm_us(ctx, sets, sms, impl, config=None):

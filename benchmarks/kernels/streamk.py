@@ -2,7 +2,7 @@
 partitions and all SMs.
 
 One device call: `PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python benchmarks/kernels/streamk.py
---out $OUT`. Partitions are real green contexts (`profiles.measure.CudaTimer`, driver route);
+--out $OUT`. Partitions are real green contexts (`runtime.profile_gpu.CudaTimer`, driver route);
 the kernels get the granted SM count as their grid. Sections, each guarded and stopped once the
 time budget is spent: GPU correctness of the split tail (fresh inputs, NaN-poisoned outputs,
 three launches each), then per (shape, tokens) and SM count: cuBLAS, the chooser without the
@@ -26,11 +26,13 @@ from dataclasses import asdict
 import torch
 
 from pipedecode.models import model_shape
-from pipedecode.profiles.measure import CudaTimer, device_name, rotations
+from pipedecode.profiles.registry import gpu_key
 from pipedecode.runtime import kernels
 from pipedecode.runtime.kernels import _matmul, reference
 from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES, MatmulConfig,
                                                choose_config, tail_plan)
+from pipedecode.runtime.profile_gpu import CudaTimer
+from pipedecode.runtime.timing import rotations
 
 SHAPES = (("llama-3-8b", "o_proj"), ("llama-3-8b", "down_proj"), ("llama-3-8b", "qkv_proj"),
           ("llama-2-7b", "down_proj"))
@@ -165,7 +167,7 @@ def main() -> int:
            "triton": triton.__version__, "partition_route": timer.route,
            "granted": {s: timer.granted_sms(s) for s in (timer.total,) + PART_SMS},
            "errors": {}, "points": []}
-    path = os.path.join(args.out, f"kernels_streamk_{device_name(props.name)}.json")
+    path = os.path.join(args.out, f"kernels_streamk_{gpu_key(props.name)}.json")
 
     def save():
         with open(path, "w") as fh:
