@@ -12,7 +12,6 @@ Writes kernels_<gpu>.json and kernels_<gpu>.md under --out and prints the short 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -22,11 +21,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sections  # noqa: E402  (benchmarks/kernels/sections.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import record  # noqa: E402  (benchmarks/record.py)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=".")
+    parser.add_argument("--out", default=record.RESULTS)
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--only", default="", help="comma-separated section names")
     args = parser.parse_args()
@@ -36,13 +37,7 @@ def main() -> int:
 
     props = torch.cuda.get_device_properties(0)
     gpu = gpu_key(props.name)
-    results = {"gpu": props.name, "date": datetime.date.today().isoformat(),
-               "torch": torch.__version__, "errors": {}}
-    try:
-        import triton
-        results["triton"] = triton.__version__
-    except ImportError:
-        results["triton"] = None
+    results = {**record.environment(props.name), "errors": {}}
     timer = CudaTimer(reps=12, warmup=3)
     ctx = sections.Context(timer=timer, results=results, F=F, deadline=t0 + args.budget_s)
     chosen = [s for s in sections.ORDER if not args.only or s in args.only.split(",")]

@@ -15,7 +15,6 @@ kernels_streamk_<gpu>.json under --out after every point; streamk_report.py rend
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -25,14 +24,16 @@ from dataclasses import asdict
 
 import torch
 
-from pipedecode.models import model_shape
-from pipedecode.profiles.registry import gpu_key
-from pipedecode.runtime import kernels
-from pipedecode.runtime.kernels import _matmul, reference
-from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES, MatmulConfig,
-                                               choose_config, tail_plan)
-from pipedecode.runtime.profile_gpu import CudaTimer
-from pipedecode.runtime.timing import rotations
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import record  # noqa: E402  (benchmarks/record.py)
+from pipedecode.models import model_shape  # noqa: E402
+from pipedecode.profiles.registry import gpu_key  # noqa: E402
+from pipedecode.runtime import kernels  # noqa: E402
+from pipedecode.runtime.kernels import _matmul, reference  # noqa: E402
+from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES,  # noqa: E402
+                                               MatmulConfig, choose_config, tail_plan)
+from pipedecode.runtime.profile_gpu import CudaTimer  # noqa: E402
+from pipedecode.runtime.timing import rotations  # noqa: E402
 
 SHAPES = (("llama-3-8b", "o_proj"), ("llama-3-8b", "down_proj"), ("llama-3-8b", "qkv_proj"),
           ("llama-2-7b", "down_proj"))
@@ -154,17 +155,14 @@ def point(timer, label, n, k, m, pair=False):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=".")
+    parser.add_argument("--out", default=record.RESULTS)
     parser.add_argument("--budget-s", type=float, default=240.0)
     args = parser.parse_args()
     t0 = time.time()
     deadline = t0 + args.budget_s
     timer = CudaTimer(reps=10, warmup=3)
-    import triton
-
     props = torch.cuda.get_device_properties(0)
-    res = {"gpu": props.name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-           "triton": triton.__version__, "partition_route": timer.route,
+    res = {**record.environment(props.name), "partition_route": timer.route,
            "granted": {s: timer.granted_sms(s) for s in (timer.total,) + PART_SMS},
            "errors": {}, "points": []}
     path = os.path.join(args.out, f"kernels_streamk_{gpu_key(props.name)}.json")
@@ -200,7 +198,10 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from streamk_report import render  # benchmarks/kernels/streamk_report.py
 
-    print(render(res))
+    text = render(res)
+    with open(path[:-len(".json")] + ".md", "w") as fh:
+        fh.write(text)
+    print(text)
     print(f"total {time.time() - t0:.0f} s; errors in: {list(res['errors'])}")
     return 0
 
