@@ -212,20 +212,18 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated section names")
     args = parser.parse_args()
     t0 = time.time()
-    from pipedecode.profiles.registry import gpu_key
     from pipedecode.runtime.profile_gpu import CudaTimer
 
-    gpu = gpu_key(torch.cuda.get_device_name())
     res = {**record.environment(), "errors": {}}
+    os.makedirs(args.out, exist_ok=True)
     ctx = sections.Context(timer=CudaTimer(reps=10, warmup=3), results=res, F=F,
                            deadline=t0 + args.budget_s)
     names = [n for n in ("stream_depth", "attention_configs", "norm_share")
              if not args.only or n in args.only.split(",")]
     sections.run_sections(ctx, names, {n: globals()[n] for n in names},
-                          os.path.join(args.out, f"attention_tuning_{gpu}.json"))
+                          record.stem(args.out, "attention_tuning", res) + ".json")
     text = markdown(res)
-    with open(os.path.join(args.out, f"attention_tuning_{gpu}.md"), "w") as fh:
-        fh.write(text)
+    record.write(args.out, "attention_tuning", res, text)
     print(text)
     return 0
 

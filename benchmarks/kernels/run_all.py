@@ -32,20 +32,17 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated section names")
     args = parser.parse_args()
     t0 = time.time()
-    from pipedecode.profiles.registry import gpu_key
     from pipedecode.runtime.profile_gpu import CudaTimer
 
-    props = torch.cuda.get_device_properties(0)
-    gpu = gpu_key(props.name)
-    results = {**record.environment(props.name), "errors": {}}
+    results = {**record.environment(), "errors": {}}
+    os.makedirs(args.out, exist_ok=True)
     timer = CudaTimer(reps=12, warmup=3)
     ctx = sections.Context(timer=timer, results=results, F=F, deadline=t0 + args.budget_s)
     chosen = [s for s in sections.ORDER if not args.only or s in args.only.split(",")]
     sections.run_sections(ctx, chosen, {n: getattr(sections, n) for n in chosen},
-                          os.path.join(args.out, f"kernels_{gpu}.json"))
+                          record.stem(args.out, "kernels", results) + ".json")
     markdown = sections.markdown(results)
-    with open(os.path.join(args.out, f"kernels_{gpu}.md"), "w") as fh:
-        fh.write(markdown)
+    record.write(args.out, "kernels", results, markdown)
     print(markdown)
     print(f"total {time.time() - t0:.0f} s; errors in: {list(results['errors'])}")
     return 0

@@ -27,7 +27,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import record  # noqa: E402  (benchmarks/record.py)
 from pipedecode.models import model_shape  # noqa: E402
-from pipedecode.profiles.registry import gpu_key  # noqa: E402
 from pipedecode.runtime import kernels  # noqa: E402
 from pipedecode.runtime.kernels import _matmul, reference  # noqa: E402
 from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES,  # noqa: E402
@@ -165,7 +164,8 @@ def main() -> int:
     res = {**record.environment(props.name), "partition_route": timer.route,
            "granted": {s: timer.granted_sms(s) for s in (timer.total,) + PART_SMS},
            "errors": {}, "points": []}
-    path = os.path.join(args.out, f"kernels_streamk_{gpu_key(props.name)}.json")
+    os.makedirs(args.out, exist_ok=True)
+    path = record.stem(args.out, "kernels_streamk", res) + ".json"
 
     def save():
         with open(path, "w") as fh:
@@ -199,8 +199,7 @@ def main() -> int:
     from streamk_report import render  # benchmarks/kernels/streamk_report.py
 
     text = render(res)
-    with open(path[:-len(".json")] + ".md", "w") as fh:
-        fh.write(text)
+    record.write(args.out, "kernels_streamk", res, text)
     print(text)
     print(f"total {time.time() - t0:.0f} s; errors in: {list(res['errors'])}")
     return 0
