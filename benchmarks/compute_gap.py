@@ -144,9 +144,7 @@ def main(argv=None) -> int:
         del weights
         torch.cuda.empty_cache()
     result = {**record.environment(), "batch": args.batch, "rows": rows}
-    text = markdown(result)
-    record.write(args.out, "compute_gap", result, text)
-    print(text)
+    record.publish(args.out, "compute_gap", result, markdown(result))
     return 0
 
 

@@ -223,8 +223,7 @@ def main(argv=None) -> int:
     for spec in args.models.split(","):
         result["rows"] += run_model(spec, args, profile)
         record.write(args.out, BENCHMARK, result, markdown(result))   # keep partial results
-    print(markdown(result))
-    print("wrote", record.stem(args.out, BENCHMARK, result) + ".{json,md}")
+    record.publish(args.out, BENCHMARK, result, markdown(result))
     return 0
 
 

@@ -77,8 +77,7 @@ def main() -> int:
         f"cross-graph sync and which graph was launched first.", "",
         "| sync | launched first | stale steps |", "|---|---|---|"]
     lines += [f"| {r['sync']} | {r['launched_first']} | {r['stale']} |" for r in rows]
-    record.write(args.out, "graph_sync_probe", result, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record.publish(args.out, "graph_sync_probe", result, "\n".join(lines) + "\n")
     return 0
 
 

@@ -67,6 +67,14 @@ def stem(out: str, benchmark: str, result: dict) -> str:
     return os.path.join(out, f"{benchmark}_{result.get('gpu_key', 'unknown')}")
 
 
+def publish(out: str, benchmark: str, result: dict, markdown: str) -> str:
+    """`write`, then print the markdown and where both files went."""
+    path = write(out, benchmark, result, markdown)
+    print(markdown)
+    print(f"wrote {path}.json and {path}.md")
+    return path
+
+
 def write(out: str, benchmark: str, result: dict, markdown: str) -> str:
     """Write <out>/<benchmark>_<gpu>.json and .md; returns the path without the extension."""
     os.makedirs(out, exist_ok=True)

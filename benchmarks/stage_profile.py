@@ -113,9 +113,7 @@ def main(argv=None) -> int:
         for n in (int(m) for m in args.micro_batches.split(",")):
             res["rows"].append(profile_point(args.model, batch, n))
             torch.cuda.empty_cache()
-    text = markdown(res)
-    record.write(args.out, "stage_profile", res, text)
-    print(text)
+    record.publish(args.out, "stage_profile", res, markdown(res))
     return 0
 
 

@@ -16,7 +16,6 @@ Writes attention_tuning_<gpu>.json and .md under --out and prints the tables las
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -29,8 +28,7 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sections  # noqa: E402  (benchmarks/kernels/sections.py)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import record  # noqa: E402  (benchmarks/record.py)
+from sections import record  # noqa: E402  (benchmarks/record.py)
 
 from pipedecode.runtime import kernels  # noqa: E402
 from pipedecode.runtime.kernels._attention import AttentionConfig  # noqa: E402
@@ -206,26 +204,10 @@ def markdown(res: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=record.RESULTS)
-    parser.add_argument("--budget-s", type=float, default=400.0)
-    parser.add_argument("--only", default="", help="comma-separated section names")
-    args = parser.parse_args()
-    t0 = time.time()
-    from pipedecode.runtime.profile_gpu import CudaTimer
-
-    res = {**record.environment(), "errors": {}}
-    os.makedirs(args.out, exist_ok=True)
-    ctx = sections.Context(timer=CudaTimer(reps=10, warmup=3), results=res, F=F,
-                           deadline=t0 + args.budget_s)
-    names = [n for n in ("stream_depth", "attention_configs", "norm_share")
-             if not args.only or n in args.only.split(",")]
-    sections.run_sections(ctx, names, {n: globals()[n] for n in names},
-                          record.stem(args.out, "attention_tuning", res) + ".json")
-    text = markdown(res)
-    record.write(args.out, "attention_tuning", res, text)
-    print(text)
-    return 0
+    functions = {"stream_depth": stream_depth, "attention_configs": attention_configs,
+                 "norm_share": norm_share}
+    return sections.run_benchmark("attention_tuning", __doc__.splitlines()[0], functions,
+                                  markdown, budget_s=400.0, reps=10)
 
 
 if __name__ == "__main__":

@@ -198,9 +198,7 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from streamk_report import render  # benchmarks/kernels/streamk_report.py
 
-    text = render(res)
-    record.write(args.out, "kernels_streamk", res, text)
-    print(text)
+    record.publish(args.out, "kernels_streamk", res, render(res))
     print(f"total {time.time() - t0:.0f} s; errors in: {list(res['errors'])}")
     return 0
 
