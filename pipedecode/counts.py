@@ -18,6 +18,7 @@ per-op rules, `planner/cost.py` prices the per-stage work on a device profile,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -97,6 +98,7 @@ class StageWork:
         return gemms + self.attention + Counts(0, self.elementwise_bytes)
 
 
+@functools.lru_cache(maxsize=256)
 def _linears(model: "ModelShape", *names: str) -> tuple["LinearShape", ...]:
     shapes = {s.name: s for s in model.linears()}
     return tuple(shapes[name] for name in names)
