@@ -147,3 +147,21 @@ def test_gpu_llama_shapes_against_reference(rel_err):
         for sms in (32, 100, 132):
             out = kernels.linear(x, w, sm_count=sms)
             assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+
+
+def test_chooser_on_a_gpu_without_a_profile_says_which_rates_it_uses(monkeypatch):
+    from pipedecode.errors import ProfileError
+    from pipedecode.profiles import registry
+
+    def unknown(index=None):
+        raise ProfileError("no device profile describes the GPU 'NVIDIA L4'; measure one")
+
+    monkeypatch.setattr(registry, "local_profile", unknown)
+    tiling._warn_once.cache_clear()
+    tiling._choose_local.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="h100 profile's rates.*NVIDIA L4"):
+            cfg = tiling.choose_config(96, 4096, 4096, 58)
+        assert cfg == tiling.choose_config(96, 4096, 4096, 58, profile=load_profile("h100"))
+    finally:
+        tiling._choose_local.cache_clear()       # later tests choose for the real local GPU

@@ -173,9 +173,31 @@ def modelled_time_s(m: int, n: int, k: int, sm_count: int, tile: tuple, split_k:
 
 
 def _local_profile() -> DeviceProfile:
+    """The profile of the GPU this runs on; for a GPU no profile describes, the h100 profile's
+    rates (they only balance the model's terms), said once in a warning."""
+    from pipedecode.errors import ProfileError
     from pipedecode.profiles.registry import local_profile
 
-    return local_profile()
+    try:
+        return local_profile()
+    except ProfileError as exc:
+        _warn_once(f"the matmul tile chooser balances its terms with the h100 profile's rates: "
+                   f"{exc}")
+        return _h100()
+
+
+@functools.lru_cache(maxsize=1)
+def _h100() -> DeviceProfile:
+    from pipedecode.profiles.registry import load_profile
+
+    return load_profile("h100")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _plan(m: int, n: int, k: int, sm_count: int, tile: tuple, splits: int) -> TailPlan:
@@ -205,28 +227,35 @@ def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
     if min(m, n, k, sm_count) <= 0:
         raise ValueError(f"choose_config needs positive sizes, got m={m} n={n} k={k} "
                          f"sm_count={sm_count}")
-    return _choose(m, n, k, sm_count, pair, tail, _Same(profile or _local_profile()))
+    if profile is None:
+        return _choose_local(m, n, k, sm_count, pair, tail)
+    key = (m, n, k, sm_count, pair, tail, _rates(profile))
+    if key not in _CHOICES:
+        if len(_CHOICES) >= 8192:
+            _CHOICES.clear()
+        _CHOICES[key] = _choose(m, n, k, sm_count, pair, tail, profile)
+    return _CHOICES[key]
 
 
-class _Same:
-    """A profile as a cache key by identity (hashing a measured profile's tables per call would
-    cost more than the choice); the cache keeps it alive, so its id is not reused."""
-
-    __slots__ = ("profile",)
-
-    def __init__(self, profile: DeviceProfile) -> None:
-        self.profile = profile
-
-    def __hash__(self) -> int:
-        return id(self.profile)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Same) and other.profile is self.profile
+# (m, n, k, sm_count, pair, tail, the profile's rates) -> MatmulConfig: a memo keyed by the rates
+# the model reads, not by the (large) profile object.
+_CHOICES: dict[tuple, MatmulConfig] = {}
 
 
 @functools.lru_cache(maxsize=4096)
+def _choose_local(m: int, n: int, k: int, sm_count: int, pair: bool,
+                  tail: bool) -> MatmulConfig:
+    """The choice on the GPU this runs on: what a launch asks, one cache lookup."""
+    return choose_config(m, n, k, sm_count, pair, tail, _local_profile())
+
+
+def _rates(profile: DeviceProfile) -> tuple:
+    return (profile.peak_flops_per_s, profile.sm_count, profile.bandwidth_by_sms,
+            profile.per_sm_bytes_per_s, profile.hbm_bytes_per_s)
+
+
 def _choose(m: int, n: int, k: int, sm_count: int, pair: bool, tail: bool,
-            key: _Same) -> MatmulConfig:
+            profile: DeviceProfile) -> MatmulConfig:
     best = None
     tiles = PAIR_TILES if pair else TILES
     for tile in tiles:
@@ -235,7 +264,7 @@ def _choose(m: int, n: int, k: int, sm_count: int, pair: bool, tail: bool,
         if tail and tile is tiles[0] and _plan(m, n, k, sm_count, tile, 2).split_tiles:
             options += [(1, s) for s in TAIL_SPLITS if math.ceil(k / s) >= 4 * tile[2]]
         for split, tail_split in options:
-            t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split, key.profile)
+            t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split, profile)
             rank = (round(t * 1e7), split * tail_split, -tile[0] * tile[1])
             if best is None or rank < best[0]:
                 best = (rank, tile, split, tail_split)
