@@ -28,8 +28,8 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile | None = DEFA
     decides which stages are compute- and which memory-bound, and what the executor plans for.
     The default None is the profile of the GPU this runs on (measured for h100/h200, else the
     analytic one of its name, else ProfileError saying how to measure one with `pipedecode
-    profile`); on a CPU, the h100 profile (for the cost annotations). context_len: the live KV length
-    used for the cost annotations (default: the static buffer). dynamic: passed to
+    profile`); on a CPU, the h100 profile (for the cost annotations). context_len: the live KV
+    length used for the cost annotations (default: the static buffer). dynamic: passed to
     torch.compile; the default None lets Dynamo make a dimension symbolic once it changes (new
     batch or prompt length) instead of recompiling each shape until its recompile limit sends
     calls back to eager. A symbolic graph is classified at the sizes of the call that compiled

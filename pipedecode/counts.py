@@ -70,7 +70,8 @@ def attention(queries: float, kv_read: float, kv_attended: float, heads: int, kv
 
 
 def copy(nbytes: float) -> Counts:
-    """A copy of `nbytes` (a gather, a cache write of rows just computed): read once, written once."""
+    """A copy of `nbytes` (a gather, a cache write of rows just computed): read once, written
+    once."""
     return Counts(0, 2 * nbytes)
 
 
