@@ -9,17 +9,21 @@
 3. Generation in float32 (reported, not gating): greedy tokens against transformers' eager
    float32 loop, where bf16 rounding no longer decides near-ties.
 
-Usage: python benchmarks/check_correctness.py [--out results.json]
+Usage: python benchmarks/check_correctness.py [--out DIR]
+(writes check_correctness_<gpu>.json and .md, by default under benchmarks/results)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
+import os
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import record  # noqa: E402  (benchmarks/record.py)
 
 
 def _smid_kernel():
@@ -167,14 +171,32 @@ def check_float32_tokens(spec: str, overrides: dict, batch: int = 6,
     return row
 
 
+def markdown(result: dict) -> str:
+    p = result["partitions"]
+    lines = record.heading("GPU correctness of the executor", result) + [
+        f"Overall: {'ok' if result['ok'] else 'FAILED'}. Partitions ({p['route']}): "
+        f"{p['memory_granted']} + {p['compute_granted']} SMs granted, "
+        f"{p['memory_sms_used']} + {p['compute_sms_used']} used, {p['overlap_sms']} shared.", "",
+        "| model | dtype | requests | interleaved = sequential tokens | rel. error vs fp32 | "
+        "requests with transformers' tokens | ok |", "|---|---|---|---|---|---|---|"]
+    for r in result["generation"]:
+        lines.append(f"| {r['model']} | bf16 | {r['requests']} | {r['tokens_inter_eq_seq']} | "
+                     f"{r['rel_err_pd_vs_fp32']:.2e} | {r['requests_tokens_eq_hf']} | {r['ok']} |")
+    for r in result["float32"]:
+        same = r.get("error") or (f"sequential {r['sequential_requests_tokens_eq_hf']}, "
+                                  f"interleaved {r['interleaved_requests_tokens_eq_hf']}")
+        lines.append(f"| {r['model']} | float32 | {r.get('requests', '-')} | - | - | {same} | - |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=record.RESULTS)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("check_correctness: needs a CUDA GPU", file=sys.stderr)
         return 2
-    result = {"gpu": torch.cuda.get_device_name(), "partitions": check_partitions(48)}
+    result = {**record.environment(), "partitions": check_partitions(48)}
     print("partitions:", result["partitions"], flush=True)
     small = dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=2, vocab_size=32000)
@@ -194,9 +216,7 @@ def main(argv=None) -> int:
         print(row, flush=True)
         result["float32"].append(row)
     result["ok"] = result["partitions"]["ok"] and all(r["ok"] for r in result["generation"])
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+    record.write(args.out, "check_correctness", result, markdown(result))
     print("correctness ok" if result["ok"] else "correctness FAILED", flush=True)
     return 0 if result["ok"] else 1
 

@@ -1,39 +1,31 @@
 """Why did the compute side of two micro-batches cost more in decode_step.py's breakdown than in
 a few profiled layers? The same compute stages timed as one CUDA graph while one factor changes
-at a time: layer count, KV-cache length, how the graph is captured, what ran before. (Answer:
-the data. A fresh step's activations are zeros and GEMMs on zeros run faster; the breakdown
-timed one batch on zeros and two micro-batches on real values. It now runs a whole step first.)
-Prints a table; writes compute_gap.json.
+at a time: layer count, KV-cache length, what ran before. (Answer: the data. A fresh step's
+activations are zeros and GEMMs on zeros run faster; the breakdown timed one batch on zeros and
+two micro-batches on real values. It now runs a whole step first.) Writes compute_gap_<gpu>.json
+and .md under --out (default benchmarks/results).
 
-    python benchmarks/compute_gap.py --out OUT [--batch 1024]
+    python benchmarks/compute_gap.py [--out OUT] [--batch 1024]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_step import time_us  # noqa: E402
+import record  # noqa: E402  (benchmarks/record.py)
+from pipedecode.runtime.timing import capture, time_us  # noqa: E402
 
 REPEATS = 3
 
 
-def graph_us(fn, repeats: int) -> float:
+def graph_us(fn, iters: int = REPEATS, repeats: int = 1) -> float:
     """Microseconds per call of fn captured once in a CUDA graph and replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()                                      # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return time_us(graph.replay, repeats, 1)
+    return time_us(capture(fn).replay, iters=iters, repeats=repeats)
 
 
 def compute_us(weights, batch: int, context: int, micro_batches: int) -> float:
@@ -52,16 +44,14 @@ def compute_us(weights, batch: int, context: int, micro_batches: int) -> float:
                 step.pre_attn(layer, rows)
                 step.post_attn(layer, rows)
 
-    us = graph_us(compute, REPEATS) / layers
+    us = graph_us(compute) / layers
     del step
     torch.cuda.empty_cache()
     return us
 
 
-def capture_variants(weights, batch: int, context: int) -> list[dict]:
-    """Two micro-batches on one step, captured and timed four ways."""
-    from decode_step import _graph_of, time_us
-
+def state_variants(weights, batch: int, context: int) -> list[dict]:
+    """Two micro-batches on one step, timed after each of the things the breakdown does first."""
     from pipedecode.runtime.partition_streams import open_partition_streams
     from pipedecode.runtime.step import DecodeStep
 
@@ -81,36 +71,50 @@ def capture_variants(weights, batch: int, context: int) -> list[dict]:
         out.append({"layers": layers, "context": context, "via": name,
                     "two_micro_batches_us": us / layers})
 
-    row("graph_us (side-stream warm-up)", graph_us(compute(halves), REPEATS))
-    row("_graph_of + time_us (decode_step)", time_us(_graph_of(compute(halves)).replay, 2, 3))
-    whole = _graph_of(compute([slice(0, batch)]))          # a 1-batch graph captured first
-    row("_graph_of after a 1-batch graph", time_us(_graph_of(compute(halves)).replay, 2, 3))
+    row("two micro-batches", graph_us(compute(halves), 2, 3))
+    whole = capture(compute([slice(0, batch)]))          # a 1-batch graph captured first
+    row("after a 1-batch graph", graph_us(compute(halves), 2, 3))
     del whole
     open_partition_streams(32, torch.cuda.get_device_properties(0).multi_processor_count - 32,
                            torch.device("cuda"))
-    row("_graph_of after partition streams", time_us(_graph_of(compute(halves)).replay, 2, 3))
+    row("after partition streams", graph_us(compute(halves), 2, 3))
     for cache in step.k_cache + step.v_cache:      # the breakdown fills the caches
         cache.normal_()
-    row("_graph_of after random caches", time_us(_graph_of(compute(halves)).replay, 2, 3))
-    attention = _graph_of(lambda: [step.attention(l, slice(0, batch)) for l in range(layers)])
-    time_us(attention.replay, 2, 3)
-    row("_graph_of after an attention graph ran", time_us(_graph_of(compute(halves)).replay,
-                                                          2, 3))
+    row("after random caches", graph_us(compute(halves), 2, 3))
+    attention = capture(lambda: [step.attention(l, slice(0, batch)) for l in range(layers)])
+    time_us(attention.replay, iters=2, repeats=3)
+    row("after an attention graph ran", graph_us(compute(halves), 2, 3))
     row("one batch (not two), after an attention graph ran",
-        time_us(_graph_of(compute([slice(0, batch)])).replay, 2, 3))
+        graph_us(compute([slice(0, batch)]), 2, 3))
     step.attn.zero_()                               # the attention's output back to zeros
-    row("_graph_of with the attention output zeroed again",
-        time_us(_graph_of(compute(halves)).replay, 2, 3))
+    row("with the attention output zeroed again", graph_us(compute(halves), 2, 3))
     del step, attention
     torch.cuda.empty_cache()
     return out
 
 
+def markdown(result: dict) -> str:
+    lines = record.heading("Compute side of one batch against two micro-batches", result) + [
+        f"{result['batch']} tokens, Llama-3-8B layers, µs per layer of the compute stages "
+        f"(pre_attn + post_attn) as one CUDA graph. Generated by benchmarks/compute_gap.py.", "",
+        "| layers | context | what ran before | 1 batch | 2 micro-batches | ratio |",
+        "|---|---|---|---|---|---|"]
+    nan = float("nan")
+    for r in result["rows"]:
+        lines.append(f"| {r['layers']} | {r['context']} | {r.get('via', '')} | "
+                     f"{r.get('one_batch_us', nan):.1f} | {r['two_micro_batches_us']:.1f} | "
+                     f"{r.get('ratio', nan):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", default=record.RESULTS)
     parser.add_argument("--batch", type=int, default=1024)
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("compute_gap: needs a CUDA GPU", file=sys.stderr)
+        return 2
     from pipedecode.models import model_shape
     from pipedecode.runtime.weights import random_weights
 
@@ -124,28 +128,23 @@ def main(argv=None) -> int:
                          "two_micro_batches_us": two, "ratio": two / one})
             print(rows[-1], flush=True)
         if layers == 32:
-            rows += capture_variants(weights, args.batch, 256)
-            for r in rows[-8:]:
+            variants = state_variants(weights, args.batch, 256)
+            rows += variants
+            for r in variants:
                 print(r, flush=True)
         if layers == 32:     # the breakdown's own code path, same process, same weights
-            from decode_step import stage_breakdown
+            from decode_step_breakdown import stage_breakdown
 
             bd = stage_breakdown(weights, [256] * args.batch, 32)
-            rows.append({"layers": layers, "context": 256, "via": "decode_step.stage_breakdown",
+            rows.append({"layers": layers, "context": 256, "via": "stage_breakdown",
                          "one_batch_us": bd["compute_whole_us"] / layers,
                          "two_micro_batches_us": bd["compute_2mb_whole_us"] / layers,
                          "ratio": bd["compute_2mb_whole_us"] / bd["compute_whole_us"]})
             print(rows[-1], flush=True)
         del weights
         torch.cuda.empty_cache()
-    with open(os.path.join(args.out, "compute_gap.json"), "w") as fh:
-        json.dump({"gpu": torch.cuda.get_device_name(), "batch": args.batch, "rows": rows}, fh,
-                  indent=1)
-    print("| layers | context | 1 batch µs/layer | 2 micro-batches µs/layer | ratio |")
-    for r in rows:
-        print(f"| {r['layers']} {r.get('via', '')} | {r['context']} | "
-              f"{r.get('one_batch_us', float('nan')):.1f} | "
-              f"{r['two_micro_batches_us']:.1f} | {r.get('ratio', float('nan')):.3f} |")
+    result = {**record.environment(), "batch": args.batch, "rows": rows}
+    record.publish(args.out, "compute_gap", result, markdown(result))
     return 0
 
 

@@ -1,39 +1,69 @@
-"""Check the cost model's interleaved step time against every measured interleaved split in the
-committed decode-step results (benchmarks/results/decode_step_{h100,h200}.json). CPU only.
+"""Check the cost model's step times against the measured ones in decode-step results: every
+measured interleaved split and the sequential step. CPU only.
 
-Usage: python benchmarks/corun_model_check.py [-v]
+Usage: python benchmarks/corun_model_check.py [-v] [RESULT.json ...]
+       (default: benchmarks/results/decode_step_h100.json and decode_step_h200.json)
 """
-import json, statistics, sys
-sys.path.insert(0, 'benchmarks')
-from decode_step import context_lens_for, MIXED, balanced_groups
-from pipedecode.models import model_shape
-from pipedecode.profiles import load_profile
-from pipedecode.planner.cost import CostModel
 
-def evaluate(gpu):
-    d = json.load(open(f'benchmarks/results/decode_step_{gpu}.json'))
-    prof = load_profile(gpu)
-    errs = []; rows = []
-    for r in d['rows']:
-        if 'interleaved_by_split' not in r: continue
-        shape = model_shape(r['model'])
-        cm = CostModel(shape, prof)
-        b = r['batch']; c = r['context']
-        lens = context_lens_for(b, None, MIXED[r['model']]) if isinstance(c, str) else [c] * b
-        halves = balanced_groups(lens)
-        sizes = [(len(h), sum(lens[i] for i in h)) for h in halves]
-        for name, v in r['interleaved_by_split'].items():
-            if not name.startswith('split'): continue
-            m = int(name[5:])
-            pred = cm.interleaved_step_us(sizes, m)
-            e = (pred - v['us']) / v['us']
-            errs.append(e); rows.append((r['name'], m, round(pred/1e3, 1), round(v['us']/1e3, 1), round(100*e)))
-        seqp = cm.sequential_step_us(b, sum(lens))
-        rows.append((r['name'], 'seq', round(seqp/1e3,1), round(r['sequential_us']/1e3,1), round(100*(seqp-r['sequential_us'])/r['sequential_us'])))
-    return errs, rows
+from __future__ import annotations
 
-for gpu in ('h100', 'h200'):
-    errs, rows = evaluate(gpu)
-    if '-v' in sys.argv:
-        for x in rows: print(gpu, *x)
-    print(gpu, 'interleaved splits: median abs err %.1f%%, median signed %.1f%%, n=%d' % (100*statistics.median(map(abs, errs)), 100*statistics.median(errs), len(errs)))
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import record  # noqa: E402  (benchmarks/record.py)
+from decode_step_points import MIXED, balanced_groups, context_lens_for  # noqa: E402
+from pipedecode.models import model_shape  # noqa: E402
+from pipedecode.planner.cost import CostModel  # noqa: E402
+from pipedecode.profiles import load_profile, profile_name_for_gpu  # noqa: E402
+
+
+def evaluate(result: dict) -> tuple[list[float], list[tuple]]:
+    """(relative errors of the interleaved splits, rows (point, split, predicted ms, measured
+    ms, error %)) of one result, priced on the profile of its GPU."""
+    profile = load_profile(result.get("profile") or profile_name_for_gpu(result["gpu"]))
+    errors, rows = [], []
+    for r in result["rows"]:
+        if "interleaved_by_split" not in r:
+            continue
+        cost = CostModel(model_shape(r["model"]), profile)
+        lens = context_lens_for(r["batch"], None, MIXED[r["model"]]) \
+            if isinstance(r["context"], str) else [r["context"]] * r["batch"]
+        sizes = [(len(g), sum(lens[i] for i in g)) for g in balanced_groups(lens)]
+        for name, measured in r["interleaved_by_split"].items():
+            if not name.startswith("split") or not name[5:].isdigit():
+                continue
+            predicted = cost.interleaved_step_us(sizes, int(name[5:]))
+            errors.append((predicted - measured["us"]) / measured["us"])
+            rows.append((r["name"], name, predicted / 1e3, measured["us"] / 1e3,
+                         100 * errors[-1]))
+        predicted = cost.sequential_step_us(r["batch"], sum(lens))
+        rows.append((r["name"], "seq", predicted / 1e3, r["sequential_us"] / 1e3,
+                     100 * (predicted - r["sequential_us"]) / r["sequential_us"]))
+    return errors, rows
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv
+    paths = [a for a in argv if a != "-v"] or [
+        os.path.join(record.RESULTS, f"decode_step_{gpu}.json") for gpu in ("h100", "h200")]
+    for path in paths:
+        with open(path) as fh:
+            result = json.load(fh)
+        errors, rows = evaluate(result)
+        if verbose:
+            for row in rows:
+                print(result["gpu"], row[0], row[1], *(f"{v:.1f}" for v in row[2:]))
+        if errors:
+            print(f"{result['gpu']}: interleaved splits, median |error| "
+                  f"{100 * statistics.median(map(abs, errors)):.1f}%, median signed "
+                  f"{100 * statistics.median(errors):.1f}%, n={len(errors)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,17 +8,20 @@ first, and counts the steps whose consumer read a stale value:
   it (an event-wait node);
 - flags: `StreamFlags` (cuStreamWriteValue32 / cuStreamWaitValue32 memory-operation nodes).
 
-Usage (GPU): python benchmarks/graph_sync_probe.py --out DIR   (writes graph_sync_probe.json/.md)
+Usage (GPU): python benchmarks/graph_sync_probe.py [--out DIR]
+(writes graph_sync_probe_<gpu>.json and .md, by default under benchmarks/results)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import record  # noqa: E402  (benchmarks/record.py)
 
 
 def stale_steps(sync: str, producer_first: bool, steps: int = 20) -> int:
@@ -59,25 +62,22 @@ def stale_steps(sync: str, producer_first: bool, steps: int = 20) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", default=record.RESULTS)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("graph_sync_probe: needs a CUDA GPU", file=sys.stderr)
+        return 2
     rows = [{"sync": sync, "launched_first": "producer" if first else "consumer",
              "steps": args.steps, "stale": stale_steps(sync, first, args.steps)}
             for sync in ("events", "flags") for first in (True, False)]
-    gpu, date = torch.cuda.get_device_name(0), datetime.datetime.now(datetime.timezone.utc)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "graph_sync_probe.json"), "w") as f:
-        json.dump({"gpu": gpu, "date": date.isoformat(), "torch": torch.__version__,
-                   "rows": rows}, f, indent=1)
-    lines = [f"# Two graphs replayed side by side, {gpu}, {date:%Y-%m-%dT%H:%M} UTC", "",
-             "Steps whose consumer graph read the previous step's value (of "
-             f"{args.steps}), by cross-graph sync and which graph was launched first.", "",
-             "| sync | launched first | stale steps |", "|---|---|---|"]
+    result = {**record.environment(), "rows": rows}
+    lines = record.heading("Two graphs replayed side by side", result) + [
+        f"Steps whose consumer graph read the previous step's value (of {args.steps}), by "
+        f"cross-graph sync and which graph was launched first.", "",
+        "| sync | launched first | stale steps |", "|---|---|---|"]
     lines += [f"| {r['sync']} | {r['launched_first']} | {r['stale']} |" for r in rows]
-    with open(os.path.join(args.out, "graph_sync_probe.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record.publish(args.out, "graph_sync_probe", result, "\n".join(lines) + "\n")
     return 0
 
 

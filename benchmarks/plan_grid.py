@@ -1,5 +1,6 @@
 """Plan the decode-step benchmark's grid: one schedule JSON per point, named as decode_step.py
-looks them up (`{model}_b{batch}_c{context}.json`, `{model}_b{batch}_mixed.json`).
+looks them up (`decode_step_points.point_name`: `{model}_b{batch}_c{context}.json`,
+`{model}_b{batch}_mixed.json`).
 
 Runs wherever PuLP does (this CPU machine, or the GPU machine with the pulp wheel carried), so the
 GPU benchmark times exactly the schedules the planner chose for the profile named here.
@@ -15,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from decode_step import GRID, MIXED, context_lens_for  # noqa: E402
+from decode_step_points import context_lens_for, grid_points, point_name  # noqa: E402
 
 
 def main() -> int:
@@ -30,10 +31,9 @@ def main() -> int:
     extra = [tuple(int(v) for v in p.split("x")) for p in args.extra.split(",") if p]
     os.makedirs(args.out, exist_ok=True)
     for spec in args.models.split(","):
-        points = [(b, c, None) for b, c in GRID[spec] + extra] + [(MIXED[spec][0], None, MIXED[spec])]
-        for batch, context, mixed in points:
+        for batch, context, mixed in grid_points(spec, extra):
             lens = context_lens_for(batch, context, mixed)
-            name = f"{spec}_b{batch}_" + (f"c{context}" if mixed is None else "mixed")
+            name = point_name(spec, batch, context)
             try:
                 schedule = plan(spec, args.device, lens, time_limit_s=10)
             except Exception as exc:  # noqa: BLE001 - e.g. KV does not fit: say so, go on

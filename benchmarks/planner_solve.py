@@ -20,6 +20,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import record  # benchmarks/record.py
 from pipedecode.planner import build_problem, solve
 from pipedecode.planner.cost import CostModel
 from pipedecode.planner.ilp import build_split_lp
@@ -73,7 +74,8 @@ def run_case(device: str, solver: str, kind: str, switch: bool, repeats: int) ->
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [f"# Planner solve time: {REQUESTS} requests, {MODEL} (80 layers)", "",
-             f"Measured {meta['date']} on {meta['machine']} ({meta['cores']} cores), Python "
+             f"Measured {meta['date']} at commit {meta.get('commit', 'unknown')} on "
+             f"{meta['machine']} ({meta['cores']} cores), Python "
              f"{meta['python']}, pulp {meta['pulp']}, ortools {meta['ortools']}. Wall time of "
              f"build_problem + solve, median and max of {rows[0]['repeats']} runs (the first "
              f"run of a process includes imports). Target: under 2 s.", "",
@@ -105,7 +107,8 @@ def main() -> None:
             for solver in ("cbc", "ortools")
             for kind in ("uniform:128:4096", "normal:2048:768")
             for switch in (False, True)]
-    meta = {"date": datetime.date.today().isoformat(), "machine": _cpu(),
+    meta = {"date": datetime.date.today().isoformat(), "commit": record.git_commit(),
+            "machine": _cpu(),
             "cores": __import__("os").cpu_count(), "python": platform.python_version(),
             "pulp": version("pulp"), "ortools": version("ortools")}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,13 +20,16 @@ from pipedecode.models import check_model
 from pipedecode.profiles.schema import DeviceProfile
 
 
-def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEVICE,
+def compile(model: torch.nn.Module, *, device: str | DeviceProfile | None = DEFAULT_DEVICE,
             context_len: int | None = None, dynamic: bool | None = None) -> torch.nn.Module:
     """A copy of `model` whose forward runs as pipedecode stages; `generate` works as before.
 
     device: profile name ("h100", "h200", "a100", "rtx4090"), JSON path or DeviceProfile; it
-    decides which stages are compute- and which memory-bound. context_len: the live KV length
-    used for the cost annotations (default: the static buffer). dynamic: passed to
+    decides which stages are compute- and which memory-bound, and what the executor plans for.
+    The default None is the profile of the GPU this runs on (measured for h100/h200, else the
+    analytic one of its name, else ProfileError saying how to measure one with `pipedecode
+    profile`); on a CPU, the h100 profile (for the cost annotations). context_len: the live KV
+    length used for the cost annotations (default: the static buffer). dynamic: passed to
     torch.compile; the default None lets Dynamo make a dimension symbolic once it changes (new
     batch or prompt length) instead of recompiling each shape until its recompile limit sends
     calls back to eager. A symbolic graph is classified at the sizes of the call that compiled
@@ -56,7 +59,7 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile = DEFAULT_DEV
     compiled.pipedecode_stages = record
     compiled.pipedecode_runners = runners
     if next(model.parameters()).is_cuda:
-        _serve_generate_with_executor(compiled, model, device)
+        _serve_generate_with_executor(compiled, model, options.device)
     return compiled
 
 

@@ -21,16 +21,17 @@ import torch.fx
 from pipedecode.errors import PipedecodeError
 from pipedecode.profiles.schema import DeviceProfile
 
-DEFAULT_DEVICE = "h100"
+DEFAULT_DEVICE = None     # the profile of the GPU this runs on (h100 on a CPU)
 
 
-def resolve_device(device: str | DeviceProfile) -> DeviceProfile:
-    """A DeviceProfile from a profile object, a built-in name ("h100", ...) or a JSON path."""
+def resolve_device(device: str | DeviceProfile | None) -> DeviceProfile:
+    """A DeviceProfile from a profile object, a built-in name ("h100", ...), a JSON path, or None:
+    the profile of the GPU this runs on, the h100 profile on a CPU (`registry.resolve_profile`)."""
     if isinstance(device, DeviceProfile):
         return device
-    from pipedecode.profiles import load_profile   # lazy: keeps the backend import light
+    from pipedecode.profiles import resolve_profile   # lazy: keeps the backend import light
 
-    return load_profile(device)
+    return resolve_profile(device)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: BackendOpti
 
 def pipedecode_backend(gm: torch.fx.GraphModule, example_inputs, *,
                        options: dict[str, Any] | None = None) -> Callable:
-    """torch.compile backend. options: device (name, path or DeviceProfile; default "h100"),
+    """torch.compile backend. options: device (name, path or DeviceProfile; default: the profile
+    of the GPU this runs on, h100 on a CPU),
     context_len (live KV length for the cost annotations), record (a list to append the stages
     to), runners (a list to append what runs them, see BackendOptions), executor ("auto":
     decode steps on CUDA run on the executor; "always": on CPU too; "never": stages only)."""

@@ -11,48 +11,17 @@ Writes kernels_<gpu>.json and kernels_<gpu>.md under --out and prints the short 
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import sys
-import time
-
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sections  # noqa: E402  (benchmarks/kernels/sections.py)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=".")
-    parser.add_argument("--budget-s", type=float, default=420.0)
-    parser.add_argument("--only", default="", help="comma-separated section names")
-    args = parser.parse_args()
-    t0 = time.time()
-    from pipedecode.profiles.measure import CudaTimer, device_name
-
-    props = torch.cuda.get_device_properties(0)
-    gpu = device_name(props.name)
-    results = {"gpu": props.name, "date": datetime.date.today().isoformat(),
-               "torch": torch.__version__, "errors": {}}
-    try:
-        import triton
-        results["triton"] = triton.__version__
-    except ImportError:
-        results["triton"] = None
-    timer = CudaTimer(reps=12, warmup=3)
-    ctx = sections.Context(timer=timer, results=results, F=F, deadline=t0 + args.budget_s)
-    chosen = [s for s in sections.ORDER if not args.only or s in args.only.split(",")]
-    sections.run_sections(ctx, chosen, {n: getattr(sections, n) for n in chosen},
-                          os.path.join(args.out, f"kernels_{gpu}.json"))
-    markdown = sections.markdown(results)
-    with open(os.path.join(args.out, f"kernels_{gpu}.md"), "w") as fh:
-        fh.write(markdown)
-    print(markdown)
-    print(f"total {time.time() - t0:.0f} s; errors in: {list(results['errors'])}")
-    return 0
+    return sections.run_benchmark("kernels", __doc__.splitlines()[0],
+                                  {n: getattr(sections, n) for n in sections.ORDER},
+                                  sections.markdown, budget_s=420.0, reps=12)
 
 
 if __name__ == "__main__":

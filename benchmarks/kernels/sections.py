@@ -1,21 +1,28 @@
-"""The sections of run_all.py: each takes a Context and returns a JSON-able dict."""
+"""The sections of run_all.py: each takes a Context and returns a JSON-able dict; and the main
+loop of run_all.py and attention_tuning.py (`run_benchmark`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, replace
 
 import torch
 
-from pipedecode.models import model_shape
-from pipedecode.profiles.measure import rotations
-from pipedecode.runtime import kernels, partitions
-from pipedecode.runtime.kernels import reference
-from pipedecode.runtime.kernels._attention import AttentionConfig
-from pipedecode.runtime.kernels.tiling import MatmulConfig, TILES, choose_config
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import record  # noqa: E402  (benchmarks/record.py)
+
+from pipedecode.models import model_shape  # noqa: E402
+from pipedecode.runtime import kernels, partitions  # noqa: E402
+from pipedecode.runtime.timing import l2_bytes, rotations  # noqa: E402
+from pipedecode.runtime.kernels import reference  # noqa: E402
+from pipedecode.runtime.kernels._attention import AttentionConfig  # noqa: E402
+from pipedecode.runtime.kernels.tiling import MatmulConfig, TILES, choose_config  # noqa: E402
 
 ORDER = ("env_partitions", "correctness", "bandwidth", "attention_sweep", "attention", "linear",
          "gate_up", "linear_sweep")
@@ -176,6 +183,34 @@ ATTN_SHAPES = {"llama3-8b b256 c1024": (256, 32, 8, 128, 1024, False),
                "llama3-70b b64 c2048": (64, 64, 8, 128, 2048, False)}
 
 
+def run_benchmark(benchmark: str, description: str, functions: dict, render, *,
+                  budget_s: float, reps: int) -> int:
+    """Parse --out/--budget-s/--only, run the named sections (`functions`, in order) on a
+    `CudaTimer`, and write <out>/<benchmark>_<gpu>.json and .md (`render(results)`)."""
+    import torch.nn.functional as F
+
+    from pipedecode.runtime.profile_gpu import CudaTimer
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=record.RESULTS)
+    parser.add_argument("--budget-s", type=float, default=budget_s)
+    parser.add_argument("--only", default="", help="comma-separated section names")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print(f"{benchmark}: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    results = {**record.environment(), "errors": {}}
+    os.makedirs(args.out, exist_ok=True)
+    ctx = Context(timer=CudaTimer(reps=reps, warmup=3), results=results, F=F,
+                  deadline=t0 + args.budget_s)
+    names = [n for n in functions if not args.only or n in args.only.split(",")]
+    run_sections(ctx, names, functions, record.stem(args.out, benchmark, results) + ".json")
+    record.publish(args.out, benchmark, results, render(results))
+    print(f"total {time.time() - t0:.0f} s; errors in: {list(results['errors'])}")
+    return 0
+
+
 def run_sections(ctx, names, functions, json_path: str) -> None:
     """Run each named section into ctx.results (a failure is recorded, the rest go on; none
     starts after ctx.deadline), saving the JSON after each."""
@@ -221,12 +256,8 @@ def attention(ctx):
 
 
 def _gemm_sets(m, n, k):
-    copies = rotations((m * k + n * k + m * n) * 2, ctx_l2())
+    copies = rotations((m * k + n * k + m * n) * 2, l2_bytes())
     return [(_randn(m, k), _randn(n, k, scale=k ** -0.5), _randn(m, n)) for _ in range(copies)]
-
-
-def ctx_l2():
-    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2 ** 20))
 
 
 def _gemm_us(ctx, sets, sms, impl, config=None):

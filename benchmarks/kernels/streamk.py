@@ -2,7 +2,7 @@
 partitions and all SMs.
 
 One device call: `PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python benchmarks/kernels/streamk.py
---out $OUT`. Partitions are real green contexts (`profiles.measure.CudaTimer`, driver route);
+--out $OUT`. Partitions are real green contexts (`runtime.profile_gpu.CudaTimer`, driver route);
 the kernels get the granted SM count as their grid. Sections, each guarded and stopped once the
 time budget is spent: GPU correctness of the split tail (fresh inputs, NaN-poisoned outputs,
 three launches each), then per (shape, tokens) and SM count: cuBLAS, the chooser without the
@@ -15,7 +15,6 @@ kernels_streamk_<gpu>.json under --out after every point; streamk_report.py rend
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -25,12 +24,15 @@ from dataclasses import asdict
 
 import torch
 
-from pipedecode.models import model_shape
-from pipedecode.profiles.measure import CudaTimer, device_name, rotations
-from pipedecode.runtime import kernels
-from pipedecode.runtime.kernels import _matmul, reference
-from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES, MatmulConfig,
-                                               choose_config, tail_plan)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import record  # noqa: E402  (benchmarks/record.py)
+from pipedecode.models import model_shape  # noqa: E402
+from pipedecode.runtime import kernels  # noqa: E402
+from pipedecode.runtime.kernels import _matmul, reference  # noqa: E402
+from pipedecode.runtime.kernels.tiling import (PAIR_TILES, TAIL_SPLITS, TILES,  # noqa: E402
+                                               MatmulConfig, choose_config, tail_plan)
+from pipedecode.runtime.profile_gpu import CudaTimer  # noqa: E402
+from pipedecode.runtime.timing import rotations  # noqa: E402
 
 SHAPES = (("llama-3-8b", "o_proj"), ("llama-3-8b", "down_proj"), ("llama-3-8b", "qkv_proj"),
           ("llama-2-7b", "down_proj"))
@@ -152,20 +154,18 @@ def point(timer, label, n, k, m, pair=False):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=".")
+    parser.add_argument("--out", default=record.RESULTS)
     parser.add_argument("--budget-s", type=float, default=240.0)
     args = parser.parse_args()
     t0 = time.time()
     deadline = t0 + args.budget_s
     timer = CudaTimer(reps=10, warmup=3)
-    import triton
-
     props = torch.cuda.get_device_properties(0)
-    res = {"gpu": props.name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-           "triton": triton.__version__, "partition_route": timer.route,
+    res = {**record.environment(props.name), "partition_route": timer.route,
            "granted": {s: timer.granted_sms(s) for s in (timer.total,) + PART_SMS},
            "errors": {}, "points": []}
-    path = os.path.join(args.out, f"kernels_streamk_{device_name(props.name)}.json")
+    os.makedirs(args.out, exist_ok=True)
+    path = record.stem(args.out, "kernels_streamk", res) + ".json"
 
     def save():
         with open(path, "w") as fh:
@@ -198,7 +198,7 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from streamk_report import render  # benchmarks/kernels/streamk_report.py
 
-    print(render(res))
+    record.publish(args.out, "kernels_streamk", res, render(res))
     print(f"total {time.time() - t0:.0f} s; errors in: {list(res['errors'])}")
     return 0
 

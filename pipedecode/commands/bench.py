@@ -1,6 +1,7 @@
 """`pipedecode bench`: the decode-step benchmark (benchmarks/decode_step.py) on this GPU.
 
-Thin wrapper: finds the benchmark script in the source checkout and passes the options through.
+Thin wrapper: finds the benchmark script in the source checkout and passes on the options given
+(the script owns their defaults; its diagnostics are `python benchmarks/decode_step.py --help`).
 Knows nothing of how the benchmark measures.
 """
 
@@ -9,24 +10,39 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 
 from pipedecode.errors import PipedecodeError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="decode-step benchmark: transformers vs pipedecode (needs a CUDA GPU)")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for JSON + markdown")
-    parser.add_argument("--models", default="llama-3-8b,llama-2-7b")
-    parser.add_argument("--points", default="", help="only these, e.g. 64x512,256x1024,mixed")
-    parser.add_argument("--splits", default="32,48,64", help="memory-partition SM counts to try")
-    parser.add_argument("--schedules", default=None, help="folder of planner schedule JSONs")
-    parser.add_argument("--hf-eager", action="store_true", help="also time transformers eager")
-    parser.add_argument("--compile-points", default="", help="e.g. llama-3-8b:64x1024")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--triton-seq", action="store_true",
-                        help="also time sequential with the Triton matmul (diagnostic)")
+        "bench", help="decode-step benchmark: transformers vs pipedecode (needs a CUDA GPU)",
+        description="Runs benchmarks/decode_step.py; writes decode_step_<gpu>.json and .md. "
+                    "Options not given take the script's defaults.")
+    for option, help_text in _OPTIONS.items():
+        parser.add_argument(option, default=None, help=help_text)
+    for flag, help_text in _FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     parser.set_defaults(func=_run)
+
+
+_OPTIONS = {"--out": "folder for the JSON and markdown (default benchmarks/results)",
+            "--models": "e.g. llama-3-8b,llama-2-7b", "--points": "e.g. 64x512,256x1024,mixed",
+            "--splits": "memory-partition SM counts to try, e.g. 40,48,64",
+            "--schedules": "folder of planner schedule JSONs (benchmarks/plan_grid.py)",
+            "--compile-points": "transformers StaticCache+compile points, e.g. llama-3-8b:64x1024"}
+_FLAGS = {"--hf-eager": "also time transformers eager",
+          "--triton-seq": "also time sequential with the Triton matmul (diagnostic)"}
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The options given, in the script's spelling."""
+    argv = []
+    for option in _OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        argv += [option, value] if value is not None else []
+    return argv + [flag for flag in _FLAGS if getattr(args, flag[2:].replace("-", "_"))]
 
 
 def _script() -> str:
@@ -43,15 +59,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if not torch.cuda.is_available():
         raise PipedecodeError("pipedecode bench needs a CUDA GPU; none is visible here")
-    spec = importlib.util.spec_from_file_location("pipedecode_decode_step", _script())
+    path = _script()
+    sys.path.insert(0, os.path.dirname(path))      # the script imports its sibling modules
+    spec = importlib.util.spec_from_file_location("decode_step", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    argv = ["--out", args.out, "--models", args.models, "--splits", args.splits,
-            "--points", args.points, "--compile-points", args.compile_points, "--tag", args.tag]
-    if args.schedules:
-        argv += ["--schedules", args.schedules]
-    if args.hf_eager:
-        argv.append("--hf-eager")
-    if args.triton_seq:
-        argv.append("--triton-seq")
-    return module.main(argv)
+    return module.main(_argv(args))

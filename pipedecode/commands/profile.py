@@ -1,9 +1,10 @@
 """`pipedecode profile --out FILE [--quick] [--name NAME]`: measure this GPU's device profile.
 
-Runs `pipedecode.profiles.measure` on the CUDA GPU it finds (pipedecode's own kernels on
-green-context partitions) with a progress bar, and writes the profile JSON the planner reads
-(`pipedecode plan --device FILE`, or ship it as pipedecode/profiles/data/<name>.json).
-Without a CUDA GPU it stops with a one-line error.
+Builds the profile (`profiles.measure.build_profile`) from the GPU timer of the runtime
+(`runtime.profile_gpu.CudaTimer`: pipedecode's own kernels on green-context partitions) with a
+progress bar, and writes the profile JSON the planner reads (`pipedecode plan --device FILE`, or
+ship it as pipedecode/profiles/data/<name>.json). Without a CUDA GPU it stops with a one-line
+error.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such directory for --out: {folder}")
     from tqdm import tqdm
 
-    timer = measure.CudaTimer(device_index=args.device)
+    from pipedecode.runtime.profile_gpu import CudaTimer
+
+    timer = CudaTimer(device_index=args.device)
     facts = timer.facts()
     if args.name:
         facts = dataclasses.replace(facts, name=args.name)

@@ -1,11 +1,12 @@
 """FLOPs and bytes moved of one torch-IR node, from the shapes TorchDynamo recorded.
 
-Owns the per-op counting rules: linear layers, scaled-dot-product attention (KV bytes at the
-live context length, not the static buffer), KV-cache writes, embedding gathers, free layout
-ops and a generic elementwise rule that counts each node as its own unfused kernel (an upper
-bound on the bytes of norms and RoPE, which a fused kernel reads once). Knows nothing of
-devices, rooflines or stages: it only counts. Shapes come from `node.meta["example_value"]`
-(Dynamo) or `node.meta["tensor_meta"]` (torch.fx ShapeProp).
+Owns which counting rule of `pipedecode.counts` a node gets, and the sizes it passes: linear
+layers, scaled-dot-product attention (KV bytes at the live context length, not the static
+buffer), KV-cache writes, embedding gathers, free layout ops, and the elementwise rule for
+everything else, each node its own unfused kernel (an upper bound on the bytes of norms and
+RoPE, which a fused kernel reads once). Knows nothing of devices, rooflines or stages, and holds
+no formula of its own. Shapes come from `node.meta["example_value"]` (Dynamo) or
+`node.meta["tensor_meta"]` (torch.fx ShapeProp).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
+
+from pipedecode import counts
 
 LINEAR_TARGETS = (torch._C._nn.linear, torch.nn.functional.linear)
 ATTENTION_TARGETS = (torch.nn.functional.scaled_dot_product_attention,)
@@ -123,10 +126,8 @@ def linear_cost(node: torch.fx.Node) -> OpCost:
         n, k = tensor_info(node.args[1]).shape
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         has_bias = isinstance(bias, torch.fx.Node)
-    m = out.numel // n
-    flops = 2 * m * n * k + (m * n if has_bias else 0)
-    elems = m * k + n * k + m * n + (n if has_bias else 0)
-    return OpCost("linear", flops, elems * out.elem_bytes)
+    c = counts.gemm(out.numel // n, n, k, out.elem_bytes, bias=has_bias)
+    return OpCost("linear", c.flops, c.bytes_moved)
 
 
 def attention_cost(node: torch.fx.Node, context_len: int | None) -> OpCost:
@@ -136,20 +137,20 @@ def attention_cost(node: torch.fx.Node, context_len: int | None) -> OpCost:
     view of kv_heads (repeat_kv); bytes count K and V once per kv head at c = min(context, L),
     q and the output once, and the mask over the live columns only.
     """
-    q, out = tensor_info(node.args[0]), tensor_info(node)
+    q = tensor_info(node.args[0])      # the output has q's shape and dtype
     key = node.args[1] if len(node.args) > 1 else node.kwargs["key"]
     b, h, q_len, d = q.shape
     buffer_len = tensor_info(key).shape[-2]
     live = buffer_len if context_len is None else min(context_len, buffer_len)
     root = tensor_info(layout_root(key))
     kv_heads = root.shape[1] if root is not None and len(root.shape) == 4 else h
-    flops = 4 * b * h * q_len * live * d
-    bytes_moved = (2 * b * kv_heads * live * d + b * h * q_len * d) * q.elem_bytes + out.nbytes
+    c = counts.attention(b * q_len, b * live, b * q_len * live, h, kv_heads, d, q.elem_bytes)
+    bytes_moved = c.bytes_moved
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     mask_info = tensor_info(mask)
     if mask_info is not None:
         bytes_moved += mask_info.nbytes * live // max(mask_info.shape[-1], 1)
-    return OpCost("attention", flops, bytes_moved)
+    return OpCost("attention", c.flops, bytes_moved)
 
 
 def write_cost(node: torch.fx.Node) -> OpCost:
@@ -157,16 +158,16 @@ def write_cost(node: torch.fx.Node) -> OpCost:
     infos = _tensor_args(node)
     rows = infos[-1] if len(infos) > 1 else infos[0]
     index_bytes = sum(i.nbytes for i in infos[1:-1])
-    return OpCost("kv_write", 0, 2 * rows.nbytes + index_bytes)
+    return OpCost("kv_write", 0, counts.copy(rows.nbytes).bytes_moved + index_bytes)
 
 
 def elementwise_cost(node: torch.fx.Node) -> OpCost:
-    """One FLOP per element of the larger of inputs and output; each tensor read/written once."""
+    """`counts.elementwise` over the node's tensor inputs and its output."""
     ins, out = _tensor_args(node), tensor_info(node)
     if out is None:
         return OpCost("other", 0, 0)
-    flops = max([out.numel] + [i.numel for i in ins])
-    return OpCost("elementwise", flops, out.nbytes + sum(i.nbytes for i in ins))
+    c = counts.elementwise([(i.numel, i.nbytes) for i in ins], (out.numel, out.nbytes))
+    return OpCost("elementwise", c.flops, c.bytes_moved)
 
 
 def node_cost(node: torch.fx.Node, *, context_len: int | None, kv_buffers: set) -> OpCost:
@@ -182,9 +183,9 @@ def node_cost(node: torch.fx.Node, *, context_len: int | None, kv_buffers: set) 
     if is_layout(node):
         role = "kv_view" if layout_root(node) in kv_buffers else "layout"
         return OpCost(role, 0, 0)
-    if node.target in EMBEDDING_TARGETS:
-        out = tensor_info(node)
-        return OpCost("embedding", 0, 2 * out.nbytes + tensor_info(node.args[0]).nbytes)
+    if node.target in EMBEDDING_TARGETS:       # a gather of rows, plus the ids read
+        gathered = counts.copy(tensor_info(node).nbytes).bytes_moved
+        return OpCost("embedding", 0, gathered + tensor_info(node.args[0]).nbytes)
     return elementwise_cost(node)
 
 

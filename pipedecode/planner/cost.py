@@ -2,18 +2,16 @@
 
 Owns how a decoder layer's three stages cost on n SMs, how two concurrent sides combine (the
 co-run slowdown and the shared-HBM floor), and the sequential and interleaved step times.
-Knows nothing of solvers or files; latencies come from `pipedecode.profiles.latency`.
-
-Stages of one layer for a micro-batch of `tokens` requests holding `kv_tokens` of context:
-  pre_attn   input RMSNorm, fused QKV GEMM, RoPE
-  attention  KV-cache write and decode attention
-  post_attn  o_proj GEMM, residual add + RMSNorm, gate_up GEMM, SiLU*mul, down GEMM, residual add
+Knows nothing of solvers or files, and counts nothing itself: what each stage runs (its GEMMs,
+FLOPs and bytes) comes from `pipedecode.counts`, the latency of each op from
+`pipedecode.profiles.latency`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipedecode import counts
 from pipedecode.models import ModelShape
 from pipedecode.profiles.latency import (attention_latency_us, bandwidth_bytes_per_s,
                                          corun_us, gemm_latency_us)
@@ -27,48 +25,36 @@ class CostModel:
     model: ModelShape
     profile: DeviceProfile
 
-    # ---- bytes and FLOPs (exact, per layer) -------------------------------------------
-    def _elementwise_bytes(self, tokens: float) -> tuple[float, float]:
-        m, b = self.model, self.model.dtype_bytes
-        q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-        pre = tokens * b * (2 * m.hidden_size + 2 * (q + kv))            # norm, rope on q and k
-        post = tokens * b * (6 * m.hidden_size + 3 * m.intermediate_size)  # 2 residuals+norm, act
-        return pre, post
-
+    # ---- bytes and FLOPs (counted in `pipedecode.counts`, per layer) ---------------------
     def linear_bytes(self, tokens: float) -> float:
         """Bytes pre_attn + post_attn move: weights once, activations per token."""
-        gemm = sum(s.n * s.k + tokens * (s.n + s.k) for s in self.model.linears())
-        return gemm * self.model.dtype_bytes + sum(self._elementwise_bytes(tokens))
+        return (counts.pre_attn(self.model, tokens).counts()
+                + counts.post_attn(self.model, tokens).counts()).bytes_moved
 
     def attention_bytes(self, tokens: float, kv_tokens: float) -> float:
-        m = self.model
-        kv_row = 2 * m.num_kv_heads * m.head_dim * m.dtype_bytes          # K and V of one token
-        q_row = 2 * m.num_heads * m.head_dim * m.dtype_bytes              # q read, o written
-        return kv_tokens * kv_row + tokens * (kv_row + q_row)
+        return counts.attention_stage(self.model, tokens, kv_tokens).counts().bytes_moved
 
     def flops(self, tokens: float, kv_tokens: float) -> float:
-        m = self.model
-        linear = 2 * tokens * sum(s.n * s.k for s in m.linears())
-        return linear + 4 * kv_tokens * m.num_heads * m.head_dim
+        return counts.layer(self.model, tokens, kv_tokens).flops
 
     # ---- latencies on a partition of sm_count SMs ---------------------------------------
-    def _gemm(self, name: str, tokens: float, sm_count: float) -> float:
-        shape = next(s for s in self.model.linears() if s.name == name)
-        return gemm_latency_us(self.profile, tokens, shape.n, shape.k, sm_count)
-
     def _elementwise_us(self, bytes_moved: float, kernels: int, sm_count: float) -> float:
         bw = bandwidth_bytes_per_s(self.profile, sm_count)
         return bytes_moved / bw * 1e6 + kernels * self.profile.launch_overhead_us
 
+    def _stage_us(self, work: counts.StageWork, sm_count: float) -> float:
+        """The stage's GEMMs (`gemm_latency_us`) and its other kernels at the partition's
+        bandwidth, each paying one launch."""
+        gemms = sum(gemm_latency_us(self.profile, work.tokens, s.n, s.k, sm_count)
+                    for s in work.gemms)
+        return gemms + self._elementwise_us(work.elementwise_bytes, work.elementwise_kernels,
+                                            sm_count)
+
     def pre_attn_us(self, tokens: float, sm_count: float) -> float:
-        pre, _ = self._elementwise_bytes(tokens)
-        return self._gemm("qkv_proj", tokens, sm_count) + self._elementwise_us(pre, 2, sm_count)
+        return self._stage_us(counts.pre_attn(self.model, tokens), sm_count)
 
     def post_attn_us(self, tokens: float, sm_count: float) -> float:
-        _, post = self._elementwise_bytes(tokens)
-        gemms = sum(self._gemm(name, tokens, sm_count)
-                    for name in ("o_proj", "gate_up_proj", "down_proj"))
-        return gemms + self._elementwise_us(post, 3, sm_count)
+        return self._stage_us(counts.post_attn(self.model, tokens), sm_count)
 
     def linear_us(self, tokens: float, sm_count: float) -> float:
         """post_attn then pre_attn of one micro-batch: the compute side of a phase."""
@@ -79,15 +65,14 @@ class CostModel:
         if tokens <= 0:
             return 0.0
         m = self.model
-        write = self._elementwise_us(tokens * 2 * m.num_kv_heads * m.head_dim * m.dtype_bytes,
-                                     1, sm_count)
-        return write + attention_latency_us(self.profile, tokens, kv_tokens / tokens, m.num_heads,
-                                            m.num_kv_heads, m.head_dim, sm_count)
+        return self._stage_us(counts.attention_stage(m, tokens, kv_tokens), sm_count) \
+            + attention_latency_us(self.profile, tokens, kv_tokens / tokens, m.num_heads,
+                                   m.num_kv_heads, m.head_dim, sm_count)
 
     def head_us(self, tokens: float) -> float:
         """Final norm and LM head on all SMs (the same in every mode)."""
         sms, m = self.profile.sm_count, self.model
-        norm = self._elementwise_us(tokens * 2 * m.hidden_size * m.dtype_bytes, 1, sms)
+        norm = self._elementwise_us(counts.head_norm_bytes(m, tokens), 1, sms)
         return norm + gemm_latency_us(self.profile, tokens, m.vocab_size, m.hidden_size, sms)
 
     # ---- phases and steps -------------------------------------------------------------
@@ -141,18 +126,15 @@ class CostModel:
         if not prompt_lens:
             return 0.0
         m, p, sms = self.model, self.profile, self.profile.sm_count
-        tokens = sum(prompt_lens)
-        attn_flops = sum(2 * n * n for n in prompt_lens) * m.num_heads * m.head_dim  # causal
-        attn_bytes = self.attention_bytes(tokens, tokens)
-        attn_us = max(attn_flops / p.peak_flops_per_s, attn_bytes / p.hbm_bytes_per_s) * 1e6
-        layer = self.linear_us(tokens, sms) + attn_us + p.launch_overhead_us
+        attn_us = self.floor_us(counts.prefill_attention(m, prompt_lens))
+        layer = self.linear_us(sum(prompt_lens), sms) + attn_us + p.launch_overhead_us
         return m.num_layers * layer + self.head_us(len(prompt_lens))
 
+    def floor_us(self, work: counts.Counts) -> float:
+        """max(FLOPs / peak, bytes / bandwidth) of `work` on the whole chip."""
+        p = self.profile
+        return max(work.flops / p.peak_flops_per_s, work.bytes_moved / p.hbm_bytes_per_s) * 1e6
+
     def roofline_floor_us(self, tokens: float, kv_tokens: float) -> float:
-        """max(FLOPs / peak, bytes / bandwidth) of the whole step, weights read once."""
-        m, p = self.model, self.profile
-        head = m.vocab_size * m.hidden_size
-        flops = m.num_layers * self.flops(tokens, kv_tokens) + 2 * tokens * head
-        layer_bytes = self.linear_bytes(tokens) + self.attention_bytes(tokens, kv_tokens)
-        moved = m.num_layers * layer_bytes + head * m.dtype_bytes
-        return max(flops / p.peak_flops_per_s, moved / p.hbm_bytes_per_s) * 1e6
+        """The floor of the whole step (`counts.step`: weights read once)."""
+        return self.floor_us(counts.step(self.model, tokens, kv_tokens))

@@ -1,7 +1,10 @@
 """Latency of one op on a partition of n SMs, read from a DeviceProfile.
 
-Owns the interpolation rule and the analytic fallback. Knows nothing of models, stages or
-schedules: callers pass GEMM shapes and attention sizes.
+Owns the interpolation rule and the analytic model: the one model of how long a GEMM takes on a
+partition (`wave_compute_s`, the rates read from the profile), which the planner prices stages
+with and the persistent matmul's tile chooser (`runtime/kernels/tiling.py`) compares its
+candidates with. Knows nothing of models, stages or schedules: callers pass GEMM shapes and
+attention sizes; FLOPs and bytes are counted in `pipedecode.counts`.
 
 Interpolation rule (the same for GEMMs and attention):
   1. take the table points of the same shape: (n, k) for a GEMM; (num_heads, num_kv_heads,
@@ -14,8 +17,10 @@ Interpolation rule (the same for GEMMs and attention):
   the measurement).
 
 Analytic model: an op takes max(flops / compute rate, bytes / bandwidth) + launch overhead,
-where a partition of s SMs computes at peak * s / sm_count (times a wave-quantization efficiency
-for GEMMs with few output tiles) and streams at `bandwidth_bytes_per_s(profile, s)`.
+where a partition of s SMs computes at peak * s / sm_count and streams at
+`bandwidth_bytes_per_s(profile, s)`. A GEMM's compute runs in waves: its output tiles are dealt
+to the s SMs, ceil(tiles / s) waves of one tile each at the per-SM rate, so a GEMM of few tiles
+leaves SMs idle (wave quantization).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import math
 from bisect import bisect_left
 from typing import Callable
 
+from pipedecode import counts
 from pipedecode.profiles.schema import DeviceProfile
 
 GEMM_TILE = 128        # output tile edge (tokens and n) used for wave quantization
@@ -99,17 +105,28 @@ def corun_slowdown(profile: DeviceProfile, memory_sms: float) -> float:
                                    memory_sms))
 
 
+def flops_per_sm(profile: DeviceProfile) -> float:
+    """The dense bf16 matrix rate of one SM."""
+    return profile.peak_flops_per_s / profile.sm_count
+
+
+def wave_compute_s(profile: DeviceProfile, units: float, unit_flops: float, sm_count: float,
+                   efficiency: float = 1.0) -> float:
+    """Seconds to compute `units` work units of `unit_flops` each on `sm_count` SMs: ceil(units
+    / sm_count) waves, each one unit per SM at the per-SM rate times `efficiency` (how close a
+    tile shape comes to the tensor cores' peak)."""
+    return math.ceil(units / sm_count) * unit_flops / (flops_per_sm(profile) * efficiency)
+
+
 def analytic_gemm_us(profile: DeviceProfile, tokens: float, n: int, k: int,
                      sm_count: float, dtype_bytes: int = 2) -> float:
-    """Roofline latency of y[tokens, n] = x @ w^T with wave quantization over output tiles."""
-    flops = 2.0 * tokens * n * k
-    bytes_moved = dtype_bytes * (n * k + tokens * k + tokens * n)
+    """Roofline latency of y[tokens, n] = x @ w^T in waves of GEMM_TILE x GEMM_TILE output
+    tiles (each tile's share of the FLOPs)."""
+    work = counts.gemm(tokens, n, k, dtype_bytes)
     tiles = math.ceil(max(tokens, 1) / GEMM_TILE) * math.ceil(n / GEMM_TILE)
-    waves = math.ceil(tiles / sm_count)
-    efficiency = tiles / (waves * sm_count)
-    rate = profile.peak_flops_per_s * sm_count / profile.sm_count * efficiency
     busy_sms = min(sm_count, tiles)
-    seconds = max(flops / rate, bytes_moved / bandwidth_bytes_per_s(profile, busy_sms))
+    seconds = max(wave_compute_s(profile, tiles, work.flops / tiles, sm_count),
+                  work.bytes_moved / bandwidth_bytes_per_s(profile, busy_sms))
     return seconds * 1e6 + profile.launch_overhead_us
 
 
@@ -118,10 +135,10 @@ def analytic_attention_us(profile: DeviceProfile, batch: float, context_len: flo
                           sm_count: float, dtype_bytes: int = 2) -> float:
     """Decode attention: every sequence reads its K and V once; one query token each."""
     kv_tokens = batch * context_len
-    bytes_moved = dtype_bytes * head_dim * (2 * kv_tokens * num_kv_heads + 2 * batch * num_heads)
-    flops = 4.0 * kv_tokens * num_heads * head_dim
-    rate = profile.peak_flops_per_s * sm_count / profile.sm_count
-    seconds = max(flops / rate, bytes_moved / bandwidth_bytes_per_s(profile, sm_count))
+    work = counts.attention(batch, kv_tokens, kv_tokens, num_heads, num_kv_heads, head_dim,
+                            dtype_bytes)
+    rate = flops_per_sm(profile) * sm_count
+    seconds = max(work.flops / rate, work.bytes_moved / bandwidth_bytes_per_s(profile, sm_count))
     return seconds * 1e6 + profile.launch_overhead_us
 
 

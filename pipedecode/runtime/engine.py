@@ -97,18 +97,23 @@ def build_executor(model_or_weights, *, batch_size: int, max_context: int, sched
                     autotune=autotune)
 
 
-def plan_for(model, context_lens: Sequence[int], device: str = "h100"):
+def plan_for(model, context_lens: Sequence[int], device=None):
     """(schedule, reason): the planner's schedule for these requests, or (None, why not) where
-    planning is impossible here (no GPU to run it on, no solver installed, no feasible plan)."""
+    planning is impossible here (no GPU to run it on, no solver installed, no feasible plan).
+    device: a profile name, JSON path or DeviceProfile; None plans for the GPU this runs on
+    (`registry.local_profile`), and a GPU no profile describes raises ProfileError saying how
+    to measure one."""
+    from pipedecode.profiles.registry import resolve_profile
     from pipedecode.runtime.weights import PackedWeights
 
     if not torch.cuda.is_available():
         return None, None
+    profile = resolve_profile(device)
     try:
         from pipedecode.planner import plan
 
         spec = model.shape if isinstance(model, PackedWeights) else model
-        return plan(spec, device, list(context_lens)), None
+        return plan(spec, profile, list(context_lens)), None
     except Exception as exc:  # noqa: BLE001 - planning is an optimisation, never required
         return None, f"no schedule ({type(exc).__name__}: {exc}); running sequentially"
 
@@ -126,7 +131,7 @@ def reusable(executor: Executor | None, schedule, batch_size: int, max_context: 
 
 
 def plan_and_build(model, *, context_lens: Sequence[int], max_context: int,
-                   device: str = "h100", schedule=None) -> Executor:
+                   device=None, schedule=None) -> Executor:
     """Plan for these requests (unless a schedule is given) and build the executor with the
     measured guard; sequential where planning is impossible here, `fallback_reason` saying why."""
     reason = None

@@ -30,6 +30,7 @@ from pipedecode.runtime.program import (COMPUTE, Op, RowLayout, Slot, build_prog
                                         pattern_mismatch, serial_order, stage_partitions)
 from pipedecode.runtime.step import DecodeStep
 from pipedecode.runtime.stream_flags import EventSync, StreamFlags
+from pipedecode.runtime.timing import capture, replay_together, time_us
 from pipedecode.runtime.weights import PackedWeights
 
 
@@ -60,21 +61,6 @@ def layout_of(schedule: Any, batch_size: int) -> RowLayout:
 
 
 GRAPH_MODES = ("one", "per_partition")   # the first is the default
-
-
-def _replay_us(replay, replays: int) -> float:
-    """Median time of replay() (CUDA events); replays rewrite the same KV positions, so no state
-    moves."""
-    replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    return sorted(times)[len(times) // 2]
 
 
 class Executor:
@@ -229,14 +215,8 @@ class Executor:
     def _replay(self) -> None:
         if self._side_graphs is None:
             self._graph.replay()
-            return
-        main = torch.cuda.current_stream()
-        for graph, stream in self._side_graphs:
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
-                graph.replay()
-        for _, stream in self._side_graphs:
-            main.wait_stream(stream)
+        else:
+            replay_together(self._side_graphs)
 
     @property
     def captured(self) -> bool:
@@ -262,14 +242,11 @@ class Executor:
         return self.step.logits
 
     def _choose_by_measurement(self, replays: int = 4) -> None:
-        """Keep the interleaved graph only if it beats sequential on this GPU, inputs and batch."""
-        sequential = torch.cuda.CUDAGraph()
-        self.step.run_sequential()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(sequential):
-            self.step.run_sequential()
-        inter_us = _replay_us(self._replay, replays)
-        seq_us = _replay_us(sequential.replay, replays)
+        """Keep the interleaved graph only if it beats sequential on this GPU, inputs and batch.
+        Replays rewrite the same KV positions, so timing them moves no state."""
+        sequential = capture(self.step.run_sequential)
+        inter_us = time_us(self._replay, repeats=replays)
+        seq_us = time_us(sequential.replay, repeats=replays)
         self.measured_us = {"interleaved": inter_us, "sequential": seq_us}
         if inter_us >= seq_us:
             self.mode, self._graph, self._side_graphs = "sequential", sequential, None

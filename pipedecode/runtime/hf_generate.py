@@ -28,9 +28,10 @@ _SERVED = {"attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "n
 class ExecutorGenerate:
     """`generate` for one transformers model through pipedecode's executor (GPU only)."""
 
-    def __init__(self, model: torch.nn.Module, *, device: Any = "h100",
+    def __init__(self, model: torch.nn.Module, *, device: Any = None,
                  cuda_only: bool = True) -> None:
-        """device: the profile to plan for. cuda_only=False also serves CPU tensors (tests)."""
+        """device: the profile to plan for (name, JSON path or DeviceProfile; None: the GPU this
+        runs on, see `engine.plan_for`). cuda_only=False also serves CPU tensors (tests)."""
         self.model, self.device, self.cuda_only = model, device, cuda_only
         self._weights = None
         self.last_executor = None         # the executor of the latest call (mode, fallback)

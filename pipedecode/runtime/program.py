@@ -4,7 +4,9 @@ Owns `RowLayout` (the permutation that makes every micro-batch a contiguous row 
 static buffers) and `build_program`, which turns (micro-batches, layers, stage placement) into
 slots: in each slot one micro-batch's attention runs on the memory partition while the next
 compute group (post_attn of layer l-1 + pre_attn of layer l of another micro-batch) runs on the
-compute partition. Pure Python: knows nothing of tensors, streams or GPUs.
+compute partition. `dependency_graph` is the program's dependency DAG (networkx): which op must
+finish before which, within a partition's stream and across the two; `serial_order` is a
+topological order of it. Pure Python: knows nothing of tensors, streams or GPUs.
 """
 
 from __future__ import annotations
@@ -114,14 +116,51 @@ def build_program(num_micro_batches: int, num_layers: int) -> tuple[Slot, ...]:
     return tuple(slots)
 
 
-def serial_order(program: Sequence[Slot]) -> list[Op]:
-    """The program on one stream: each slot's attention first, then its compute group."""
+def issue_order(program: Sequence[Slot]) -> list[Op]:
+    """The order the executor issues the program's ops: slot by slot, each slot's attention first,
+    then its compute group (so every event is recorded before it is waited on)."""
     ops: list[Op] = []
     for slot in program:
         if slot.memory is not None:
             ops.append(slot.memory)
         ops.extend(slot.compute)
     return ops
+
+
+def dependency_graph(program: Sequence[Slot]):
+    """The program's ops as a networkx DiGraph, an edge u -> v where v must wait for u.
+
+    Edge attribute `kind`: "ready" (attention(l, m) needs pre_attn(l, m)'s q, k and v), "done"
+    (post_attn(l, m) needs attention(l, m)'s output), "stream" (a partition's stream runs its ops
+    in the order they are issued: the compute groups one after another, the attention ops one
+    after another). Node attribute `side`: MEMORY or COMPUTE. The executor's cross-stream waits
+    are the "ready" and "done" edges.
+    """
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    order = issue_order(program)
+    for op in order:
+        graph.add_node(op, side=MEMORY if op.stage == "attention" else COMPUTE)
+    for side in (MEMORY, COMPUTE):
+        ops = [op for op in order if graph.nodes[op]["side"] == side]
+        graph.add_edges_from(zip(ops, ops[1:]), kind="stream")
+    for op in order:
+        if op.stage == "attention":
+            graph.add_edge(Op("pre_attn", op.layer, op.micro_batch), op, kind="ready")
+            graph.add_edge(op, Op("post_attn", op.layer, op.micro_batch), kind="done")
+    return graph
+
+
+def serial_order(program: Sequence[Slot]) -> list[Op]:
+    """The program on one stream: a topological order of `dependency_graph`, the one closest to
+    the executor's issue order (which is itself topological, so for `build_program` the two are
+    the same). networkx raises NetworkXUnfeasible for a program whose dependencies form a cycle."""
+    import networkx as nx
+
+    position = {op: i for i, op in enumerate(issue_order(program))}
+    return list(nx.lexicographical_topological_sort(dependency_graph(program),
+                                                    key=position.__getitem__))
 
 
 def stage_partitions(schedule: Any) -> dict[str, str]:

@@ -48,3 +48,49 @@ def test_shipped_measured_json_overrides_analytic(tmp_path, monkeypatch):
     got = load_profile("nvidia-h100-x1")
     assert got.source == "measured" and got.corun_slowdown == 1.6
     assert load_profile("a100").source == "analytic"
+
+
+@pytest.mark.parametrize("gpu,key,profile", [
+    ("NVIDIA H100 80GB HBM3", "h100", "h100"), ("NVIDIA H200", "h200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100", "a100"), ("NVIDIA GeForce RTX 4090", "rtx4090", "rtx4090"),
+    ("NVIDIA L4", "l4", None), ("NVIDIA L40S", "l40s", None)])
+def test_gpu_names_map_to_one_key_and_profile(gpu, key, profile):
+    assert registry.gpu_key(gpu) == key
+    assert registry.profile_name_for_gpu(gpu) == profile
+
+
+def test_profile_for_gpu_checks_the_device_and_says_how_to_measure():
+    h200 = registry.profile_for_gpu("NVIDIA H200", 132, 150_000_000_000)
+    assert h200 == load_profile("h200")
+    for args in (("NVIDIA L4",), ("NVIDIA H100 PCIe", 114), ("NVIDIA A100-SXM4-40GB", 108,
+                                                             40 * 2 ** 30)):
+        with pytest.raises(ProfileError, match="pipedecode profile") as err:
+            registry.profile_for_gpu(*args)
+        assert args[0] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_local_profile_is_the_gpu_it_runs_on(monkeypatch):
+    import types
+
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA H200", multi_processor_count=132,
+                                  total_memory=150_000_000_000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    registry.local_profile.cache_clear()
+    try:
+        assert registry.local_profile().name == "h200"
+        assert registry.resolve_profile(None).name == "h200"
+        assert registry.resolve_profile("a100").name == "a100"
+        props.name = "NVIDIA L4"
+        with pytest.raises(ProfileError, match="L4"):
+            registry.local_profile(1)
+    finally:
+        registry.local_profile.cache_clear()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU default")
+def test_without_a_gpu_the_local_profile_is_h100():
+    assert registry.local_profile() == load_profile("h100")

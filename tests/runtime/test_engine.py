@@ -30,3 +30,17 @@ def test_plan_and_build_runs_sequentially_without_a_gpu():
     assert executor.mode == "sequential"
     prompts = [torch.arange(1, 5), torch.arange(3, 11)]
     assert generate(executor, prompts, 3).tokens.shape == (2, 3)
+
+
+def test_plan_for_plans_for_the_gpu_it_runs_on(monkeypatch):
+    """device=None: the profile of the GPU found, not a fixed h100; explicit names still win."""
+    from pipedecode.profiles import registry
+    from pipedecode.profiles.analytic import BUILTIN
+    from pipedecode.runtime.engine import plan_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(registry, "local_profile", lambda index=None: BUILTIN["a100"])
+    schedule, reason = plan_for("llama-3-8b", [512] * 8)
+    assert reason is None and schedule.device == "a100"
+    schedule, _ = plan_for("llama-3-8b", [512] * 8, "h200")
+    assert schedule.device == "h200"

@@ -1,8 +1,12 @@
 """Persistent matmul, fused gate/up SiLU and the tile chooser against float32 references."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from pipedecode.profiles import load_profile
+from pipedecode.profiles.latency import bandwidth_bytes_per_s, flops_per_sm
 from pipedecode.runtime import kernels
 from pipedecode.runtime.kernels import reference, tiling
 from pipedecode.runtime.kernels.tiling import MatmulConfig
@@ -82,16 +86,36 @@ def test_linear_rejects_mismatched_shapes():
         kernels.linear(x, torch.zeros(5, 8, dtype=torch.bfloat16), sm_count=0)
 
 
-def test_chooser_stays_near_the_ideal_time():
+@pytest.mark.parametrize("device_profile", ["h100", "h200"])
+def test_chooser_stays_near_the_ideal_time(device_profile):
     # the candidate set must hold a choice within 1.6x of perfect scaling for decode sizes
+    profile = load_profile(device_profile)
     for m, n, k in ((64, 6144, 4096), (512, 4096, 14336), (2048, 28672, 4096)):
         for sms in (32, 64, 100, 132):
-            cfg = tiling.choose_config(m, n, k, sms)
+            cfg = tiling.choose_config(m, n, k, sms, profile=profile)
             tile = next(t for t in tiling.TILES if t[:3] == (cfg.block_m, cfg.block_n, cfg.block_k))
-            ideal = max(2 * m * n * k / (sms * tiling.FLOPS_PER_SM),
-                        n * k * 2 / min(tiling.HBM_BYTES, tiling.BYTES_PER_SM * sms))
+            ideal = max(2 * m * n * k / (sms * flops_per_sm(profile)),
+                        n * k * 2 / bandwidth_bytes_per_s(profile, sms))
             assert tiling.modelled_time_s(m, n, k, sms, tile, cfg.split_k,
-                                          tail_split=cfg.tail_split) < 1.6 * ideal
+                                          tail_split=cfg.tail_split,
+                                          profile=profile) < 1.6 * ideal
+
+
+def test_chooser_reads_the_device_rates_from_the_profile():
+    """The same GEMM on a GPU twice as fast in FLOPs and bytes takes about half as long; without
+    a profile, the chooser models the local one (h100 on a CPU)."""
+    h100 = load_profile("h100")
+    fast = dataclasses.replace(h100, peak_flops_per_s=2 * h100.peak_flops_per_s,
+                               bandwidth_by_sms=tuple((s, 2 * bw) for s, bw in
+                                                      h100.bandwidth_by_sms))
+    tile = tiling.TILES[3]
+    slow_s = tiling.modelled_time_s(64, 4096, 4096, 64, tile, 1, profile=h100)
+    fast_s = tiling.modelled_time_s(64, 4096, 4096, 64, tile, 1, profile=fast)
+    assert fast_s < 0.6 * slow_s
+    if not torch.cuda.is_available():
+        assert tiling.modelled_time_s(64, 4096, 4096, 64, tile, 1) == slow_s
+        assert tiling.choose_config(64, 4096, 4096, 64) == \
+            tiling.choose_config(64, 4096, 4096, 64, profile=h100)
 
 
 def test_chooser_splits_k_for_few_tiles():
@@ -123,3 +147,21 @@ def test_gpu_llama_shapes_against_reference(rel_err):
         for sms in (32, 100, 132):
             out = kernels.linear(x, w, sm_count=sms)
             assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+
+
+def test_chooser_on_a_gpu_without_a_profile_says_which_rates_it_uses(monkeypatch):
+    from pipedecode.errors import ProfileError
+    from pipedecode.profiles import registry
+
+    def unknown(index=None):
+        raise ProfileError("no device profile describes the GPU 'NVIDIA L4'; measure one")
+
+    monkeypatch.setattr(registry, "local_profile", unknown)
+    tiling._warn_once.cache_clear()
+    tiling._choose_local.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="h100 profile's rates.*NVIDIA L4"):
+            cfg = tiling.choose_config(96, 4096, 4096, 58)
+        assert cfg == tiling.choose_config(96, 4096, 4096, 58, profile=load_profile("h100"))
+    finally:
+        tiling._choose_local.cache_clear()       # later tests choose for the real local GPU

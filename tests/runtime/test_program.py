@@ -1,7 +1,9 @@
 import pytest
 
-from pipedecode.runtime.program import (RowLayout, build_program, serial_order,
-                                        stage_partitions)
+import networkx as nx
+
+from pipedecode.runtime.program import (Op, RowLayout, Slot, build_program, dependency_graph,
+                                        issue_order, serial_order, stage_partitions)
 
 
 def test_row_layout_makes_micro_batches_contiguous():
@@ -44,6 +46,40 @@ def test_program_respects_every_dependency(n, layers):
             assert position[att] < position[op]
             if n >= 2:
                 assert where[att] < where[op]
+
+
+@pytest.mark.parametrize("n,layers", [(1, 3), (2, 1), (2, 4), (3, 2)])
+def test_dependency_graph_is_acyclic_and_the_issue_order_respects_it(n, layers):
+    program = build_program(n, layers)
+    graph = dependency_graph(program)
+    assert nx.is_directed_acyclic_graph(graph)
+    kinds = [kind for _, _, kind in graph.edges(data="kind")]
+    assert kinds.count("ready") == kinds.count("done") == n * layers
+    position = {op: i for i, op in enumerate(issue_order(program))}
+    assert all(position[u] < position[v] for u, v in graph.edges)   # every wait after its record
+    assert serial_order(program) == issue_order(program)
+    # the head of each micro-batch depends on every layer of it
+    head = Op("head", -1, 0)
+    assert {Op("attention", l, 0) for l in range(layers)} <= nx.ancestors(graph, head)
+
+
+def test_a_program_whose_waits_form_a_cycle_is_refused():
+    pre = [Op("pre_attn", 0, m) for m in (0, 1)]
+    att = [Op("attention", 0, m) for m in (0, 1)]
+    post = [Op("post_attn", 0, m) for m in (0, 1)]
+    # the memory stream runs micro-batch 1's attention first, but its pre_attn is queued behind
+    # post_attn(0), which waits for micro-batch 0's attention: a deadlock on the GPU
+    program = (Slot(None, (pre[0],)), Slot(att[1], (post[0], pre[1])), Slot(att[0], (post[1],)))
+    assert not nx.is_directed_acyclic_graph(dependency_graph(program))
+    with pytest.raises(nx.NetworkXUnfeasible):
+        serial_order(program)
+
+
+def test_serial_order_moves_an_op_issued_too_early():
+    pre, att = Op("pre_attn", 0, 0), Op("attention", 0, 0)
+    program = (Slot(att, ()), Slot(None, (pre, Op("post_attn", 0, 0))))
+    assert issue_order(program)[0] == att
+    assert serial_order(program) == [pre, att, Op("post_attn", 0, 0)]
 
 
 def test_program_overlaps_attention_with_other_micro_batch():

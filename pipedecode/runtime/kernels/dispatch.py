@@ -14,19 +14,18 @@ from __future__ import annotations
 import functools
 import math
 
+from pipedecode.profiles.registry import gpu_key
 from pipedecode.runtime.kernels._dispatch_data import MEASURED
 
-_ALIASES = {"h200": "h100"}
+_TABLE_OF = {"h200": "h100"}     # GPUs that use another GPU's measurements
 
 
 def device_key(gpu_name: str) -> str | None:
-    """The key of MEASURED for a CUDA device name, or None when it has no measurements."""
-    low = gpu_name.lower()
-    for key in ("h200", "h100"):
-        if key in low:
-            key = _ALIASES.get(key, key)
-            return key if key in MEASURED else None
-    return None
+    """The key of MEASURED for a CUDA device name (named by `registry.gpu_key`), or None when
+    it has no measurements."""
+    key = gpu_key(gpu_name)
+    key = _TABLE_OF.get(key, key)
+    return key if key in MEASURED else None
 
 
 def _nearest(values, target, log: bool):

@@ -1,10 +1,14 @@
 """Tile, split-K and stream-K tail choice for the persistent matmul, per (tokens, n, k, sm_count).
 
-Pure Python (no triton, no GPU), so it is unit-tested on the CPU. The model: a work unit is one
-output tile over one K slice; a partition of S SMs runs the units in ceil(units / S) waves; a
-unit's time is its tile's FLOPs over the per-SM matrix rate scaled by the tile's efficiency,
-and the whole GEMM can be no faster than reading the weight once at the partition's bandwidth.
-Split-K adds a float32 workspace round trip over the whole output and a reduce kernel.
+Pure Python (no triton, no GPU), so it is unit-tested on the CPU. The model is the GEMM model of
+`profiles/latency.py` with the device's rates from its profile (`registry.local_profile`: the
+GPU this runs on, h100 on a CPU): a work unit is one output tile over one K slice; a partition
+of S SMs runs the units in ceil(units / S) waves (`latency.wave_compute_s`); a unit's time is
+its tile's FLOPs over the per-SM matrix rate scaled by the tile's efficiency, and the whole GEMM
+can be no faster than reading the weight once at the partition's bandwidth
+(`latency.bandwidth_bytes_per_s`). What this module adds are the kernel's own launch costs:
+split-K's float32 workspace round trip over the whole output and its reduce kernel, the split
+tail's partial-tile hand-off, and a fixed cost per wave.
 
 The stream-K tail (`TailPlan`) runs the whole waves of tiles as they are, then cuts each tile
 of the last, partial wave into `tail_split` equal K chunks, so the partial wave becomes
@@ -21,14 +25,14 @@ The split tail's cost (FIXUP_BYTES_PER_SM, TAIL_S) is fitted to the H100 sweep i
 kernels_streamk_h100_2026-11-21.json (96/104/132 SMs, 256-2048 tokens, four Llama shapes;
 in-sample, no held-out check), and it is a candidate for
 the largest tile only (the best tail in 38 of 45 sweep points without PAIR; with smaller tiles
-the model, whose tile efficiencies are 20-50% optimistic, picked tails that lost). With that,
-the chooser takes the split tail at 3 of the 36 measured partition points (down_proj, 2048
-tokens), each a measured win of 9-15% over the plain choice, and changes nothing else there; it
-misses measured tail wins of 3-9% (o_proj at 1024/2048 tokens, the fused gate/up at 256).
+the model, whose tile efficiencies are 20-50% optimistic, picked tails that lost). With the
+shipped H100 profile's rates, the chooser takes the split tail at 4 of the 36 measured partition
+points (down_proj, 2048 tokens): measured wins of 7-12% over the plain choice at the three where
+that was measured; it misses measured tail wins of 3-9% (o_proj at 1024/2048 tokens, the fused
+gate/up at 256).
 
 The candidate with the least modelled time wins; ties go to fewer splits and larger tiles.
-Rates are those of an H100/H200 (per SM), which only set the balance between the terms, not
-absolute times.
+The device's rates only set the balance between the terms, not absolute times.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import functools
 import math
 from dataclasses import dataclass
 
-FLOPS_PER_SM = 790e12 / 132          # dense bf16, per SM
-BYTES_PER_SM = 75e9                  # streaming rate of one SM at low counts (HOPPER-FACTS)
-HBM_BYTES = 3.0e12                   # whole-chip ceiling
+from pipedecode.profiles.latency import bandwidth_bytes_per_s, wave_compute_s
+from pipedecode.profiles.schema import DeviceProfile
+
 FIXUP_BYTES_PER_SM = 10e9            # fitted: split-tail cost per float32 partial tile byte
 TAIL_S = 3e-6                        # counter fill before the launch and the hand-off
+WAVE_S = 1e-6                        # fixed cost of each wave of a persistent launch
+REDUCE_S = 3e-6                      # split-K's reduce kernel launch
 
 
 @dataclass(frozen=True)
@@ -137,28 +143,61 @@ SPLITS = (1, 2, 3, 4, 6, 8)
 
 
 def modelled_time_s(m: int, n: int, k: int, sm_count: int, tile: tuple, split_k: int,
-                    pair: bool = False, tail_split: int = 1) -> float:
-    """Modelled seconds for one candidate (see the module docstring)."""
+                    pair: bool = False, tail_split: int = 1,
+                    profile: DeviceProfile | None = None) -> float:
+    """Modelled seconds for one candidate on `profile` (None: `registry.local_profile()`; see
+    the module docstring)."""
+    profile = profile or _local_profile()
     bm, bn, bk, _, _, eff = tile
     width = 2 * bn if pair else bn
-    bandwidth = min(HBM_BYTES, BYTES_PER_SM * sm_count)
+    bandwidth = bandwidth_bytes_per_s(profile, sm_count)
     weight_s = (2 if pair else 1) * n * k * 2 / bandwidth
-    iter_s = 2.0 * bm * width * bk / (FLOPS_PER_SM * eff)
+    iter_flops = 2.0 * bm * width * bk          # one K block of one output tile
     if tail_split > 1:
         plan = _plan(m, n, k, sm_count, tile, tail_split)
         waves = plan.dp_tiles // plan.programs
         tail_waves = math.ceil(plan.tail_units / plan.programs)
-        compute_s = (waves * plan.iters_per_tile + tail_waves * plan.chunk_iters) * iter_s
+        compute_s = wave_compute_s(profile, plan.dp_tiles, plan.iters_per_tile * iter_flops,
+                                   plan.programs, eff) + \
+            wave_compute_s(profile, plan.tail_units, plan.chunk_iters * iter_flops,
+                           plan.programs, eff)
         return max(compute_s, weight_s) + _tail_fixup_s(plan, tile, pair) + \
-            1e-6 * (waves + tail_waves)
+            WAVE_S * (waves + tail_waves)
     k_slice = math.ceil(math.ceil(k / split_k) / bk) * bk
     units = math.ceil(m / bm) * math.ceil(n / bn) * split_k
-    waves = math.ceil(units / sm_count)
-    compute_s = waves * iter_s * k_slice / bk
+    compute_s = wave_compute_s(profile, units, iter_flops * k_slice / bk, sm_count, eff)
     reduce_s = 0.0
     if split_k > 1:
-        reduce_s = (2 if pair else 1) * m * n * 4 * (2 * split_k) / bandwidth + 3e-6
-    return max(compute_s, weight_s) + reduce_s + 1e-6 * waves
+        reduce_s = (2 if pair else 1) * m * n * 4 * (2 * split_k) / bandwidth + REDUCE_S
+    return max(compute_s, weight_s) + reduce_s + WAVE_S * math.ceil(units / sm_count)
+
+
+def _local_profile() -> DeviceProfile:
+    """The profile of the GPU this runs on; for a GPU no profile describes, the h100 profile's
+    rates (they only balance the model's terms), said once in a warning."""
+    from pipedecode.errors import ProfileError
+    from pipedecode.profiles.registry import local_profile
+
+    try:
+        return local_profile()
+    except ProfileError as exc:
+        _warn_once(f"the matmul tile chooser balances its terms with the h100 profile's rates: "
+                   f"{exc}")
+        return _h100()
+
+
+@functools.lru_cache(maxsize=1)
+def _h100() -> DeviceProfile:
+    from pipedecode.profiles.registry import load_profile
+
+    return load_profile("h100")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _plan(m: int, n: int, k: int, sm_count: int, tile: tuple, splits: int) -> TailPlan:
@@ -177,10 +216,10 @@ def _tail_fixup_s(plan: TailPlan, tile: tuple, pair: bool) -> float:
 TAIL_SPLITS = (2, 3, 4, 6, 8)
 
 
-@functools.lru_cache(maxsize=4096)
 def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
-                  tail: bool = True) -> MatmulConfig:
-    """The candidate with the least modelled time for y[m, n] = x[m, k] @ w[n, k]^T on sm_count SMs.
+                  tail: bool = True, profile: DeviceProfile | None = None) -> MatmulConfig:
+    """The candidate with the least modelled time for y[m, n] = x[m, k] @ w[n, k]^T on sm_count SMs
+    of `profile` (None: the GPU this runs on, `registry.local_profile()`).
 
     With `tail`, a split tail is a candidate for the largest tile where it leaves a partial
     wave on sm_count programs, in chunks of at least 4 K blocks.
@@ -188,6 +227,35 @@ def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
     if min(m, n, k, sm_count) <= 0:
         raise ValueError(f"choose_config needs positive sizes, got m={m} n={n} k={k} "
                          f"sm_count={sm_count}")
+    if profile is None:
+        return _choose_local(m, n, k, sm_count, pair, tail)
+    key = (m, n, k, sm_count, pair, tail, _rates(profile))
+    if key not in _CHOICES:
+        if len(_CHOICES) >= 8192:
+            _CHOICES.clear()
+        _CHOICES[key] = _choose(m, n, k, sm_count, pair, tail, profile)
+    return _CHOICES[key]
+
+
+# (m, n, k, sm_count, pair, tail, the profile's rates) -> MatmulConfig: a memo keyed by the rates
+# the model reads, not by the (large) profile object.
+_CHOICES: dict[tuple, MatmulConfig] = {}
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_local(m: int, n: int, k: int, sm_count: int, pair: bool,
+                  tail: bool) -> MatmulConfig:
+    """The choice on the GPU this runs on: what a launch asks, one cache lookup."""
+    return choose_config(m, n, k, sm_count, pair, tail, _local_profile())
+
+
+def _rates(profile: DeviceProfile) -> tuple:
+    return (profile.peak_flops_per_s, profile.sm_count, profile.bandwidth_by_sms,
+            profile.per_sm_bytes_per_s, profile.hbm_bytes_per_s)
+
+
+def _choose(m: int, n: int, k: int, sm_count: int, pair: bool, tail: bool,
+            profile: DeviceProfile) -> MatmulConfig:
     best = None
     tiles = PAIR_TILES if pair else TILES
     for tile in tiles:
@@ -196,10 +264,10 @@ def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
         if tail and tile is tiles[0] and _plan(m, n, k, sm_count, tile, 2).split_tiles:
             options += [(1, s) for s in TAIL_SPLITS if math.ceil(k / s) >= 4 * tile[2]]
         for split, tail_split in options:
-            t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split)
-            key = (round(t * 1e7), split * tail_split, -tile[0] * tile[1])
-            if best is None or key < best[0]:
-                best = (key, tile, split, tail_split)
+            t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split, profile)
+            rank = (round(t * 1e7), split * tail_split, -tile[0] * tile[1])
+            if best is None or rank < best[0]:
+                best = (rank, tile, split, tail_split)
     _, (bm, bn, bk, warps, stages, _), split, tail_split = best
     return MatmulConfig(block_m=bm, block_n=bn, block_k=bk, split_k=split, num_warps=warps,
                         num_stages=stages, tail_split=tail_split)
