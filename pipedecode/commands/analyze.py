@@ -14,6 +14,8 @@ import json
 from pipedecode.commands.common import Outputs
 from pipedecode.models import DEFAULT_PRESET, PRESETS
 
+DEFAULT_CONTEXT = 1024
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="h100",
                         help="device profile name (h100, h200, a100, rtx4090) or JSON path")
     parser.add_argument("--batch", type=int, default=1, help="sequences per decode step")
-    parser.add_argument("--context", type=int, default=1024,
-                        help="tokens in the KV cache after the step (live context length)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="tokens in the KV cache after the step (live context length; "
+                             f"default {DEFAULT_CONTEXT}, or the model's positions if fewer)")
     parser.add_argument("--phase", default="decode", choices=("decode", "prefill"),
                         help="decode: one new token per sequence; prefill: a --context prompt")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
@@ -44,6 +47,10 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     device = resolve_device(args.device)
+    if args.context is None:
+        from pipedecode.models import max_positions
+
+        args.context = min(DEFAULT_CONTEXT, max_positions(args.model) or DEFAULT_CONTEXT)
     steps = ("build", "capture", "classify", "partition")
     with Outputs() as outputs:
         json_path = outputs.path(args.json) if args.json else None
