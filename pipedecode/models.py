@@ -271,9 +271,10 @@ def check_positions(spec: str | Any, tokens: int, what: str = "context",
     """WorkloadError when `tokens` positions exceed the model's (`limit`, else looked up)."""
     limit = max_positions(spec) if limit is None else limit
     if limit is not None and tokens > limit:
-        name = spec if isinstance(spec, str) else getattr(spec, "name_or_path", "") or "the model"
-        raise WorkloadError(f"{what} of {tokens} tokens is beyond the {limit} positions of "
-                            f"{name} (max_position_embeddings); use at most {limit}")
+        name = spec if isinstance(spec, str) else \
+            getattr(spec, "name", "") or getattr(spec, "name_or_path", "") or "the model"
+        raise WorkloadError(f"{what} needs {tokens} positions, beyond the {limit} of {name} "
+                            f"(max_position_embeddings); use at most {limit} positions")
 
 
 def free_memory_bytes(device: str | torch.device = "cpu") -> tuple[int, str]:
