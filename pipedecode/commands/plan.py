@@ -108,8 +108,11 @@ def _positive(value: int, what: str) -> int:
 
 
 def _read_lengths(path: str, what: str) -> list[int]:
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise PlanningError(f"{what}: {path} is not a text file of lengths") from None
     try:
         values = json.loads(text) if text.lstrip().startswith("[") else text.split()
         values = [int(v) for v in values]
