@@ -71,12 +71,12 @@ def run_bytes(shape, batch: int, max_context: int) -> dict[str, int]:
 def _check_memory(args: argparse.Namespace, shape, device: str, context: int) -> None:
     """Stop before building anything when the run cannot fit the device (and, loading real
     weights for a GPU, the RAM they pass through)."""
-    from pipedecode.models import check_memory, gib
+    from pipedecode.models import check_memory, dtype_name, gib
 
     parts = run_bytes(shape, args.batch, context + 1)
     words = ", ".join(f"{gib(v)} of {k}" for k, v in parts.items())
-    dtype = {2: "bfloat16", 4: "float32"}[shape.dtype_bytes]
-    check_memory(sum(parts.values()), device, f"running {args.model} in {dtype} ({words})",
+    check_memory(sum(parts.values()), device,
+                 f"running {args.model} in {dtype_name(_dtype(shape))} ({words})",
                  "try a smaller model (tiny-llama), a smaller --batch, or a GPU"
                  if device == "cpu" else "try a smaller model or a smaller --batch")
     if not args.random_weights and device != "cpu":     # transformers loads into RAM first
