@@ -129,15 +129,24 @@ def _memory(after: str) -> None:
 
 
 def _report(name, tokens, eager_tokens, rate, eager_rate, decode_rate, eager_decode, via):
-    """One line per path, printed as soon as it is measured (a later path may run out of memory)."""
+    """One line per path, printed as soon as it is measured (a later path may run out of memory).
+
+    Ratios to transformers only where a different implementation ran on a GPU (the executor);
+    on a CPU the captured stages run the same ops as transformers, so timing them says nothing."""
     # bf16 on a GPU: a near-tie can flip one token and the row diverges after it; per position,
     # the first decode steps say more about correctness than the total
     equal = (tokens == eager_tokens).float()
     first = "/".join(f"{100 * v:.0f}" for v in equal[:, :3].mean(0).tolist())
-    print(f"{name + ':':23s}{rate:,.0f} tokens/s ({rate / eager_rate:.2f}x) generate incl. "
-          f"prefill | {decode_rate:,.0f} tokens/s ({decode_rate / eager_decode:.2f}x) decode "
+    measured = torch.cuda.is_available() and via.startswith("executor")
+    ratio = (lambda a, b: f" ({a / b:.2f}x)") if measured else (lambda a, b: "")
+    print(f"{name + ':':23s}{rate:,.0f} tokens/s{ratio(rate, eager_rate)} generate incl. "
+          f"prefill | {decode_rate:,.0f} tokens/s{ratio(decode_rate, eager_decode)} decode "
           f"steps; via {via}; {100 * equal.mean().item():.1f}% of tokens equal to "
           f"transformers' (tokens 1/2/3: {first}%)", flush=True)
+    if not measured:
+        print(f"{'':23s}no speedup measured: the same ops as transformers ran "
+              f"({'the captured graph stages on a CPU' if not torch.cuda.is_available() else via})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,7 @@ class PartitionUnavailableError(PipedecodeError):
 
 class WorkloadError(PipedecodeError, ValueError):
     """A batch, context length or prompt that cannot be run (zero, negative, too long)."""
+
+
+class InsufficientMemoryError(PipedecodeError):
+    """A model or its caches need more memory than the device it would run on has free."""

@@ -1,21 +1,23 @@
 """Llama-family models: their shapes, named presets, and how to build or load them.
 
 Owns `ModelShape` (the frozen numbers every other part of pipedecode plans with), the
-preset table (tiny configs for tests, real shapes for planning without weights) and the
-check that a model is a family pipedecode supports. Knows nothing of graphs, devices or
-schedules.
+preset table (tiny configs for tests, real shapes for planning without weights), the check
+that a model is a family pipedecode supports, and the check that its weights fit the memory
+free on the device it is built on (the one thing it knows of devices). Knows nothing of graphs
+or schedules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from pipedecode.errors import UnsupportedModelError
+from pipedecode.errors import InsufficientMemoryError, UnsupportedModelError, WorkloadError
 
 # model_type -> (config class name, model class name) in transformers.
 SUPPORTED_FAMILIES = {
@@ -112,6 +114,12 @@ class ModelShape:
     def weight_bytes_per_layer(self) -> int:
         return sum(s.n * s.k for s in self.linears()) * self.dtype_bytes
 
+    def weight_bytes(self) -> int:
+        """Decoder linears, embedding and LM head (counted untied); norms and biases, under
+        0.1% of a real model, are left out."""
+        return self.num_layers * self.weight_bytes_per_layer() \
+            + 2 * self.vocab_size * self.hidden_size * self.dtype_bytes
+
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes one token of context holds, over all layers (K and V)."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
@@ -189,7 +197,11 @@ def make_config(spec: str | Any, **overrides: Any) -> Any:
     elif spec in PRESETS:
         fields = {**PRESETS[spec], **overrides}
         model_type = fields.pop("model_type")
-        config = getattr(transformers, SUPPORTED_FAMILIES[model_type][0])(**fields)
+        try:
+            config = getattr(transformers, SUPPORTED_FAMILIES[model_type][0])(**fields)
+        except Exception as exc:   # noqa: BLE001 - transformers' validators raise several kinds
+            raise UnsupportedModelError(f"preset {spec!r} with {overrides}: "
+                                        f"{_cause(exc)}") from None
         config.name_or_path = spec
         overrides = {}
     else:
@@ -197,15 +209,25 @@ def make_config(spec: str | Any, **overrides: Any) -> Any:
             raise UnsupportedModelError(_unsupported_message(spec))
         try:
             config = transformers.AutoConfig.from_pretrained(spec)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:   # noqa: BLE001 - OSError, ValueError, hub validation errors
             raise UnsupportedModelError(
-                f"could not load a config from {spec!r} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}). Use a local directory with "
-                f"config.json, a reachable hub id, or a preset: {', '.join(PRESETS)}") from None
+                f"could not load a config from {spec!r} ({_cause(exc)}). Use a local directory "
+                f"with a valid config.json, a reachable hub id, or a preset: "
+                f"{', '.join(PRESETS)}") from None
     for key, value in overrides.items():
         setattr(config, key, value)
     check_config(config)
     return config
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost cause of an exception as one line: 'ValueError: the hidden size ...'.
+
+    transformers' config validators wrap the real reason (a ValueError) in a multi-line error."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _preset_shape(name: str) -> ModelShape:
@@ -233,9 +255,86 @@ def model_shape(spec: str | Any) -> ModelShape:
     return ModelShape.from_config(make_config(spec), name=name)
 
 
+def max_positions(spec: str | Any) -> int | None:
+    """Positions (prompt + generated tokens) a preset, path, hub id, config or model covers;
+    None where unknown (a bare ModelShape)."""
+    if isinstance(spec, ModelShape):
+        return None
+    if isinstance(spec, str) and spec in PRESETS:
+        return PRESETS[spec].get("max_position_embeddings")
+    config = spec.config if isinstance(spec, torch.nn.Module) else make_config(spec)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_positions(spec: str | Any, tokens: int, what: str = "context",
+                    limit: int | None = None) -> None:
+    """WorkloadError when `tokens` positions exceed the model's (`limit`, else looked up)."""
+    limit = max_positions(spec) if limit is None else limit
+    if limit is not None and tokens > limit:
+        name = spec if isinstance(spec, str) else \
+            getattr(spec, "name", "") or getattr(spec, "name_or_path", "") or "the model"
+        raise WorkloadError(f"{what} needs {tokens} positions, beyond the {limit} of {name} "
+                            f"(max_position_embeddings); use at most {limit} positions")
+
+
+def free_memory_bytes(device: str | torch.device = "cpu") -> tuple[int, str]:
+    """(bytes free on `device` now, what the number is): CUDA's free memory, or the RAM the
+    kernel says can be had without swapping (MemAvailable), else the free pages."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free on {torch.cuda.get_device_name(device)}"
+    if device.type == "meta":
+        return 1 << 62, "meta: nothing is allocated"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM (MemAvailable)"
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free RAM"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def gib(nbytes: float) -> str:
+    return f"{nbytes / 2 ** 30:.1f} GiB"
+
+
+def check_memory(needed_bytes: int, device: str | torch.device, needs: str, advice: str) -> int:
+    """Raise InsufficientMemoryError unless `needed_bytes` fit what `device` has free; returns
+    the free bytes. `needs` says what the bytes are for, `advice` what to do instead."""
+    free, what = free_memory_bytes(device)
+    if needed_bytes > free:
+        raise InsufficientMemoryError(f"{needs}: {gib(needed_bytes)} needed on {device}, but "
+                                      f"only {gib(free)} is {what}; {advice}")
+    return free
+
+
+def weights_present(path: str) -> bool:
+    """Whether a local model directory holds weight files (safetensors or PyTorch bins)."""
+    patterns = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+    return os.path.isdir(path) and any(glob.glob(os.path.join(path, p)) for p in patterns)
+
+
+def _check_weights_fit(config: Any, name: str, dtype: torch.dtype, device) -> None:
+    shape = dataclasses.replace(ModelShape.from_config(config, name=name),
+                                dtype_bytes=dtype.itemsize)
+    check_memory(shape.weight_bytes(), device, f"{name}'s {dtype_name(dtype)} weights",
+                 "use a smaller model, a smaller dtype or a device with more memory")
+
+
 def build_model(spec: str | Any = DEFAULT_PRESET, *, dtype: torch.dtype = torch.float32,
-                seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any):
-    """A causal LM with random weights (fixed seed) from a preset, path, hub id or config."""
+                seed: int = 0, attn_implementation: str = "sdpa",
+                device: str | torch.device | None = None, **overrides: Any):
+    """A causal LM with random weights (fixed seed) from a preset, path, hub id or config.
+
+    Built in `dtype` directly on `device` (default CPU), so no larger copy is made first, and
+    only after checking that the weights fit the memory free there (InsufficientMemoryError
+    otherwise). The seed gives the same weights at every dtype (rounded) on one device."""
     import transformers
 
     config = make_config(spec, **overrides)
@@ -243,24 +342,39 @@ def build_model(spec: str | Any = DEFAULT_PRESET, *, dtype: torch.dtype = torch.
         raise UnsupportedModelError(
             f"attention implementation {attn_implementation!r} is not supported; "
             f"use one of {SUPPORTED_ATTENTION}")
+    device = torch.device(device or "cpu")
+    name = spec if isinstance(spec, str) else getattr(config, "name_or_path", "") or "model"
+    _check_weights_fit(config, name, dtype, device)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     cls = getattr(transformers, SUPPORTED_FAMILIES[config.model_type][1])
-    model = cls(config).to(dtype).eval()
-    return model
+    with device:
+        model = cls._from_config(config, dtype=dtype)
+    return model.eval()
 
 
 def load_model(spec: str, *, dtype: torch.dtype = torch.bfloat16,
-               attn_implementation: str = "sdpa"):
-    """Pretrained weights from a local directory or hub id (presets build random weights)."""
+               attn_implementation: str = "sdpa", device: str | torch.device | None = None):
+    """Pretrained weights from a local directory or hub id, loaded onto `device` (default CPU)
+    after checking that they fit there. Presets have no weights: they build random ones."""
     import transformers
 
     if spec in PRESETS:
-        return build_model(spec, dtype=dtype, attn_implementation=attn_implementation)
+        return build_model(spec, dtype=dtype, attn_implementation=attn_implementation,
+                           device=device)
+    if os.path.isdir(spec) and not weights_present(spec):
+        raise UnsupportedModelError(
+            f"{spec!r} holds no weights (*.safetensors or pytorch_model*.bin); build random "
+            f"weights of its shape with build_model({spec!r}) instead")
     config = make_config(spec)
+    device = torch.device(device or "cpu")
+    # transformers loads into RAM first (a device_map would need accelerate), then it moves
+    for where in {torch.device("cpu"), device}:
+        _check_weights_fit(config, spec, dtype, where)
     cls = getattr(transformers, SUPPORTED_FAMILIES[config.model_type][1])
     try:
         model = cls.from_pretrained(spec, dtype=dtype, attn_implementation=attn_implementation)
     except OSError as exc:
-        raise UnsupportedModelError(f"could not load weights from {spec!r}: {exc}") from None
-    return model.eval()
+        raise UnsupportedModelError(f"could not load weights from {spec!r}: "
+                                    f"{_cause(exc)}") from None
+    return model.to(device).eval()

@@ -41,3 +41,26 @@ def test_closed_pipe_is_not_a_traceback(tmp_path):
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err
+
+
+def test_an_error_of_several_lines_is_printed_as_one():
+    from pipedecode.cli import one_line
+    from pipedecode.errors import PipedecodeError
+
+    assert one_line(PipedecodeError("bad input:\n    the reason\n")) == "bad input: the reason"
+    assert one_line(PipedecodeError("")) == "PipedecodeError"
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "--model", "llama-3-8b", "--device", "h100", "--context", "BINARY"],
+    ["plan", "--model", "llama-3-8b", "--device", "BINARY", "--context", "5"],
+    ["show", "BINARY"],
+])
+def test_a_binary_file_where_text_is_due_is_one_line(argv, tmp_path, capsys, monkeypatch):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(b"\x00\xd0\xff\xfe" * 64)
+    monkeypatch.chdir(tmp_path)
+    assert main([str(binary) if a == "BINARY" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("not a text file" in err[0] or "not UTF-8 text" in err[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]     # no schedule.json

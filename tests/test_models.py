@@ -68,3 +68,70 @@ def test_local_directory_loads_config_and_weights(tmp_path):
 def test_directory_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(UnsupportedModelError, match="could not load a config"):
         model_shape(str(tmp_path))
+
+
+def test_bad_config_directory_is_one_line_naming_the_cause(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3, '
+        '"num_key_value_heads": 3, "intermediate_size": 200, "num_hidden_layers": 2, '
+        '"vocab_size": 256}')
+    with pytest.raises(UnsupportedModelError) as info:
+        model_shape(str(tmp_path))
+    assert "not a multiple of the number of attention heads" in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_weights_are_checked_against_free_memory_before_building(monkeypatch):
+    from pipedecode import models
+    from pipedecode.errors import InsufficientMemoryError
+
+    monkeypatch.setattr(models, "free_memory_bytes", lambda device: (20 << 30, "available RAM"))
+    # Llama-3-8B in float32: 8.0e9 parameters (head untied) x 4 bytes = 29.9 GiB
+    with pytest.raises(InsufficientMemoryError, match=r"29\.9 GiB needed on cpu, but only "
+                                                      r"20\.0 GiB is available RAM"):
+        build_model("llama-3-8b")
+    assert build_model("tiny-llama") is not None        # 0.1 MB: fits
+
+
+def test_free_memory_of_the_cpu_is_what_meminfo_says():
+    from pipedecode.models import free_memory_bytes
+
+    free, what = free_memory_bytes("cpu")
+    assert 0 < free and ("MemAvailable" in what or "free RAM" in what)
+
+
+def test_build_model_is_made_in_the_target_dtype_with_the_seeds_weights():
+    a = build_model("tiny-llama", seed=3)
+    b = build_model("tiny-llama", seed=3, dtype=torch.bfloat16)
+    assert b.lm_head.weight.dtype == torch.bfloat16
+    assert torch.equal(a.lm_head.weight.to(torch.bfloat16), b.lm_head.weight)
+    meta = build_model("llama-3-70b", dtype=torch.bfloat16, device="meta")   # nothing allocated
+    assert meta.lm_head.weight.is_meta
+
+
+def test_directory_without_weights_is_refused_by_load_model(tmp_path):
+    from pipedecode.models import load_model, weights_present
+
+    make_config("tiny-llama").save_pretrained(tmp_path)
+    assert not weights_present(str(tmp_path))
+    with pytest.raises(UnsupportedModelError, match="holds no weights"):
+        load_model(str(tmp_path))
+
+
+def test_max_positions_and_the_context_check(tmp_path):
+    from pipedecode.errors import WorkloadError
+    from pipedecode.models import check_positions, max_positions
+
+    assert max_positions("llama-3-8b") == 8192 and max_positions("tiny-llama") == 512
+    make_config("tiny-qwen2").save_pretrained(tmp_path)
+    assert max_positions(str(tmp_path)) == 512
+    assert max_positions(model_shape("tiny-llama")) is None      # a bare shape does not say
+    check_positions("tiny-llama", 512)
+    with pytest.raises(WorkloadError, match="513 positions, beyond the 512 of tiny-llama"):
+        check_positions("tiny-llama", 513)
+
+
+def test_weight_bytes_counts_linears_embedding_and_head():
+    shape = model_shape("tiny-llama")
+    linears = 64 * (64 + 2 * 32) + 64 * 64 + 2 * 160 * 64 + 64 * 160
+    assert shape.weight_bytes() == 2 * (2 * linears + 2 * 256 * 64)

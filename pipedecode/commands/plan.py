@@ -1,18 +1,22 @@
 """`pipedecode plan`: plan a decode step (SM split, micro-batches, switch point) to schedule JSON.
 
 Owns parsing workload specs (a length, a file of lengths, a seeded distribution) and the
-summary it prints. Knows nothing of how planning works: it calls `pipedecode.planner.plan`.
+summary it prints. Counts are bounded by what the device holds before any list of that length
+is made, and the schedule file appears only once planning succeeded. Knows nothing of how
+planning works: it calls `pipedecode.planner.plan`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import time
 
-from pipedecode.errors import PipedecodeError, PlanningError
+from pipedecode.commands.common import Outputs, provenance, speedup_words
+from pipedecode.errors import PlanningError
 
 SPEC_HELP = ("a length (1024), a file of lengths (one per line, or a JSON list), or a seeded "
              "distribution: uniform:LO:HI or normal:MEAN:STD")
@@ -104,8 +108,11 @@ def _positive(value: int, what: str) -> int:
 
 
 def _read_lengths(path: str, what: str) -> list[int]:
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise PlanningError(f"{what}: {path} is not a text file of lengths") from None
     try:
         values = json.loads(text) if text.lstrip().startswith("[") else text.split()
         values = [int(v) for v in values]
@@ -117,7 +124,7 @@ def _read_lengths(path: str, what: str) -> list[int]:
     return values
 
 
-def _waiting(args: argparse.Namespace, rng: random.Random) -> list[tuple[int, int]]:
+def _waiting(args: argparse.Namespace, rng: random.Random, bound) -> list[tuple[int, int]]:
     if args.waiting is None:
         return []
     if os.path.isfile(args.waiting):
@@ -131,41 +138,63 @@ def _waiting(args: argparse.Namespace, rng: random.Random) -> list[tuple[int, in
         raise PlanningError(f"--waiting: {args.waiting!r} is neither a count nor a file") from None
     if count <= 0:
         raise PlanningError("--waiting: the count must be positive")
+    bound(count, "--waiting queue")
     prompts = lengths(args.prompt_len, count, rng, "--prompt-len")
     return list(zip(prompts, lengths(args.output_len, count, rng, "--output-len")))
 
 
+def _check_numbers(args: argparse.Namespace) -> int | None:
+    """The options that need no model; returns the KV budget in bytes (None: the default)."""
+    for name in ("batch", "horizon"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise PlanningError(f"--{name} must be positive, got {value}")
+    if not (math.isfinite(args.switch_cost_us) and args.switch_cost_us >= 0):
+        raise PlanningError(f"--switch-cost-us must be a finite number >= 0, "
+                            f"got {args.switch_cost_us}")
+    if args.kv_budget_gib is None:
+        return None
+    if not (math.isfinite(args.kv_budget_gib) and args.kv_budget_gib > 0):
+        raise PlanningError(f"--kv-budget-gib must be a positive number, got {args.kv_budget_gib}")
+    return int(args.kv_budget_gib * 2 ** 30)
+
+
 def _run(args: argparse.Namespace) -> int:
     from pipedecode.planner import plan
-    from pipedecode.planner.problem import resolve_model
+    from pipedecode.planner.problem import check_request_count, resolve_model
+    from pipedecode.profiles import load_profile
 
-    if args.batch is not None and args.batch <= 0:
-        raise PlanningError("--batch must be positive")
-    rng = random.Random(args.seed)
-    context = lengths(args.context, args.batch, rng, "--context")
-    waiting = _waiting(args, rng)
-    remaining = lengths(args.remaining, len(context), rng, "--remaining") if waiting else None
-    budget = None if args.kv_budget_gib is None else int(args.kv_budget_gib * 2 ** 30)
-    if args.horizon is not None and args.horizon <= 0:
-        raise PlanningError("--horizon must be positive")
-    start = time.perf_counter()
-    schedule = plan(resolve_model(args.model), args.device, context, waiting=waiting,
-                    remaining_output_lens=remaining, solver=args.solver,
-                    num_micro_batches=args.micro_batches, kv_budget_bytes=budget,
-                    switch_cost_us=args.switch_cost_us, horizon_steps=args.horizon)
-    seconds = time.perf_counter() - start
-    try:
-        with open(args.out, "w") as f:
+    budget = _check_numbers(args)
+    with Outputs() as outputs:
+        out = outputs.path(args.out)
+        shape, profile = resolve_model(args.model), load_profile(args.device)
+
+        def bound(count: int, what: str) -> None:
+            check_request_count(count, shape, profile, budget, what=what)
+
+        if args.batch is not None:
+            bound(args.batch, "--batch")
+        rng = random.Random(args.seed)
+        context = lengths(args.context, args.batch, rng, "--context")
+        waiting = _waiting(args, rng, bound)
+        remaining = lengths(args.remaining, len(context), rng, "--remaining") if waiting else None
+        start = time.perf_counter()
+        schedule = plan(args.model, profile, context, waiting=waiting,
+                        remaining_output_lens=remaining, solver=args.solver,
+                        num_micro_batches=args.micro_batches, kv_budget_bytes=budget,
+                        switch_cost_us=args.switch_cost_us, horizon_steps=args.horizon)
+        seconds = time.perf_counter() - start
+        with open(out, "w") as f:
             f.write(schedule.to_json())
-    except OSError as exc:
-        raise PipedecodeError(f"cannot write {args.out!r}: {exc.strerror or exc}") from None
-    print(summary(schedule))
+        outputs.commit()
+    print(summary(schedule, provenance(profile)))
     print(f"planned in {seconds:.2f} s with {args.solver}; wrote {args.out}")
     return 0
 
 
-def summary(schedule) -> str:
-    """A few lines: the split, the micro-batches, the predictions, the switch point."""
+def summary(schedule, source: str) -> str:
+    """A few lines: the split, the micro-batches, the predictions (with `source`, where the
+    profile's numbers come from), the switch point."""
     s = schedule
     split = (f"{s.memory_sms} memory + {s.compute_sms} compute SMs" if s.mode == "interleaved"
              else f"no split ({s.compute_sms} SMs)")
@@ -173,11 +202,12 @@ def summary(schedule) -> str:
     lines = [f"{s.model.name} on {s.device}: {s.mode}, {split}",
              f"  micro-batches: {sizes}",
              f"  predicted step {s.predicted_step_us / 1e3:.3f} ms | sequential "
-             f"{s.sequential_step_us / 1e3:.3f} ms ({s.speedup:.2f}x) | roofline floor "
-             f"{s.roofline_floor_us / 1e3:.3f} ms"]
+             f"{s.sequential_step_us / 1e3:.3f} ms | roofline floor "
+             f"{s.roofline_floor_us / 1e3:.3f} ms | {speedup_words(s.speedup, source)}"]
     if s.switch is not None:
         w = s.switch
         lines.append(f"  switch to prefill after {w.step} decode steps, admitting "
                      f"{len(w.admitted_prompts)} prompts: {w.tokens_per_s:.0f} tok/s "
                      f"(TD-Pipe rule: after {w.tdpipe_step}, {w.tdpipe_tokens_per_s:.0f} tok/s)")
     return "\n".join(lines)
+

@@ -4,12 +4,20 @@ Capture and classify the decode step (passes), plan it for a device profile (pla
 generate with the executor that runs the schedule (runtime) and with `pipedecode.compile`, each
 compared token for token with transformers' eager generation. On a CPU this runs the tiny
 preset in float32; on a GPU it runs in bfloat16 and interleaves where the plan says it pays.
+A model directory's own weights are loaded (presets, and `--random-weights`, build random
+ones). Before any weight is made, the memory the run needs is compared with what the device has
+free: too little stops the run in one line; enough, for a large model, prints how long the run
+is expected to take. The schedule file appears only when every check passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import time
+
+from pipedecode.commands.common import Outputs, provenance, speedup_words
 
 HELP = "run the whole pipeline (capture, classify, plan, execute) on a preset and check it"
 
@@ -19,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help=HELP, description=HELP + ". Defaults need no download and no GPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="tiny-llama",
-                        help="preset name, local directory or hub id (weights random for presets)")
+                        help="preset name (random weights), or a local directory or hub id "
+                             "(its own weights)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights of the model's shape instead of its own")
     parser.add_argument("--device", default="h100", help="device profile name or JSON file")
     parser.add_argument("--batch", type=int, default=4, help="number of requests")
     parser.add_argument("--prompt-len", type=int, default=12,
@@ -32,11 +43,103 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     from pipedecode.errors import PipedecodeError
+    from pipedecode.models import PRESETS, check_positions, weights_present
 
     for name in ("batch", "prompt_len", "new_tokens"):
         if getattr(args, name) <= 0:
             raise PipedecodeError(f"--{name.replace('_', '-')} must be positive, "
                                   f"got {getattr(args, name)}")
+    check_positions(args.model, args.prompt_len + args.new_tokens,
+                    "--prompt-len + --new-tokens")
+    if os.path.isdir(args.model) and not args.random_weights and not weights_present(args.model):
+        raise PipedecodeError(f"{args.model} holds no weights (*.safetensors or "
+                              f"pytorch_model*.bin); pass --random-weights to run random "
+                              f"weights of its shape")
+    args.random_weights = args.random_weights or args.model in PRESETS
+
+
+def run_bytes(shape, batch: int, max_context: int) -> dict[str, int]:
+    """What the run holds at its peak, by part: the weights, the executor's fused q/k/v and
+    gate/up copies, and two KV caches of the batch (the executor's, and transformers' static
+    cache under pipedecode.compile). Activations are a few rows of the batch: left out."""
+    fused = sum(s.n * s.k for s in shape.linears() if s.name in ("qkv_proj", "gate_up_proj"))
+    return {"weights": shape.weight_bytes(),
+            "fused copies": shape.num_layers * fused * shape.dtype_bytes,
+            "KV caches": 2 * batch * max_context * shape.kv_bytes_per_token()}
+
+
+def _check_memory(args: argparse.Namespace, shape, device: str, context: int) -> None:
+    """Stop before building anything when the run cannot fit the device (and, loading real
+    weights for a GPU, the RAM they pass through)."""
+    from pipedecode.models import check_memory, dtype_name, gib
+
+    parts = run_bytes(shape, args.batch, context + 1)
+    words = ", ".join(f"{gib(v)} of {k}" for k, v in parts.items())
+    check_memory(sum(parts.values()), device,
+                 f"running {args.model} in {dtype_name(_dtype(shape))} ({words})",
+                 "try a smaller model (tiny-llama), a smaller --batch, or a GPU"
+                 if device == "cpu" else "try a smaller model or a smaller --batch")
+    if not args.random_weights and device != "cpu":     # transformers loads into RAM first
+        check_memory(parts["weights"], "cpu", f"loading {args.model}'s weights",
+                     "free some memory")
+
+
+def _say_how_long(args: argparse.Namespace, shape, device: str) -> None:
+    from pipedecode.models import dtype_name, gib
+
+    seconds = expected_seconds(shape, device, args.batch, args.new_tokens)
+    if seconds is not None:
+        print(f"      {gib(shape.weight_bytes())} of {dtype_name(_dtype(shape))} weights on "
+              f"{device}: expect roughly {_duration(seconds)} (a short probe of this device's "
+              f"memory rates; Dynamo's captures come on top)", flush=True)
+
+
+def _dtype(shape):
+    import torch
+
+    return torch.bfloat16 if shape.dtype_bytes == 2 else torch.float32
+
+
+def _probe_seconds_per_byte(device: str, dtype) -> tuple[float, float]:
+    """(seconds per byte to fill weights with random numbers, to read them in a 4-token linear),
+    timed on one 4096 x 4096 matrix (64 MiB in float32) on `device`."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    w = torch.empty(4096, 4096, dtype=dtype, device=device)
+    x = torch.randn(4, 4096, dtype=dtype, device=device)
+    torch.nn.functional.linear(x, w.normal_(0.0, 0.02))        # warm-up
+    sync()
+    start = time.perf_counter()
+    w.normal_(0.0, 0.02)
+    sync()
+    fill = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(3):
+        torch.nn.functional.linear(x, w)
+    sync()
+    read = (time.perf_counter() - start) / 3
+    return fill / (w.numel() * w.element_size()), read / (w.numel() * w.element_size())
+
+
+def expected_seconds(shape, device: str, batch: int, new_tokens: int) -> float | None:
+    """A rough wall time for a model of a GiB or more (None below: it takes seconds).
+
+    Decode steps read every weight once, so each forward costs about the weights' bytes at
+    the probed read rate: transformers' eager reference runs prompt by prompt (a prefill and
+    new_tokens - 1 steps each), the executor prefills each prompt then steps the batch, and
+    pipedecode.compile prefills the batch once then steps it. Building the weights costs one
+    random fill. Dynamo's captures and the planner are not counted."""
+    weights = shape.weight_bytes()
+    if weights < 2 ** 30:
+        return None
+    fill, read = _probe_seconds_per_byte(device, _dtype(shape))
+    forwards = batch * new_tokens + (batch + new_tokens - 1) + new_tokens
+    return weights * (fill + forwards * read)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _prompts(batch: int, longest: int, vocab: int, seed: int):
@@ -85,44 +188,69 @@ def _compiled_tokens(model, prompts, new_tokens: int, device: str):
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from pipedecode.models import build_model, model_shape
-    from pipedecode.passes.report import analyze_model
-    from pipedecode.planner import plan
+    from pipedecode.models import build_model, load_model, model_shape
     from pipedecode.profiles import load_profile
-    from pipedecode.runtime.engine import build_executor, generate
 
     _check(args)
-    on_gpu = torch.cuda.is_available()
-    dtype = torch.bfloat16 if on_gpu else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     profile = load_profile(args.device)
-    shape = model_shape(args.model)
-    print(f"pipedecode run: {args.model} ({shape.num_layers} layers, {shape.num_heads}/"
-          f"{shape.num_kv_heads} heads) on {'cuda' if on_gpu else 'cpu'}, {dtype}; "
-          f"profile {profile.name} ({profile.source})")
+    shape = dataclasses.replace(model_shape(args.model), dtype_bytes=dtype.itemsize)
+    context = args.prompt_len + args.new_tokens       # the longest request's, at most
+    _check_memory(args, shape, device, context)
+    weights = f"random weights, seed {args.seed}" if args.random_weights else \
+        f"weights from {args.model}"
+    print(f"pipedecode run: {args.model} ({weights}; {shape.num_layers} layers, "
+          f"{shape.num_heads}/{shape.num_kv_heads} heads) on {device}, {dtype}; profile "
+          f"{profile.name} ({provenance(profile)})")
+    _say_how_long(args, shape, device)
+    with Outputs() as outputs:
+        plan_out = outputs.path(args.plan_out) if args.plan_out else None
+        schedule, prompts = _analyze_and_plan(args, shape, profile)
+        if args.random_weights:
+            model = build_model(args.model, dtype=dtype, seed=args.seed, device=device)
+        else:
+            model = load_model(args.model, dtype=dtype, device=device)
+        ok = _execute(args, model, prompts, schedule)
+        if plan_out and ok:
+            with open(plan_out, "w") as f:
+                f.write(schedule.to_json())
+            outputs.commit()
+            print(f"schedule written to {args.plan_out} (see: pipedecode show {args.plan_out})")
+    return 0 if ok else 1
+
+
+def _analyze_and_plan(args: argparse.Namespace, shape, profile):
+    """Steps 1 and 2: the captured step's stages, and the planner's schedule for the prompts."""
+    from pipedecode.passes.report import analyze_model
+    from pipedecode.planner import plan
+
     prompts = _prompts(args.batch, args.prompt_len, shape.vocab_size, args.seed)
     context = max(p.numel() for p in prompts) + args.new_tokens
-
     report = analyze_model(args.model, profile, batch_size=args.batch, context_len=context)
     layer_bounds = [s["bound"] for s in report["stages"] if s["segment"].startswith("layer")]
     per_layer = len(layer_bounds) // max(shape.num_layers, 1)
     print(f"[1/4] captured the decode step: {len(report['stages'])} stages, {per_layer} per "
           f"decoder layer ({' -> '.join(layer_bounds[:per_layer])}) at batch {args.batch}, "
           f"context {context}")
-
-    context_lens = [p.numel() + args.new_tokens for p in prompts]
     start = time.perf_counter()
-    schedule = plan(shape, profile, context_lens)
+    schedule = plan(args.model, profile, [p.numel() + args.new_tokens for p in prompts])
     print(f"[2/4] planned in {1e3 * (time.perf_counter() - start):.0f} ms: {schedule.mode}, "
           f"memory/compute SMs {schedule.memory_sms}/{schedule.compute_sms}, "
           f"{len(schedule.micro_batches)} micro-batch(es); predicted step "
           f"{schedule.predicted_step_us:.1f} us vs sequential {schedule.sequential_step_us:.1f} us, "
-          f"roofline floor {schedule.roofline_floor_us:.1f} us on {profile.name}")
-    if args.plan_out:
-        with open(args.plan_out, "w") as f:
-            f.write(schedule.to_json())
-        print(f"      schedule written to {args.plan_out} (see: pipedecode show {args.plan_out})")
+          f"roofline floor {schedule.roofline_floor_us:.1f} us on {profile.name}: "
+          f"{speedup_words(schedule.speedup, provenance(profile))}")
+    return schedule, prompts
 
-    model = build_model(args.model, dtype=dtype, seed=args.seed).to("cuda" if on_gpu else "cpu")
+
+def _execute(args: argparse.Namespace, model, prompts, schedule) -> bool:
+    """Steps 3 and 4: the executor and pipedecode.compile, each against transformers eager."""
+    import torch
+
+    from pipedecode.runtime.engine import build_executor, generate
+
+    context = max(p.numel() for p in prompts) + args.new_tokens
     reference = _eager_tokens(model, prompts, args.new_tokens)
     executor = build_executor(model, batch_size=args.batch, max_context=context + 1,
                               schedule=schedule)
@@ -132,10 +260,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"[3/4] executor ran the schedule in {executor.mode} mode{why}: "
           f"{result.tokens_per_s:.0f} tokens/s; greedy tokens "
           f"{'identical to' if same else 'DIFFER from'} transformers eager")
-
+    del executor                # its KV cache and fused weights before compile makes its own
     compiled, how = _compiled_tokens(model, prompts, args.new_tokens, args.device)
     same_compiled = torch.equal(compiled, reference)
     print(f"[4/4] pipedecode.compile: generate ran on {how}; greedy tokens "
           f"{'identical to' if same_compiled else 'DIFFER from'} transformers eager")
     print(f"first request: {reference[0].tolist()}")
-    return 0 if same and same_compiled else 1
+    return same and same_compiled

@@ -1,7 +1,8 @@
 """`pipedecode show`: a schedule as a table, a timeline PNG and a Chrome/Perfetto trace.
 
-Owns the text table and the drawing (matplotlib, Agg backend). Knows nothing of planning:
-it reads a schedule file and `pipedecode.planner.timeline` lays it out.
+Owns the text table and the drawing (matplotlib, Agg backend). The PNG and the trace appear
+only when both were made. Knows nothing of planning: it reads a schedule file and
+`pipedecode.planner.timeline` lays it out.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipedecode.commands.common import Outputs, provenance_of, speedup_words
 from pipedecode.errors import PipedecodeError
 
 STAGE_COLORS = {"pre_attn": "#4C72B0", "attention": "#DD8452", "post_attn": "#55A868",
@@ -37,24 +39,23 @@ def _run(args: argparse.Namespace) -> int:
     from pipedecode.planner.timeline import chrome_trace
 
     if args.layers <= 0:
-        raise PipedecodeError("--layers must be positive")
-    schedule = load_schedule(args.schedule)
-    print(table(schedule))
-    if args.png:
-        draw(schedule, args.png, args.layers)
-        print(f"wrote {args.png}")
-    if args.trace:
-        _write(args.trace, json.dumps(chrome_trace(schedule)))
-        print(f"wrote {args.trace}")
+        raise PipedecodeError(f"--layers must be positive, got {args.layers}")
+    with Outputs() as outputs:
+        png = outputs.path(args.png) if args.png else None
+        trace = outputs.path(args.trace) if args.trace else None
+        schedule = load_schedule(args.schedule)
+        text = table(schedule)
+        if png:
+            draw(schedule, png, args.layers)
+        if trace:
+            with open(trace, "w") as f:
+                f.write(json.dumps(chrome_trace(schedule)))
+        outputs.commit()
+    print(text)
+    for path in (args.png, args.trace):
+        if path:
+            print(f"wrote {path}")
     return 0
-
-
-def _write(path: str, text: str) -> None:
-    try:
-        with open(path, "w") as f:
-            f.write(text)
-    except OSError as exc:
-        raise PipedecodeError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
 def table(schedule) -> str:
@@ -62,8 +63,9 @@ def table(schedule) -> str:
     s = schedule
     split = f"memory {s.memory_sms} SMs | compute {s.compute_sms} SMs" if s.mode == "interleaved" \
         else f"all {s.compute_sms} SMs"
-    out = [f"schedule v{s.version}: {s.model.name} ({s.model.num_layers} layers) on {s.device}, "
-           f"{s.mode}, {split}, solver {s.solver or '-'}", "",
+    source = provenance_of(s.device)
+    out = [f"schedule v{s.version}: {s.model.name} ({s.model.num_layers} layers) on {s.device} "
+           f"({source}), {s.mode}, {split}, solver {s.solver or '-'}", "",
            f"{'micro-batch':>11} {'requests':>8} {'kv tokens':>10} {'mean ctx':>9}  request ids"]
     for m in s.micro_batches:
         ids = ",".join(map(str, m.request_ids[:8])) + (",..." if m.tokens > 8 else "")
@@ -78,7 +80,8 @@ def table(schedule) -> str:
         out.append(f"{slot.phase:>5} {slot.partition:>9} {slot.stage:>10} {slot.micro_batch:>3} "
                    f"{layer:>6} {slot.predicted_us:>9.1f} {phase_us:>9.1f}")
     out += ["", f"predicted step   {s.predicted_step_us / 1e3:9.3f} ms",
-            f"sequential step  {s.sequential_step_us / 1e3:9.3f} ms  (speedup {s.speedup:.2f}x)",
+            f"sequential step  {s.sequential_step_us / 1e3:9.3f} ms  "
+            f"({speedup_words(s.speedup, source)})",
             f"roofline floor   {s.roofline_floor_us / 1e3:9.3f} ms"]
     if s.switch is not None:
         w = s.switch
@@ -105,7 +108,7 @@ def draw(schedule, path: str, layers: int) -> None:
     _phase_lines(ax, schedule, layers)
     _decorate(fig, ax, schedule, lanes, layers)
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, format="png")
     except OSError as exc:
         raise PipedecodeError(f"cannot write {path!r}: {exc.strerror or exc}") from None
     finally:

@@ -1,21 +1,28 @@
 """The planning problem: model, device, workload, options; built and checked, never solved here.
 
 Owns `Problem`, `Bucket`, `WaitingPrompt` and `build_problem` (resolving names, bucketing requests
-by context length so the ILP stays small, and the memory check). Knows nothing of solvers.
+by context length so the ILP stays small) and the checks every input passes before anything the
+size of the batch is allocated: the weights fit the device, the KV budget fits beside them, the
+request count is bounded by what the budget holds, contexts stay within the model's positions.
+Knows nothing of solvers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pipedecode.errors import PlanningError
-from pipedecode.models import ModelShape, model_shape
+from pipedecode.models import ModelShape, check_positions, gib, max_positions, model_shape
 from pipedecode.profiles.registry import load_profile
 from pipedecode.profiles.schema import DeviceProfile
 
 DEFAULT_MAX_BUCKETS = 24
 DEFAULT_MEMORY_UTILIZATION = 0.9     # share of device memory weights + KV cache may take
 DEFAULT_SWITCH_COST_US = 2000.0      # phase switch: drain, swap CUDA graphs, schedule prefill
+# Each micro-batch re-reads all weights every step, and the ILP grows with their count: beyond a
+# few, interleaving only loses; 16 bounds the problem size.
+MAX_MICRO_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,53 @@ def resolve_model(spec: ModelShape | str) -> ModelShape:
 
 
 def weight_bytes(model: ModelShape) -> int:
-    """Decoder weights, embedding and LM head (counted untied)."""
-    return model.num_layers * model.weight_bytes_per_layer() \
-        + 2 * model.vocab_size * model.hidden_size * model.dtype_bytes
+    """Decoder weights, embedding and LM head (counted untied): `ModelShape.weight_bytes`."""
+    return model.weight_bytes()
+
+
+def kv_budget(shape: ModelShape, profile: DeviceProfile, kv_budget_bytes: int | None = None) -> int:
+    """The bytes the KV cache may take: `kv_budget_bytes` checked against the device, or by
+    default 90% of the device minus the weights. PlanningError when the weights alone leave no
+    room (pointing to pipeline parallelism) or the budget exceeds what is left beside them."""
+    weights, memory = shape.weight_bytes(), profile.memory_bytes
+    usable = int(memory * DEFAULT_MEMORY_UTILIZATION)
+    if weights >= (usable if kv_budget_bytes is None else memory):
+        gpus = weights // usable + 1         # each GPU keeps room for its share of the cache
+        raise PlanningError(
+            f"{gib(weights)} of weights ({shape.name}) exceed the {gib(memory)} of one "
+            f"{profile.name} ({gib(usable)} usable at {DEFAULT_MEMORY_UTILIZATION:.0%}): split "
+            f"the model over {gpus} or more GPUs with pipeline parallelism "
+            f"(pipedecode plan --pipeline-parallel {gpus})")
+    if kv_budget_bytes is None:
+        return usable - weights
+    if not (isinstance(kv_budget_bytes, int) and kv_budget_bytes > 0):
+        raise PlanningError(f"the KV budget must be a positive number of bytes, "
+                            f"got {kv_budget_bytes!r}")
+    if kv_budget_bytes > memory - weights:
+        raise PlanningError(
+            f"a KV budget of {gib(kv_budget_bytes)} beside {gib(weights)} of weights "
+            f"({shape.name}) exceeds the {gib(memory)} of {profile.name}; the budget can be at "
+            f"most {gib(memory - weights)}")
+    return kv_budget_bytes
+
+
+def max_requests(shape: ModelShape, profile: DeviceProfile,
+                 kv_budget_bytes: int | None = None) -> int:
+    """The most requests whose KV cache fits the budget at one token each: an upper bound on
+    any batch or queue, checked before lists of that length are made."""
+    return kv_budget(shape, profile, kv_budget_bytes) // shape.kv_bytes_per_token()
+
+
+def check_request_count(count: int, model: ModelShape | str, device: DeviceProfile | str,
+                        kv_budget_bytes: int | None = None, what: str = "batch") -> None:
+    """PlanningError when `count` requests cannot fit the device even at one token each."""
+    shape, profile = resolve_model(model), load_profile(device)
+    limit = max_requests(shape, profile, kv_budget_bytes)
+    if count > limit:
+        raise PlanningError(
+            f"a {what} of {count:,} requests cannot fit {profile.name}: at one token each "
+            f"({shape.kv_bytes_per_token() / 1024:.0f} KiB of KV cache), at most {limit:,} fit "
+            f"the {gib(kv_budget(shape, profile, kv_budget_bytes))} left for the KV cache")
 
 
 def make_buckets(request_ids: tuple[int, ...], context_lens: tuple[int, ...],
@@ -119,24 +170,31 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
                   num_micro_batches: int = 2, memory_sms_options=None,
                   max_buckets: int = DEFAULT_MAX_BUCKETS, kv_budget_bytes: int | None = None,
                   horizon_steps: int | None = None,
-                  switch_cost_us: float = DEFAULT_SWITCH_COST_US) -> Problem:
-    """A checked Problem; PlanningError when the batch's KV cache cannot fit the device."""
-    shape = resolve_model(model)
-    profile = load_profile(device)
+                  switch_cost_us: float = DEFAULT_SWITCH_COST_US,
+                  positions: int | None = None) -> Problem:
+    """A checked Problem; PlanningError (or WorkloadError) naming the first bad input.
+
+    `positions`: the model's max positions; by default looked up from `model` when it is a
+    name, path or config (a bare ModelShape does not carry it, and contexts go unchecked)."""
+    shape, profile = resolve_model(model), load_profile(device)
+    budget = kv_budget(shape, profile, kv_budget_bytes)
+    if hasattr(context_lens, "__len__"):       # bound the batch before copying it
+        check_request_count(len(context_lens), shape, profile, kv_budget_bytes)
     lens = tuple(int(c) for c in context_lens)
     if not lens or min(lens) < 0:
         raise PlanningError("context lengths must be a non-empty list of non-negative integers")
+    check_request_count(len(lens), shape, profile, kv_budget_bytes)
     ids = tuple(range(len(lens))) if request_ids is None else tuple(int(i) for i in request_ids)
     if len(set(ids)) != len(ids) or len(ids) != len(lens):
         raise PlanningError("request_ids must be distinct, one per context length")
-    options = profile.partition_sizes() if memory_sms_options is None else tuple(memory_sms_options)
-    bad = [s for s in options if s not in profile.partition_sizes()]
-    if bad:
-        raise PlanningError(f"memory partition sizes {bad} are not allowed on {profile.name}; "
-                            f"allowed: {profile.partition_sizes()}")
-    if kv_budget_bytes is None:
-        usable = profile.memory_bytes * DEFAULT_MEMORY_UTILIZATION
-        kv_budget_bytes = int(usable - weight_bytes(shape))
+    options = _memory_sms(profile, memory_sms_options)
+    if not 2 <= num_micro_batches <= MAX_MICRO_BATCHES:
+        raise PlanningError(f"num_micro_batches must be >= 2 and at most {MAX_MICRO_BATCHES}, "
+                            f"got {num_micro_batches}")
+    if not (math.isfinite(switch_cost_us) and switch_cost_us >= 0):
+        raise PlanningError(f"switch_cost_us must be a finite number >= 0, got {switch_cost_us}")
+    if waiting and hasattr(waiting, "__len__"):
+        check_request_count(len(waiting), shape, profile, kv_budget_bytes, what="waiting queue")
     remaining = None if remaining_output_lens is None else \
         tuple(int(r) for r in remaining_output_lens)
     horizon = horizon_steps if horizon_steps is not None else (max(remaining) if remaining else 0)
@@ -144,15 +202,39 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
         prompts = tuple(w if isinstance(w, WaitingPrompt) else WaitingPrompt(*w)
                         for w in waiting or ())
         problem = Problem(shape, profile, ids, lens, make_buckets(ids, lens, max_buckets),
-                          num_micro_batches, options, kv_budget_bytes, remaining, prompts,
+                          num_micro_batches, options, budget, remaining, prompts,
                           int(horizon), float(switch_cost_us))
     except (TypeError, ValueError) as exc:
         raise PlanningError(f"bad planning input: {exc}") from None
-    if problem.kv_bytes > kv_budget_bytes:
-        gib = 2 ** 30
+    _check_positions(problem, max_positions(model) if positions is None else positions)
+    if problem.kv_bytes > budget:
         raise PlanningError(
-            f"the KV cache of {len(lens)} requests ({problem.kv_bytes / gib:.1f} GiB) does not fit "
-            f"the {max(kv_budget_bytes, 0) / gib:.1f} GiB left on {profile.name} after "
-            f"{weight_bytes(shape) / gib:.1f} GiB of weights; use a smaller batch or shorter "
-            f"contexts, or pass a KV budget")
+            f"the KV cache of {len(lens)} requests ({gib(problem.kv_bytes)}) does not fit "
+            f"the {gib(budget)} left for it on {profile.name} beside {gib(shape.weight_bytes())} "
+            f"of weights; use a smaller batch or shorter contexts, or pass a KV budget")
     return problem
+
+
+def _memory_sms(profile: DeviceProfile, memory_sms_options) -> tuple[int, ...]:
+    options = profile.partition_sizes() if memory_sms_options is None else tuple(memory_sms_options)
+    bad = [s for s in options if s not in profile.partition_sizes()]
+    if bad:
+        raise PlanningError(f"memory partition sizes {bad} are not allowed on {profile.name}; "
+                            f"allowed: {profile.partition_sizes()}")
+    return options
+
+
+def _check_positions(problem: Problem, positions: int | None) -> None:
+    """Every sequence stays within the model's positions: a context and the token this step
+    adds, a context and its predicted remaining output, a waiting prompt and its output."""
+    if positions is None:
+        return
+    name = problem.model
+    longest = max(problem.context_lens)
+    check_positions(name, longest + 1, f"context {longest} + the step's new token", positions)
+    if problem.remaining_output_lens is not None:
+        ends = max(c + r for c, r in zip(problem.context_lens, problem.remaining_output_lens))
+        check_positions(name, ends, "a context plus its remaining output", positions)
+    if problem.waiting:
+        ends = max(w.prompt_len + w.output_len for w in problem.waiting)
+        check_positions(name, ends, "a waiting prompt plus its output", positions)

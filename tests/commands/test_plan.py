@@ -39,25 +39,71 @@ def test_context_file_and_seeded_distributions(tmp_path):
         lengths(str(path), 3, rng(), "--context")
 
 
+BAD_CONFIG = ('{"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3, '
+              '"num_key_value_heads": 3, "intermediate_size": 200, "num_hidden_layers": 2, '
+              '"vocab_size": 256}')
+
+
 @pytest.mark.parametrize("args, message", [
     (["--context", "uniform:9:1"], "cannot read 'uniform:9:1'"),
     (["--context", "-5"], "must be positive"),
     (["--device", "h900"], "unknown device profile 'h900'"),
     (["--model", "gpt-9"], "Llama-family"),
-    (["--batch", "4096", "--context", "8192"], "does not fit"),
+    (["--batch", "4096", "--context", "4096"], "does not fit"),
     (["--waiting", "lots"], "neither a count nor a file"),
     (["--micro-batches", "1"], "num_micro_batches must be >= 2"),
+    (["--micro-batches", "100000"], "at most 16"),
+    # weights beyond the GPU: the reason, and the way out
+    (["--model", "llama-3-70b"], "131.4 GiB of weights (llama-3-70b) exceed the 79.2 GiB of one "
+                                 "h100"),
+    (["--model", "llama-3-70b", "--device", "h200"], "--pipeline-parallel 2"),
+    (["--kv-budget-gib", "100"], "the budget can be at most 64.2 GiB"),
+    (["--kv-budget-gib", "nan"], "--kv-budget-gib must be a positive number"),
+    (["--kv-budget-gib", "-2"], "--kv-budget-gib must be a positive number"),
+    # sizes bounded before a list of that length is made
+    (["--batch", "100000000"], "at most 461,240 fit the 56.3 GiB left for the KV cache"),
+    (["--batch", "1000000000000"], "a --batch of 1,000,000,000,000 requests cannot fit h100"),
+    (["--waiting", "100000000000"], "a --waiting queue of 100,000,000,000 requests"),
+    (["--waiting", "4", "--remaining", "uniform:1:1000000000000"], "beyond the 8192 of"),
+    (["--context", "9000"], "9001 positions, beyond the 8192 of llama-3-8b"),
+    (["--switch-cost-us", "nan"], "--switch-cost-us must be a finite number"),
+    (["--horizon", "0"], "--horizon must be positive"),
+    (["--model", "BAD_CONFIG"], "not a multiple of the number of attention heads"),
 ])
-def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, args, message):
+def test_bad_arguments_give_one_line_exit_2_and_no_file(tmp_path, capsys, args, message):
+    out = tmp_path / "s.json"
     base = {"--model": "llama-3-8b", "--device": "h100", "--batch": "8", "--context": "512",
-            "--out": str(tmp_path / "s.json")}
+            "--out": str(out)}
     for key, value in zip(args[::2], args[1::2]):
         base[key] = value
+    if base["--model"] == "BAD_CONFIG":
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "config.json").write_text(BAD_CONFIG)
+        base["--model"] = str(tmp_path / "bad")
     argv = ["plan"] + [x for kv in base.items() for x in kv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert err.startswith("pipedecode plan: error:")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.is_file()] == []
+
+
+def test_a_failed_plan_keeps_the_previous_file(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    out.write_text("previous")
+    assert main(["plan", "--model", "llama-3-70b", "--device", "h100", "--context", "512",
+                 "--out", str(out)]) == 2
+    assert out.read_text() == "previous" and sorted(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("device, source", [("a100", "(analytic profile, never measured)"),
+                                            ("h100", "(measured profile)")])
+def test_predictions_say_whether_the_profile_was_measured(tmp_path, capsys, device, source):
+    assert main(["plan", "--model", "llama-3-8b", "--device", device, "--batch", "256",
+                 "--context", "1024", "--out", str(tmp_path / "s.json")]) == 0
+    predicted = [line for line in capsys.readouterr().out.splitlines() if "predicted" in line]
+    assert len(predicted) == 1 and predicted[0].endswith(source)
+    assert "faster than sequential" in predicted[0]
 
 
 def test_the_installed_script_runs_plan(tmp_path):

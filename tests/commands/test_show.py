@@ -38,3 +38,34 @@ def test_show_rejects_bad_files_in_one_line(tmp_path, capsys, content, message):
 def test_show_missing_file(tmp_path, capsys):
     assert main(["show", str(tmp_path / "none.json")]) == 2
     assert "cannot read schedule" in capsys.readouterr().err
+
+
+def test_predictions_of_an_analytic_profile_are_marked(tmp_path, capsys):
+    out = tmp_path / "a100.json"
+    assert main(["plan", "--model", "llama-3-8b", "--device", "a100", "--batch", "256",
+                 "--context", "1024", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on a100 (analytic profile, never measured)" in text.splitlines()[0]
+    speed = [line for line in text.splitlines() if line.startswith("sequential step")]
+    assert "faster than sequential (analytic profile, never measured)" in speed[0]
+
+
+def test_measured_profile_is_marked_measured(schedule_file, capsys):
+    assert main(["show", str(schedule_file)]) == 0
+    assert "(measured profile)" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_one_bad_output_path_leaves_no_file_at_all(schedule_file, tmp_path, capsys):
+    png = tmp_path / "t.png"
+    assert main(["show", str(schedule_file), "--png", str(png),
+                 "--trace", str(tmp_path / "missing" / "t.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_layer_count_is_refused_before_reading(schedule_file, capsys):
+    assert main(["show", str(schedule_file), "--layers", "0"]) == 2
+    assert "--layers must be positive" in capsys.readouterr().err
