@@ -1,17 +1,21 @@
-"""Partition-aware decode kernels: Triton fast paths, float32 torch references as fallback.
+"""Partition-aware decode and prefill kernels: Triton fast paths, torch references as fallback.
 
 Public functions (all keyword arguments after the tensors are keyword-only; bf16 tensors on one
-CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
+CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter). A KV cache is
+either static, [batch, num_kv_heads, max_context, head_dim], or paged: per layer a block pool
+[num_blocks, num_kv_heads, block_size, head_dim] with `block_tables` int32 [batch, max_blocks],
+request b's position p in block block_tables[b, p // block_size] at offset p % block_size.
 
 - `decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-  max_context_len=None, context_starts=None) -> out`
-  q: [batch, num_heads, head_dim]; k_cache, v_cache: [batch, num_kv_heads, max_context,
-  head_dim] (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
+  max_context_len=None, context_starts=None, block_tables=None) -> out`
+  q: [batch, num_heads, head_dim]; k_cache, v_cache: a static or (with block_tables) a paged
+  cache (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
   int32 [batch], >= 1, counting the current token (already written); context_starts: optional
-  int32 [batch], the first position to attend (a left-padded cache), default 0; out: [batch, num_heads,
-  head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x kv_heads x splits fills
-  `sm_count` SMs (None = the whole GPU). `max_context_len` is an optional host-side upper bound
-  on context_lens (default: the cache capacity), used only to size the splits; it never syncs.
+  int32 [batch], the first position to attend (a left-padded static cache), default 0; out:
+  [batch, num_heads, head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x
+  kv_heads x splits fills `sm_count` SMs (None = the whole GPU). `max_context_len` is an
+  optional host-side upper bound on context_lens (default: the cache capacity), used only to
+  size the splits; it never syncs.
 - `linear(x, weight, *, bias=None, sm_count=None, out=None, impl="auto") -> out`:
   x @ weight.T (+ bias); x: [tokens, k], weight: [n, k], bias: [n]. Two paths: a persistent
   Triton matmul whose grid is the SM count, tiles, split-K and a split tail (the last partial
@@ -22,10 +26,16 @@ CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
   silu(x @ w_gate.T) * (x @ w_up.T); w_gate_up: [2 * inter, k] with the gate rows first;
   out: [tokens, inter]. Triton: one fused pass; cuBLAS: GEMM, then silu * up in torch.
 - `rms_norm(x, weight, eps=1e-6, *, out=None) -> out`: x: [rows, hidden], weight: [hidden].
-- `rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None) -> q_out`:
-  rotate-half RoPE on q [batch, heads, dim] and k [batch, kv_heads, dim] with cos/sin
-  [batch, dim] (taken at each request's position), writes rotated k and v into the caches at
-  positions[b] (int32 [batch]) and returns the rotated q.
+- `rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None,
+  block_tables=None) -> q_out`: rotate-half RoPE on q [batch, heads, dim] and k [batch,
+  kv_heads, dim] with cos/sin [batch, dim] (taken at each request's position), writes rotated
+  k and v into the caches at positions[b] (int32 [batch]; through the tables on the device
+  when paged) and returns the rotated q.
+- `write_kv(k, v, k_cache, v_cache, slot_mapping)`: the prefill's K/V, [tokens, kv_heads,
+  head_dim], into a block pool at flat slots (block * block_size + offset).
+- `prefill_attention(q, k, v, cu_seqlens, *, max_seqlen, scale=None, out=None, sm_count=None)
+  -> out`: causal flash attention within each prompt packed in q [tokens, heads, dim], k, v
+  [tokens, kv_heads, dim], prompt i being tokens [cu_seqlens[i], cu_seqlens[i + 1]).
 
 `backend()` says which path runs ("triton" or "reference"). Triton is imported lazily: this
 package imports without triton and without CUDA, and falls back to `reference` there.
@@ -334,8 +344,9 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping):
     if slot_mapping.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"write_kv: slot_mapping must be int32 or int64, got {slot_mapping.dtype}")
     head_dim = k.shape[2]
-    if not _use_triton(k) or head_dim & (head_dim - 1):
-        # a head_dim that is not a power of two has no Triton tile: the reference writes it
+    if head_dim & (head_dim - 1):
+        raise ValueError(f"write_kv: head_dim must be a power of two, got {head_dim}")
+    if not _use_triton(k):
         return reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
     if any(t.stride(-1) != 1 for t in (k, v, k_cache, v_cache)):
         raise ValueError("write_kv: the last dimension of every tensor must be contiguous")
