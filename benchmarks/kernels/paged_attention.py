@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import math
 import os
 import sys
 import time

@@ -142,7 +142,8 @@ def prefill_attention(q, k, v, cu_seqlens, out, *, max_seqlen: int, scale: float
     if tokens == 0:
         return out
     m_tiles = triton.cdiv(max_seqlen, cfg.block_m)
-    precision = "ieee" if q.dtype == torch.float32 or not q.is_cuda else None   # None: default
+    # bf16/fp16 dots ignore it ("tf32" is tl.dot's own default); float32 ones stay IEEE
+    precision = "ieee" if q.dtype == torch.float32 or not q.is_cuda else "tf32"
     _prefill_kernel[(m_tiles, num_heads, prompts)](
         q, k, v, out, cu_seqlens, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
