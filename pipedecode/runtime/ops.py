@@ -1,48 +1,65 @@
 """The kernel adapter: the handful of ops a decode step launches, behind one small interface.
 
-Owns `KernelSet` and `kernel_set(name)`. "torch" is plain torch in the model's dtype, mirroring
-transformers' eager arithmetic (so float32 CPU runs match it), graph-capturable (no host syncs,
-writes into given buffers). "triton" takes the partition-aware kernels of
-`pipedecode.runtime.kernels` where that package provides them and falls back to "torch" op by op
-where it does not; "cublas" is "triton" with torch GEMMs; "hybrid" (the CUDA default) uses cuBLAS
-GEMMs for whole-GPU calls and the Triton matmul for calls on a partition. Knows nothing of schedules, streams or micro-batches: callers pass `sm_count`.
+Owns `KernelSet` and `kernel_set(name)`. "torch" is the kernels' torch references
+(`kernels.reference`): the model's dtype, mirroring transformers' eager arithmetic (so float32
+CPU runs match it), graph-capturable but for the prefill attention (no host syncs, writes into
+given buffers). "triton" takes the partition-aware kernels of `pipedecode.runtime.kernels`;
+"cublas" is "triton" with torch GEMMs; "hybrid" (the CUDA default) uses cuBLAS GEMMs for
+whole-GPU calls and the Triton matmul for calls on a partition. Every op that reads or writes
+the KV cache takes an optional `block_tables` (a paged cache). Knows nothing of schedules,
+streams or micro-batches: callers pass `sm_count`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from pipedecode.runtime.kernels import reference
+
+# The "torch" set: the kernels' references behind the KernelSet's signatures (which also carry
+# the SM count a Triton kernel plans for; a torch op has nothing to plan).
 
 
-def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *,
-                   out: torch.Tensor) -> torch.Tensor:
-    """transformers' LlamaRMSNorm: float32 statistics, cast back, then scale."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    torch.mul(weight, xf.to(x.dtype), out=out)
-    return out
+def torch_rms_norm(x, weight, eps, *, out):
+    return reference.rms_norm(x, weight, eps, out=out)
 
 
-def torch_linear(x: torch.Tensor, weight: torch.Tensor, *, bias: torch.Tensor | None = None,
-                 out: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
-    if bias is None:
-        torch.matmul(x, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x, weight.t(), out=out)
-    return out
+def torch_linear(x, weight, *, bias=None, out, sm_count=None):
+    return reference.linear(x, weight, bias=bias, out=out)
 
 
-def torch_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
-                     scratch: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
-    """out += x @ weight.T, as transformers does it: the GEMM rounded into scratch, then the
-    residual add."""
-    torch.matmul(x, weight.t(), out=scratch)
-    return out.add_(scratch)
+def torch_linear_add(x, weight, *, out, scratch, sm_count=None):
+    return reference.linear_add(x, weight, out=out, scratch=scratch)
+
+
+def torch_gate_up_silu(x, w_gate_up, *, scratch, out, sm_count=None):
+    return reference.gate_up_silu(x, w_gate_up, scratch=scratch, out=out)
+
+
+def torch_rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out,
+                        block_tables=None):
+    return reference.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out=q_out,
+                                   block_tables=block_tables)
+
+
+def torch_decode_attention(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
+                           context_starts=None, block_tables=None):
+    """Masked attention over the whole cache (reads padding; the Triton kernel does not)."""
+    return reference.decode_attention(q, k_cache, v_cache, context_lens, out=out, scale=scale,
+                                      context_starts=context_starts, block_tables=block_tables)
+
+
+def torch_write_kv(k, v, k_cache, v_cache, slot_mapping):
+    return reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
+
+
+def torch_prefill_attention(q, k, v, cu_seqlens, *, max_seqlen, out, scale=None, sm_count=None):
+    return reference.prefill_attention(q, k, v, cu_seqlens, scale=scale, out=out)
 
 
 def cublas_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
@@ -58,68 +75,9 @@ def cublas_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tenso
     return torch_linear_add(x, weight, out=out, scratch=scratch)
 
 
-def torch_gate_up_silu(x: torch.Tensor, w_gate_up: torch.Tensor, *, scratch: torch.Tensor,
-                       out: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
-    """silu(x @ w_gate.T) * (x @ w_up.T); scratch: [tokens, 2 * inter]."""
-    inter = out.shape[-1]
-    torch.matmul(x, w_gate_up.t(), out=scratch)
-    torch.mul(F.silu(scratch[:, :inter]), scratch[:, inter:], out=out)
-    return out
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
-
-
-def torch_rope_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
-                        sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        positions: torch.Tensor, rows: torch.Tensor, *,
-                        q_out: torch.Tensor) -> torch.Tensor:
-    """Rotate q, k (HF rotate-half, model dtype); write k, v at positions[b] of row b's cache.
-
-    q: [batch, heads, dim]; k, v: [batch, kv_heads, dim]; cos/sin: [batch, dim];
-    caches: [batch, kv_heads, max_ctx, dim]; rows: arange(batch) (static, so no host sync).
-    """
-    q_out.copy_(apply_rope(q, cos, sin))
-    k_cache.index_put_((rows[:, None], _heads(k_cache), positions[:, None]), apply_rope(k, cos, sin))
-    v_cache.index_put_((rows[:, None], _heads(v_cache), positions[:, None]), v)
-    return q_out
-
-
-def _heads(cache: torch.Tensor) -> torch.Tensor:
-    return torch.arange(cache.shape[1], device=cache.device)[None, :]
-
-
-def torch_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           context_lens: torch.Tensor, *, out: torch.Tensor,
-                           sm_count: int | None = None, scale: float | None = None,
-                           context_starts: torch.Tensor | None = None) -> torch.Tensor:
-    """Masked attention over the whole static cache (reads padding; the Triton kernel does not).
-
-    q: [batch, heads, dim]; caches: [batch, kv_heads, max_ctx, dim]; context_lens int [batch]
-    counts the current token, already written; context_starts (optional, int [batch]): the first
-    position attended (a left-padded cache).
-    """
-    batch, heads, dim = q.shape
-    kv_heads, max_ctx = k_cache.shape[1], k_cache.shape[2]
-    scale = 1.0 / math.sqrt(dim) if scale is None else scale
-    qg = q.view(batch, kv_heads, heads // kv_heads, dim)            # [b, kv, group, dim]
-    scores = torch.matmul(qg, k_cache.transpose(2, 3)) * scale      # [b, kv, group, ctx]
-    at = torch.arange(max_ctx, device=q.device)[None, :]
-    pad = at >= context_lens[:, None]
-    if context_starts is not None:
-        pad = pad | (at < context_starts[:, None])
-    scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out.view(batch, kv_heads, heads // kv_heads, dim).copy_(torch.matmul(probs, v_cache))
-    return out
-
-
 @dataclass(frozen=True)
 class KernelSet:
-    """The ops one decode step calls; each writes into `out`/`q_out` and returns it."""
+    """The ops a decode step and a prefill call; each writes into `out`/`q_out` and returns it."""
 
     name: str
     rms_norm: Callable[..., torch.Tensor]
@@ -128,25 +86,21 @@ class KernelSet:
     rope_kv_write: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
     linear_add: Callable[..., torch.Tensor]       # out += x @ W.T (the residual adds)
+    write_kv: Callable[..., None]                 # prefill: K/V of many tokens into slots
+    prefill_attention: Callable[..., torch.Tensor]
     provided: tuple[str, ...] = ()  # ops that come from pipedecode.runtime.kernels
 
 
-TORCH_KERNELS = KernelSet("torch", torch_rms_norm, torch_linear, torch_gate_up_silu,
-                          torch_rope_kv_write, torch_decode_attention, torch_linear_add)
-
-
-def _kernels_module():
-    try:
-        return importlib.import_module("pipedecode.runtime.kernels")
-    except Exception:  # noqa: BLE001 - a broken optional package means "not provided"
-        return None
+TORCH_KERNELS = KernelSet("torch", rms_norm=torch_rms_norm, linear=torch_linear,
+                          gate_up_silu=torch_gate_up_silu, rope_kv_write=torch_rope_kv_write,
+                          decode_attention=torch_decode_attention, linear_add=torch_linear_add,
+                          write_kv=torch_write_kv, prefill_attention=torch_prefill_attention)
 
 
 def triton_kernel_set() -> KernelSet:
-    """The kernels package's partition-aware ops where present, torch op by op elsewhere."""
-    mod = _kernels_module()
-    have = {n for n in ("linear", "decode_attention", "gate_up_silu", "rms_norm",
-                        "rope_kv_write") if mod is not None and hasattr(mod, n)}
+    """The partition-aware ops of `pipedecode.runtime.kernels` (each runs its torch reference
+    where Triton cannot run: no triton, or CPU tensors without the interpreter)."""
+    mod = importlib.import_module("pipedecode.runtime.kernels")
 
     def lin(x, weight, *, bias=None, out, sm_count=None):
         return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
@@ -156,9 +110,10 @@ def triton_kernel_set() -> KernelSet:
         return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
 
     def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
-            context_starts=None):
+            context_starts=None, block_tables=None):
         return mod.decode_attention(q, k_cache, v_cache, context_lens, out=out,
-                                    sm_count=sm_count, scale=scale, context_starts=context_starts)
+                                    sm_count=sm_count, scale=scale, context_starts=context_starts,
+                                    block_tables=block_tables)
 
     def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
         return mod.gate_up_silu(x, w_gate_up, out=out, sm_count=sm_count)
@@ -166,30 +121,35 @@ def triton_kernel_set() -> KernelSet:
     def norm(x, weight, eps, *, out):
         return mod.rms_norm(x, weight, eps, out=out)
 
-    def rope(q, k, v, cos, sin, k_cache, v_cache, positions, rows, *, q_out):
-        return mod.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out=q_out)
+    def rope(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out, block_tables=None):
+        return mod.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out=q_out,
+                                 block_tables=block_tables)
 
-    pick = lambda name, fast, slow: fast if name in have else slow  # noqa: E731
-    return KernelSet("triton", pick("rms_norm", norm, torch_rms_norm),
-                     pick("linear", lin, torch_linear),
-                     pick("gate_up_silu", gate_up, torch_gate_up_silu),
-                     pick("rope_kv_write", rope, torch_rope_kv_write),
-                     pick("decode_attention", att, torch_decode_attention),
-                     pick("linear", lin_add, torch_linear_add), tuple(sorted(have)))
+    def prefill_att(q, k, v, cu_seqlens, *, max_seqlen, out, scale=None, sm_count=None):
+        return mod.prefill_attention(q, k, v, cu_seqlens, max_seqlen=max_seqlen, out=out,
+                                     scale=scale, sm_count=sm_count)
+
+    return KernelSet("triton", rms_norm=norm, linear=lin, gate_up_silu=gate_up,
+                     rope_kv_write=rope, decode_attention=att, linear_add=lin_add,
+                     write_kv=mod.write_kv, prefill_attention=prefill_att,
+                     provided=("decode_attention", "gate_up_silu", "linear", "prefill_attention",
+                               "rms_norm", "rope_kv_write", "write_kv"))
 
 
 def cublas_kernel_set() -> KernelSet:
     """The kernels package's attention, RoPE and RMSNorm with torch (cuBLAS) GEMMs: the
     whole-GPU comparison for the partition-aware matmul. The residual adds ride in the GEMM
-    (beta = 1) and gate/up's SiLU-and-multiply is one pass where the kernels package is there."""
-    fast, mod = triton_kernel_set(), _kernels_module()
-    gate_up = torch_gate_up_silu
-    if mod is not None and "gate_up_silu" in fast.provided:
-        def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
-            return mod.gate_up_silu(x, w_gate_up, out=out, impl="cublas", scratch=scratch)
-    return KernelSet("cublas", fast.rms_norm, torch_linear, gate_up, fast.rope_kv_write,
-                     fast.decode_attention, cublas_linear_add,
-                     tuple(n for n in fast.provided if n not in ("linear", "gate_up_silu")))
+    (beta = 1) and gate/up's SiLU-and-multiply is one pass."""
+    fast = triton_kernel_set()
+    mod = importlib.import_module("pipedecode.runtime.kernels")
+
+    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
+        return mod.gate_up_silu(x, w_gate_up, out=out, impl="cublas", scratch=scratch)
+
+    return dataclasses.replace(
+        fast, name="cublas", linear=torch_linear, gate_up_silu=gate_up,
+        linear_add=cublas_linear_add,
+        provided=tuple(n for n in fast.provided if n not in ("linear", "gate_up_silu")))
 
 
 def hybrid_kernel_set() -> KernelSet:
@@ -209,8 +169,8 @@ def hybrid_kernel_set() -> KernelSet:
         pick = blas if sm_count is None else fast
         return pick.linear_add(x, weight, out=out, scratch=scratch, sm_count=sm_count)
 
-    return KernelSet("hybrid", fast.rms_norm, lin, gate_up, fast.rope_kv_write,
-                     fast.decode_attention, lin_add, fast.provided)
+    return dataclasses.replace(fast, name="hybrid", linear=lin, gate_up_silu=gate_up,
+                               linear_add=lin_add)
 
 
 def kernel_set(name: str = "auto", device: torch.device | str = "cpu") -> KernelSet:

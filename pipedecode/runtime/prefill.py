@@ -1,57 +1,122 @@
-"""Prefill: run one request's whole prompt through the packed weights and fill its cache row.
+"""Prefill: run whole prompts through the packed weights and write their K/V into a cache.
 
-Owns `prefill_request`, plain torch on the whole device (causal SDPA over the prompt, the same
-RMSNorm/RoPE arithmetic as the decode step), writing K/V into one row of a `DecodeStep`'s static
-cache. Knows nothing of partitions, schedules or graphs: prefill is not what pipedecode overlaps.
+Owns `prefill` (many prompts packed into one token batch, varlen: every GEMM over all tokens at
+once through the KernelSet, causal attention within each prompt through `prefill_attention`,
+K/V into the cache's slots through `write_kv`) and `prefill_request` (one prompt into one row of
+a static-cache `DecodeStep`, through `prefill`: a static cache is a pool of one block per row).
+The residual stream is float32 and each op rounds as in the decode step, so a float32 CPU
+prefill equals transformers. Knows nothing of partitions, schedules or graphs: prefill runs on
+the whole device, eagerly.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from pipedecode.runtime.ops import apply_rope
-from pipedecode.runtime.step import DecodeStep
+from pipedecode.runtime.kernels.reference import apply_rope
+from pipedecode.runtime.kv_cache import PagedKVCache, packed_positions
+from pipedecode.runtime.ops import KernelSet
+from pipedecode.runtime.weights import PackedWeights
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x: the float32 residual stream; the result is in the weights' dtype, as the step's."""
-    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight * normed).to(weight.dtype)
+def _check(weights: PackedWeights, cache: PagedKVCache, token_ids: torch.Tensor,
+           cu_seqlens: torch.Tensor, slot_mapping: torch.Tensor) -> list[int]:
+    """The host-side prompt bounds (one sync), after checking every input."""
+    total = token_ids.shape[0] if token_ids.dim() == 1 else -1
+    if total <= 0:
+        raise ValueError(f"prefill: token_ids must be a non-empty int [tokens], got "
+                         f"{tuple(token_ids.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"prefill: cu_seqlens must be int32 [prompts + 1], got "
+                         f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+    if slot_mapping.shape != (total,):
+        raise ValueError(f"prefill: slot_mapping must be [{total}], got {tuple(slot_mapping.shape)}")
+    bounds = cu_seqlens.tolist()
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    if bounds[0] != 0 or bounds[-1] != total or min(lengths) <= 0:
+        raise ValueError(f"prefill: cu_seqlens must rise strictly from 0 to {total} (every "
+                         f"prompt non-empty), got {bounds}")
+    if max(lengths) > weights.max_positions:
+        raise ValueError(f"prefill: a prompt of {max(lengths)} tokens exceeds the RoPE table's "
+                         f"{weights.max_positions} positions")
+    low, high = slot_mapping.min().item(), slot_mapping.max().item()
+    if low < 0 or high >= cache.num_slots:
+        raise ValueError(f"prefill: slots must be in [0, {cache.num_slots}) (blocks x "
+                         f"block_size), got [{low}, {high}]")
+    return bounds
+
+
+def _buffers(weights: PackedWeights, tokens: int) -> dict[str, torch.Tensor]:
+    shape, dt, dev = weights.shape, weights.dtype, weights.device
+    q_dim = shape.num_heads * shape.head_dim
+    inter = weights.layers[0].gate_up.shape[0] // 2
+    sizes = {"h": shape.hidden_size, "tmp": shape.hidden_size, "attn": q_dim,
+             "qkv": weights.layers[0].qkv.shape[0], "gate_up": 2 * inter, "act": inter}
+    return {name: torch.empty(tokens, n, dtype=dt, device=dev) for name, n in sizes.items()}
 
 
 @torch.no_grad()
-def prefill_request(step: DecodeStep, row: int, prompt: torch.Tensor) -> torch.Tensor:
-    """Fill cache row `row` with `prompt` (int [tokens]); return the last token's logits [vocab].
+def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
+            token_ids: torch.Tensor, cu_seqlens: torch.Tensor, slot_mapping: torch.Tensor, *,
+            logits_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Prefill the prompts packed in token_ids (int [tokens]; prompt i is tokens
+    [cu_seqlens[i], cu_seqlens[i + 1]), at positions 0, 1, ...) and write each token's K/V at
+    its flat slot slot_mapping[t] (block * block_size + offset) of every layer.
 
-    The next decode step for this row then feeds the first generated token at context length
-    len(prompt) + 1.
+    Returns logits [rows, vocab] of the token rows `logits_rows` (default: each prompt's last
+    token, [prompts, vocab]); the next decode step of prompt i feeds its first generated token
+    at context length len(prompt i) + 1.
     """
-    w = step.weights
+    bounds = _check(weights, cache, token_ids, cu_seqlens, slot_mapping)
+    shape, eps = weights.shape, weights.rms_eps
+    heads, kv_heads, dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    q_dim, kv_dim = heads * dim, kv_heads * dim
+    n = token_ids.shape[0]
+    dev = weights.device
+    token_ids, cu_seqlens = token_ids.to(dev), cu_seqlens.to(dev)
+    slot_mapping = slot_mapping.to(dev)
+    _, positions = packed_positions(cu_seqlens)
+    cos, sin = weights.rope_cos[positions], weights.rope_sin[positions]     # [n, dim]
+    max_seqlen = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    buf = _buffers(weights, n)
+    x = weights.embed[token_ids].float()            # [n, hidden]: the float32 residual stream
+    for layer, lw in enumerate(weights.layers):
+        kernels.rms_norm(x, lw.input_norm, eps, out=buf["h"])
+        qkv = kernels.linear(buf["h"], lw.qkv, bias=lw.qkv_bias, out=buf["qkv"])
+        q = apply_rope(qkv[:, :q_dim].view(n, heads, dim), cos, sin)
+        k = apply_rope(qkv[:, q_dim:q_dim + kv_dim].view(n, kv_heads, dim), cos, sin)
+        v = qkv[:, q_dim + kv_dim:].view(n, kv_heads, dim)
+        kernels.write_kv(k, v, cache.k[layer], cache.v[layer], slot_mapping)
+        kernels.prefill_attention(q, k, v, cu_seqlens, max_seqlen=max_seqlen,
+                                  out=buf["attn"].view(n, heads, dim))
+        kernels.linear_add(buf["attn"], lw.o_proj, out=x, scratch=buf["tmp"])
+        kernels.rms_norm(x, lw.post_norm, eps, out=buf["h"])
+        kernels.gate_up_silu(buf["h"], lw.gate_up, scratch=buf["gate_up"], out=buf["act"])
+        kernels.linear_add(buf["act"], lw.down, out=x, scratch=buf["tmp"])
+    if logits_rows is None:
+        logits_rows = cu_seqlens[1:].long() - 1
+    last = x[logits_rows.to(dev)]
+    h = kernels.rms_norm(last, weights.final_norm, eps,
+                         out=torch.empty(last.shape, dtype=weights.dtype, device=dev))
+    logits = torch.empty(last.shape[0], shape.vocab_size, dtype=weights.dtype, device=dev)
+    return kernels.linear(h, weights.lm_head, out=logits)
+
+
+@torch.no_grad()
+def prefill_request(step, row: int, prompt: torch.Tensor) -> torch.Tensor:
+    """Fill row `row` of a static-cache DecodeStep with `prompt` (int [tokens]); return the last
+    token's logits [vocab]. The next decode step for this row then feeds the first generated
+    token at context length len(prompt) + 1."""
+    if step.paged:
+        raise ValueError("prefill_request fills a row of a static cache; a paged step's cache "
+                         "is filled by prefill() with the request's slots")
     n = int(prompt.numel())
     if not 0 < n < step.max_context:
         raise ValueError(f"prompt length must be in 1..{step.max_context - 1}, got {n}")
     if not 0 <= row < step.batch_size:
         raise ValueError(f"row must be in 0..{step.batch_size - 1}, got {row}")
-    heads, kv_heads, dim = step.num_heads, step.num_kv_heads, step.head_dim
-    prompt = prompt.to(w.device)
-    x = w.embed[prompt].float()                               # [n, hidden], float32 residual
-    cos, sin = w.rope_cos[:n], w.rope_sin[:n]                 # [n, dim]
-    for layer, lw in enumerate(w.layers):
-        h = _rms_norm(x, lw.input_norm, step.eps)
-        qkv = F.linear(h, lw.qkv, lw.qkv_bias)
-        q = apply_rope(qkv[:, :step.q_dim].view(n, heads, dim), cos, sin)
-        k = apply_rope(qkv[:, step.q_dim:step.q_dim + step.kv_dim].view(n, kv_heads, dim), cos, sin)
-        v = qkv[:, step.q_dim + step.kv_dim:].view(n, kv_heads, dim)
-        step.k_cache[layer][row, :, :n] = k.transpose(0, 1)
-        step.v_cache[layer][row, :, :n] = v.transpose(0, 1)
-        group = heads // kv_heads
-        attn = F.scaled_dot_product_attention(                # [heads, n, dim]
-            q.transpose(0, 1), k.transpose(0, 1).repeat_interleave(group, 0),
-            v.transpose(0, 1).repeat_interleave(group, 0), is_causal=True)
-        x = x + F.linear(attn.transpose(0, 1).reshape(n, step.q_dim), lw.o_proj)
-        h = _rms_norm(x, lw.post_norm, step.eps)
-        gate_up = F.linear(h, lw.gate_up)
-        inter = gate_up.shape[-1] // 2
-        x = x + F.linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], lw.down)
-    return F.linear(_rms_norm(x[-1:], w.final_norm, step.eps), w.lm_head)[0]
+    dev = step.weights.device
+    slots = row * step.cache.block_size + torch.arange(n, device=dev)
+    cu_seqlens = torch.tensor([0, n], dtype=torch.int32, device=dev)
+    return prefill(step.weights, step.cache, step.kernels, prompt.reshape(-1).to(dev), cu_seqlens,
+                   slots)[0]

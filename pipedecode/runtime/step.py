@@ -1,21 +1,26 @@
 """The decode step's stages on static buffers: embed, pre_attn, attention, post_attn, head.
 
-Owns `DecodeStep`: the packed weights, the static KV cache ([layers] x [batch, kv_heads,
-max_context, head_dim]; its own, or a caller's such as transformers' StaticCache tensors),
-per-request context lengths and every activation buffer, allocated once. By default request b's
-token is written at position context_lens[b] - 1, which is also its RoPE position, and it attends
-to positions [0, context_lens[b]). A left-padded cache (`left_padded=True`, as transformers keeps
-a batch of unequal prompts) also takes per-request RoPE positions and first attended positions.
-Each stage works on a contiguous row range of the batch (a micro-batch) and writes only that range
-of the buffers, so two micro-batches never share a buffer and stages of different micro-batches
-can run on different streams. Knows nothing of streams, graphs or schedules: it is told which rows,
-which layer and how many SMs the kernel may plan for.
+Owns `DecodeStep`: the packed weights, the KV cache, per-request context lengths and every
+activation buffer, allocated once. Three cache modes: a static cache ([layers] x [batch,
+kv_heads, max_context, head_dim]; its own), a caller's static cache (such as transformers'
+StaticCache tensors), or a paged cache (`paged=PagedKVCache`: block pools shared by the requests,
+read and written through a `block_tables` [batch, ceil(max_context / block_size)] int32 buffer
+that `set_inputs` fills, so a graph captured once replays for any tables). By default request
+b's token is written at position context_lens[b] - 1, which is also its RoPE position, and it
+attends to positions [0, context_lens[b]). A left-padded static cache (`left_padded=True`, as
+transformers keeps a batch of unequal prompts) also takes per-request RoPE positions and first
+attended positions. Each stage works on a contiguous row range of the batch (a micro-batch) and
+writes only that range of the buffers (and, paged, only the cache slots its rows' tables name),
+so two micro-batches never share a buffer and stages of different micro-batches can run on
+different streams. Knows nothing of streams, graphs or schedules: it is told which rows, which
+layer and how many SMs the kernel may plan for.
 """
 
 from __future__ import annotations
 
 import torch
 
+from pipedecode.runtime.kv_cache import PagedKVCache
 from pipedecode.runtime.ops import KernelSet, kernel_set
 from pipedecode.runtime.weights import PackedWeights
 
@@ -28,9 +33,10 @@ class DecodeStep:
     def __init__(self, weights: PackedWeights, batch_size: int, max_context: int, *,
                  kernels: KernelSet | None = None,
                  caches: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
-                 left_padded: bool = False) -> None:
+                 left_padded: bool = False, paged: PagedKVCache | None = None) -> None:
         """caches: (keys, values), one [batch, kv_heads, max_context, head_dim] tensor per layer
-        each, written in place (default: allocated here, zeros)."""
+        each, written in place (default: allocated here, zeros). paged: a block-pool cache
+        (excludes caches and left_padded)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 < max_context <= weights.max_positions:
@@ -67,34 +73,70 @@ class DecodeStep:
         self.gate_up, self.act = buf(b, 2 * inter), buf(b, inter)
         self.cos, self.sin = buf(b, self.head_dim), buf(b, self.head_dim)
         self.logits = buf(b, shape.vocab_size)
-        cache = (b, self.num_kv_heads, max_context, self.head_dim)
-        if caches is None:
-            self.k_cache = [buf(*cache) for _ in weights.layers]
-            self.v_cache = [buf(*cache) for _ in weights.layers]
+        self.block_tables: torch.Tensor | None = None      # paged: [batch, max_blocks] int32
+        if paged is not None:
+            if caches is not None or left_padded:
+                raise ValueError("a paged step takes neither caches nor left_padded")
+            self._check_paged(paged)
+            self.block_tables = buf(b, paged.blocks_for_tokens(max_context), dtype=torch.int32)
+            self.cache = paged
         else:
-            self.k_cache, self.v_cache = list(caches[0]), list(caches[1])
-            for t in self.k_cache + self.v_cache:
-                if tuple(t.shape) != cache or t.dtype != dt or t.device != torch.device(dev):
-                    raise ValueError(f"every cache tensor must be {cache} {dt} on {dev}, got "
-                                     f"{tuple(t.shape)} {t.dtype} on {t.device}")
-            if len(self.k_cache) != len(weights.layers) or len(self.v_cache) != len(self.k_cache):
-                raise ValueError(f"caches need {len(weights.layers)} key and value tensors, got "
-                                 f"{len(self.k_cache)} and {len(self.v_cache)}")
-        self._rows: dict[int, torch.Tensor] = {}
+            self.cache = PagedKVCache.wrap(*self._static_caches(caches))
+        self.k_cache, self.v_cache = self.cache.k, self.cache.v
+
+    def _static_caches(self, caches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        w = self.weights
+        cache = (self.batch_size, self.num_kv_heads, self.max_context, self.head_dim)
+        if caches is None:
+            return ([torch.zeros(cache, dtype=w.dtype, device=w.device) for _ in w.layers],
+                    [torch.zeros(cache, dtype=w.dtype, device=w.device) for _ in w.layers])
+        keys, values = list(caches[0]), list(caches[1])
+        for t in keys + values:
+            if tuple(t.shape) != cache or t.dtype != w.dtype or t.device != w.device:
+                raise ValueError(f"every cache tensor must be {cache} {w.dtype} on {w.device}, "
+                                 f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+        if len(keys) != len(w.layers) or len(values) != len(keys):
+            raise ValueError(f"caches need {len(w.layers)} key and value tensors, got "
+                             f"{len(keys)} and {len(values)}")
+        return keys, values
+
+    def _check_paged(self, paged: PagedKVCache) -> None:
+        w = self.weights
+        want = (len(w.layers), self.num_kv_heads, self.head_dim, w.dtype, w.device)
+        have = (paged.num_layers, paged.num_kv_heads, paged.head_dim, paged.dtype, paged.device)
+        if have != want:
+            raise ValueError(f"the paged cache must have (layers, kv_heads, head_dim, dtype, "
+                             f"device) {want} as the weights, got {have}")
 
     @property
     def num_layers(self) -> int:
         return len(self.weights.layers)
 
+    @property
+    def paged(self) -> bool:
+        return self.block_tables is not None
+
     def set_inputs(self, tokens: torch.Tensor, context_lens: torch.Tensor, *,
                    rope_positions: torch.Tensor | None = None,
-                   context_starts: torch.Tensor | None = None) -> None:
+                   context_starts: torch.Tensor | None = None,
+                   block_tables: torch.Tensor | None = None) -> None:
         """Copy this step's token ids and context lengths (incl. the new token) into the buffers;
-        a left-padded step also takes each request's RoPE position and first attended position."""
+        a left-padded step also takes each request's RoPE position and first attended position,
+        a paged step each request's block table ([batch, m] int, m <= the buffer's columns;
+        columns past m keep what they held and are read only by a context that needs them)."""
         padded = self.context_starts is not None
         if (rope_positions is not None) != padded or (context_starts is not None) != padded:
             raise ValueError("rope_positions and context_starts are given exactly when the step "
                              "was built with left_padded=True")
+        if (block_tables is not None) != self.paged:
+            raise ValueError("block_tables is given exactly when the step was built with paged=")
+        if block_tables is not None:
+            rows, cols = self.block_tables.shape
+            if block_tables.dim() != 2 or block_tables.shape[0] != rows or \
+                    block_tables.shape[1] > cols:
+                raise ValueError(f"block_tables must be [{rows}, <= {cols}], got "
+                                 f"{tuple(block_tables.shape)}")
+            self.block_tables[:, :block_tables.shape[1]].copy_(block_tables)
         self.tokens.copy_(tokens)
         self.context_lens.copy_(context_lens)
         torch.sub(self.context_lens, 1, out=self.positions)
@@ -102,11 +144,12 @@ class DecodeStep:
             self.rope_positions.copy_(rope_positions)
             self.context_starts.copy_(context_starts)
 
-    def _row_index(self, rows: slice) -> torch.Tensor:
-        n = rows.stop - rows.start
-        if n not in self._rows:
-            self._rows[n] = torch.arange(n, device=self.tokens.device)
-        return self._rows[n]
+    def _cache_args(self, layer: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(keys, values, extra kwargs) a kernel reads for rows: the rows' static cache, or the
+        whole pool with the rows' block tables."""
+        if self.block_tables is None:
+            return self.k_cache[layer][rows], self.v_cache[layer][rows], {}
+        return self.k_cache[layer], self.v_cache[layer], {"block_tables": self.block_tables[rows]}
 
     # Stages. `rows` is a contiguous slice of the batch; `sm_count` is the partition's SMs.
     def embed(self, rows: slice, sm_count: int | None = None) -> None:
@@ -126,17 +169,18 @@ class DecodeStep:
         q = qkv[:, :self.q_dim].view(n, self.num_heads, self.head_dim)
         key = qkv[:, self.q_dim:self.q_dim + self.kv_dim].view(n, self.num_kv_heads, self.head_dim)
         val = qkv[:, self.q_dim + self.kv_dim:].view(n, self.num_kv_heads, self.head_dim)
-        k.rope_kv_write(q, key, val, self.cos[rows], self.sin[rows], self.k_cache[layer][rows],
-                        self.v_cache[layer][rows], self.positions[rows], self._row_index(rows),
-                        q_out=self.q[rows])
+        keys, values, paged = self._cache_args(layer, rows)
+        k.rope_kv_write(q, key, val, self.cos[rows], self.sin[rows], keys, values,
+                        self.positions[rows], q_out=self.q[rows], **paged)
 
     def attention(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
         n = rows.stop - rows.start
-        starts = {} if self.context_starts is None else {"context_starts": self.context_starts[rows]}
+        keys, values, extra = self._cache_args(layer, rows)
+        if self.context_starts is not None:
+            extra["context_starts"] = self.context_starts[rows]
         self.kernels.decode_attention(
-            self.q[rows], self.k_cache[layer][rows], self.v_cache[layer][rows],
-            self.context_lens[rows], out=self.attn[rows].view(n, self.num_heads, self.head_dim),
-            sm_count=sm_count, **starts)
+            self.q[rows], keys, values, self.context_lens[rows],
+            out=self.attn[rows].view(n, self.num_heads, self.head_dim), sm_count=sm_count, **extra)
 
     def post_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
         """Output projection + residual, RMSNorm, gate/up + SiLU, down projection + residual."""

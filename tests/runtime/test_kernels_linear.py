@@ -29,9 +29,10 @@ def test_linear_matches_reference(m, n, k, split_k, device, rel_err):
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=device)
     # sm_count=2: fewer programs than units, so the persistent loop takes several turns
     kernels.linear(x, w, bias=bias, sm_count=2, out=out, config=cfg)
-    assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu(), bias=bias.cpu())) < BF16_TOL
+    expected = reference.linear(x.cpu().float(), w.cpu().float(), bias=bias.cpu().float())
+    assert rel_err(out.cpu(), expected) < BF16_TOL
     no_bias = kernels.linear(x, w, sm_count=3, config=cfg)
-    assert rel_err(no_bias.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+    assert rel_err(no_bias.cpu(), reference.linear(x.cpu().float(), w.cpu().float())) < BF16_TOL
 
 
 def _accumulated(x, w, bias, residual):
@@ -66,14 +67,14 @@ def test_gate_up_silu_matches_reference(split_k, device, rel_err):
     cfg = MatmulConfig(block_m=16, block_n=32, block_k=32, split_k=split_k, num_warps=4)
     out = torch.full((20, 48), float("nan"), dtype=torch.bfloat16, device=device)
     kernels.gate_up_silu(x, w, sm_count=2, out=out, config=cfg)
-    assert rel_err(out.cpu(), reference.gate_up_silu(x.cpu(), w.cpu())) < BF16_TOL
+    assert rel_err(out.cpu(), reference.gate_up_silu(x.cpu().float(), w.cpu().float())) < BF16_TOL
 
 
 def test_linear_default_config_path(device, rel_err):
     gen = torch.Generator().manual_seed(5)
     x, w = _rand(8, 64, device=device, gen=gen), _rand(48, 64, device=device, gen=gen)
     out = kernels.linear(x, w, sm_count=4)
-    assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+    assert rel_err(out.cpu(), reference.linear(x.cpu().float(), w.cpu().float())) < BF16_TOL
 
 
 def test_linear_rejects_mismatched_shapes():
@@ -146,7 +147,8 @@ def test_gpu_llama_shapes_against_reference(rel_err):
         x, w = _rand(m, k, device="cuda", gen=gen), _rand(n, k, device="cuda", gen=gen)
         for sms in (32, 100, 132):
             out = kernels.linear(x, w, sm_count=sms)
-            assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+            assert rel_err(out.cpu(),
+                           reference.linear(x.cpu().float(), w.cpu().float())) < BF16_TOL
 
 
 def test_chooser_on_a_gpu_without_a_profile_says_which_rates_it_uses(monkeypatch):

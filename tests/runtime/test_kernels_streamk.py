@@ -68,10 +68,11 @@ def test_split_tail_linear_matches_reference(m, n, k, sms, splits, device, rel_e
     x, w, bias = (_rand(*s, device=device, gen=gen) for s in ((m, k), (n, k), (n,)))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=device)
     kernels.linear(x, w, bias=bias, sm_count=sms, out=out, config=_cfg(splits))
-    assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu(), bias=bias.cpu())) < BF16_TOL
+    expected = reference.linear(x.cpu().float(), w.cpu().float(), bias=bias.cpu().float())
+    assert rel_err(out.cpu(), expected) < BF16_TOL
     again = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=device)
     kernels.linear(x, w, sm_count=sms, out=again, config=_cfg(splits))     # no bias
-    assert rel_err(again.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+    assert rel_err(again.cpu(), reference.linear(x.cpu().float(), w.cpu().float())) < BF16_TOL
 
 
 @pytest.mark.parametrize("m,n,k,sms,splits", CASES[:3])
@@ -94,7 +95,7 @@ def test_split_tail_gate_up_silu_matches_reference(m, n, k, sms, splits, device,
     x, w = _rand(m, k, device=device, gen=gen), _rand(2 * n, k, device=device, gen=gen)
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=device)
     kernels.gate_up_silu(x, w, sm_count=sms, out=out, config=_cfg(splits))
-    assert rel_err(out.cpu(), reference.gate_up_silu(x.cpu(), w.cpu())) < BF16_TOL
+    assert rel_err(out.cpu(), reference.gate_up_silu(x.cpu().float(), w.cpu().float())) < BF16_TOL
 
 
 def test_tail_split_needs_split_k_one():
@@ -133,7 +134,7 @@ def test_split_tail_leaves_given_counters_at_zero(device, rel_err):
     for _ in range(2):     # the second launch relies on the first having reset them
         out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=device)
         _matmul.matmul(x, w, out, None, cfg, sms, pair=False, locks=locks)
-        assert rel_err(out.cpu(), reference.linear(x.cpu(), w.cpu())) < BF16_TOL
+        assert rel_err(out.cpu(), reference.linear(x.cpu().float(), w.cpu().float())) < BF16_TOL
         assert int(locks.abs().sum()) == 0
     with pytest.raises(ValueError, match="locks"):
         _matmul.matmul(x, w, out, None, cfg, sms, pair=False, locks=locks[:1])
@@ -148,7 +149,7 @@ def test_gpu_split_tail_llama_shapes(rel_err):
         x = _rand(m, k, device="cuda", gen=gen)
         w = (torch.randn(n, k, generator=gen) * k ** -0.5).to("cuda", torch.bfloat16)
         bias = _rand(n, device="cuda", gen=gen)
-        ref = reference.linear(x, w, bias=bias)
+        ref = reference.linear(x.float(), w.float(), bias=bias.float())
         for sms, splits in ((96, 2), (104, 4), (132, 3)):
             cfg = MatmulConfig(block_m=128, block_n=256, tail_split=splits)
             assert tail_plan(-(-m // 128) * (n // 256), sms, k // 64, splits).split_tiles
@@ -161,4 +162,4 @@ def test_gpu_split_tail_llama_shapes(rel_err):
     w = (torch.randn(2 * 14336, 4096, generator=gen) * 4096 ** -0.5).to("cuda", torch.bfloat16)
     cfg = MatmulConfig(block_m=128, block_n=128, tail_split=3)
     out = kernels.gate_up_silu(x, w, sm_count=104, config=cfg)
-    assert rel_err(out, reference.gate_up_silu(x, w)) < BF16_TOL
+    assert rel_err(out, reference.gate_up_silu(x.float(), w.float())) < BF16_TOL

@@ -9,28 +9,46 @@ def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (4, 4)])
-def test_torch_attention_matches_reference_and_ignores_padding(heads, kv_heads):
-    q, k, v = _rand(3, heads, 16, seed=1), _rand(3, kv_heads, 12, 16, seed=2), _rand(3, kv_heads, 12, 16, seed=3)
-    lens = torch.tensor([1, 7, 12], dtype=torch.int32)
-    k[0, :, 1:] = 1e4                        # padding must not be read
-    out = torch.empty_like(q)
-    ops.torch_decode_attention(q, k, v, lens, out=out)
-    torch.testing.assert_close(out, reference.decode_attention(q, k, v, lens), rtol=1e-5, atol=1e-5)
+def _paged_case(seed):
+    """float32 decode and prefill inputs on a pool of 12 blocks of 8 (shuffled tables)."""
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    tables = (torch.randperm(11, generator=gen)[:9] + 1).view(3, 3).to(torch.int32)
+    return dict(q=rnd(3, 4, 16), k=rnd(3, 2, 16), v=rnd(3, 2, 16), cos=rnd(3, 16), sin=rnd(3, 16),
+                pools=[rnd(12, 2, 8, 16) for _ in range(2)], tables=tables,
+                positions=torch.tensor([0, 8, 20], dtype=torch.int32),
+                pq=rnd(13, 4, 16), pk=rnd(13, 2, 16), pv=rnd(13, 2, 16),
+                cu=torch.tensor([0, 6, 13], dtype=torch.int32),
+                slots=torch.randperm(96, generator=gen)[:13])
 
 
-def test_torch_rope_kv_write_matches_reference():
-    q, k, v = _rand(2, 4, 16, seed=4), _rand(2, 2, 16, seed=5), _rand(2, 2, 16, seed=6)
-    cos, sin = _rand(2, 16, seed=7), _rand(2, 16, seed=8)
-    pos = torch.tensor([3, 0], dtype=torch.int32)
-    caches = [torch.zeros(2, 2, 5, 16) for _ in range(4)]
-    q_out = torch.empty_like(q)
-    ops.torch_rope_kv_write(q, k, v, cos, sin, caches[0], caches[1], pos, torch.arange(2),
-                            q_out=q_out)
-    expected = reference.rope_kv_write(q, k, v, cos, sin, caches[2], caches[3], pos)
-    torch.testing.assert_close(q_out, expected)
-    torch.testing.assert_close(caches[0], caches[2])
-    torch.testing.assert_close(caches[1], caches[3])
+@pytest.mark.parametrize("name", ["torch", "triton", "cublas", "hybrid"])
+def test_every_kernel_set_runs_the_cache_ops_alike(name):
+    """Every set takes the step's and the prefill's calls on a paged cache (RoPE + KV write and
+    decode attention through block tables, the prefill's KV write and attention) and matches
+    the float32 reference."""
+    ks, c = ops.kernel_set(name), _paged_case(3)
+    pools, expected = [p.clone() for p in c["pools"]], [p.clone() for p in c["pools"]]
+    q_out = torch.empty_like(c["q"])
+    ks.rope_kv_write(c["q"], c["k"], c["v"], c["cos"], c["sin"], *pools, c["positions"],
+                     q_out=q_out, block_tables=c["tables"])
+    q_ref = reference.rope_kv_write(c["q"], c["k"], c["v"], c["cos"], c["sin"], *expected,
+                                    c["positions"], block_tables=c["tables"])
+    torch.testing.assert_close(q_out, q_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(pools, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    lens = c["positions"] + 1
+    out = torch.empty_like(q_out)
+    ks.decode_attention(q_out, *pools, lens, out=out, sm_count=8, block_tables=c["tables"])
+    torch.testing.assert_close(out, reference.decode_attention(
+        q_ref, *expected, lens, block_tables=c["tables"]), rtol=1e-5, atol=1e-5)
+    ks.write_kv(c["pk"], c["pv"], *pools, c["slots"])
+    reference.write_kv(c["pk"], c["pv"], *expected, c["slots"])
+    assert all(torch.equal(got, want) for got, want in zip(pools, expected))
+    out = torch.empty_like(c["pq"])
+    ks.prefill_attention(c["pq"], c["pk"], c["pv"], c["cu"], max_seqlen=7, out=out)
+    torch.testing.assert_close(out, reference.prefill_attention(c["pq"], c["pk"], c["pv"], c["cu"]),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sm_count", [None, 48])

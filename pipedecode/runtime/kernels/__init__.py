@@ -1,17 +1,21 @@
-"""Partition-aware decode kernels: Triton fast paths, float32 torch references as fallback.
+"""Partition-aware decode and prefill kernels: Triton fast paths, torch references as fallback.
 
 Public functions (all keyword arguments after the tensors are keyword-only; bf16 tensors on one
-CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
+CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter). A KV cache is
+either static, [batch, num_kv_heads, max_context, head_dim], or paged: per layer a block pool
+[num_blocks, num_kv_heads, block_size, head_dim] with `block_tables` int32 [batch, max_blocks],
+request b's position p in block block_tables[b, p // block_size] at offset p % block_size.
 
 - `decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-  max_context_len=None, context_starts=None) -> out`
-  q: [batch, num_heads, head_dim]; k_cache, v_cache: [batch, num_kv_heads, max_context,
-  head_dim] (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
+  max_context_len=None, context_starts=None, block_tables=None) -> out`
+  q: [batch, num_heads, head_dim]; k_cache, v_cache: a static or (with block_tables) a paged
+  cache (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
   int32 [batch], >= 1, counting the current token (already written); context_starts: optional
-  int32 [batch], the first position to attend (a left-padded cache), default 0; out: [batch, num_heads,
-  head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x kv_heads x splits fills
-  `sm_count` SMs (None = the whole GPU). `max_context_len` is an optional host-side upper bound
-  on context_lens (default: the cache capacity), used only to size the splits; it never syncs.
+  int32 [batch], the first position to attend (a left-padded static cache), default 0; out:
+  [batch, num_heads, head_dim]. MHA and GQA. Split-KV: the split count is chosen so batch x
+  kv_heads x splits fills `sm_count` SMs (None = the whole GPU). `max_context_len` is an
+  optional host-side upper bound on context_lens (default: the cache capacity), used only to
+  size the splits; it never syncs.
 - `linear(x, weight, *, bias=None, sm_count=None, out=None, impl="auto") -> out`:
   x @ weight.T (+ bias); x: [tokens, k], weight: [n, k], bias: [n]. Two paths: a persistent
   Triton matmul whose grid is the SM count, tiles, split-K and a split tail (the last partial
@@ -22,10 +26,16 @@ CUDA device, or CPU tensors with TRITON_INTERPRET=1 for the Triton interpreter):
   silu(x @ w_gate.T) * (x @ w_up.T); w_gate_up: [2 * inter, k] with the gate rows first;
   out: [tokens, inter]. Triton: one fused pass; cuBLAS: GEMM, then silu * up in torch.
 - `rms_norm(x, weight, eps=1e-6, *, out=None) -> out`: x: [rows, hidden], weight: [hidden].
-- `rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None) -> q_out`:
-  rotate-half RoPE on q [batch, heads, dim] and k [batch, kv_heads, dim] with cos/sin
-  [batch, dim] (taken at each request's position), writes rotated k and v into the caches at
-  positions[b] (int32 [batch]) and returns the rotated q.
+- `rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None,
+  block_tables=None) -> q_out`: rotate-half RoPE on q [batch, heads, dim] and k [batch,
+  kv_heads, dim] with cos/sin [batch, dim] (taken at each request's position), writes rotated
+  k and v into the caches at positions[b] (int32 [batch]; through the tables on the device
+  when paged) and returns the rotated q.
+- `write_kv(k, v, k_cache, v_cache, slot_mapping)`: the prefill's K/V, [tokens, kv_heads,
+  head_dim], into a block pool at flat slots (block * block_size + offset).
+- `prefill_attention(q, k, v, cu_seqlens, *, max_seqlen, scale=None, out=None, sm_count=None)
+  -> out`: causal flash attention within each prompt packed in q [tokens, heads, dim], k, v
+  [tokens, kv_heads, dim], prompt i being tokens [cu_seqlens[i], cu_seqlens[i + 1]).
 
 `backend()` says which path runs ("triton" or "reference"). Triton is imported lazily: this
 package imports without triton and without CUDA, and falls back to `reference` there.
@@ -45,7 +55,7 @@ from pipedecode.runtime.kernels import reference
 from pipedecode.runtime.kernels.tiling import MatmulConfig, choose_config
 
 __all__ = ["decode_attention", "linear", "gate_up_silu", "rms_norm", "rope_kv_write",
-           "backend", "device_sm_count", "reference", "MatmulConfig", "choose_config"]
+           "write_kv", "prefill_attention", "backend", "device_sm_count", "reference", "MatmulConfig", "choose_config"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,18 +90,52 @@ def _check_sm_count(sm_count: int | None, t: torch.Tensor) -> int:
 
 
 def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-                     max_context_len=None, config=None, context_starts=None, locks=None):
+                     max_context_len=None, config=None, context_starts=None, locks=None,
+                     block_tables=None):
     """Decode attention over each request's first context_lens[b] cache positions.
 
-    `config` (an `_attention.AttentionConfig`) overrides the launch shape (tests, benchmarks).
-    `locks`: zeroed int32 counters for a fused combine (see `_attention.decode_attention`).
+    `block_tables` (int32 [batch, max_blocks]): the caches are block pools [blocks, kv_heads,
+    block_size, head_dim] and request b's position p is in block block_tables[b, p //
+    block_size]; the key block of the launch shape is fitted to the block size (`_attention.
+    fit_block`). `config` (an `_attention.AttentionConfig`) overrides the launch shape (tests,
+    benchmarks). `locks`: zeroed int32 counters for a fused combine (see
+    `_attention.decode_attention`).
     """
+    _check_decode_attention(q, k_cache, v_cache, context_lens, context_starts, block_tables)
+    head_dim = q.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    sms = _check_sm_count(sm_count, q)
+    if out is None:
+        out = torch.empty_like(q)
+    if not _use_triton(q):
+        return reference.decode_attention(q, k_cache, v_cache, context_lens, scale=scale, out=out,
+                                          context_starts=context_starts,
+                                          block_tables=block_tables)
+    if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or out.stride(2) != 1:
+        raise ValueError("decode_attention: the last dimension of q, the caches and out must be "
+                         "contiguous")
+    from pipedecode.runtime.kernels import _attention
+
+    capacity = k_cache.shape[2] if block_tables is None else \
+        block_tables.shape[1] * k_cache.shape[2]
+    max_ctx = capacity if max_context_len is None else int(max_context_len)
+    cfg = config or _attention.choose_config(sms, head_dim, k_cache.element_size())
+    if block_tables is not None and config is None:
+        cfg = _attention.fit_block(cfg, k_cache.shape[2])
+    return _attention.decode_attention(
+        q, k_cache, v_cache, context_lens, out, sm_count=sms, scale=scale,
+        max_context=max(1, min(max_ctx, capacity)), cfg=cfg, context_starts=context_starts,
+        locks=locks, block_tables=block_tables)
+
+
+def _check_decode_attention(q, k_cache, v_cache, context_lens, context_starts, block_tables):
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(f"decode_attention: q must be [batch, heads, dim] and the caches "
-                         f"[batch, kv_heads, max_ctx, dim]; got {tuple(q.shape)}, "
+                         f"[batch or blocks, kv_heads, positions, dim]; got {tuple(q.shape)}, "
                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
     batch, num_heads, head_dim = q.shape
-    if k_cache.shape[0] != batch or k_cache.shape[3] != head_dim or num_heads % k_cache.shape[1]:
+    rows_ok = block_tables is not None or k_cache.shape[0] == batch
+    if not rows_ok or k_cache.shape[3] != head_dim or num_heads % k_cache.shape[1]:
         raise ValueError(f"decode_attention: cache {tuple(k_cache.shape)} does not fit q "
                          f"{tuple(q.shape)} (heads must be a multiple of kv heads)")
     if context_lens.shape != (batch,):
@@ -100,26 +144,24 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     if context_starts is not None and context_starts.shape != (batch,):
         raise ValueError(f"decode_attention: context_starts must be [{batch}], got "
                          f"{tuple(context_starts.shape)}")
+    if block_tables is not None:
+        _check_block_tables(block_tables, batch, "decode_attention")
+        if context_starts is not None:
+            raise ValueError("decode_attention: context_starts (a left-padded static cache) "
+                             "and block_tables (a paged cache) exclude each other")
     if head_dim & (head_dim - 1) or head_dim < 16:
         raise ValueError(f"decode_attention: head_dim must be a power of two >= 16, got {head_dim}")
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    sms = _check_sm_count(sm_count, q)
-    if out is None:
-        out = torch.empty_like(q)
-    if not _use_triton(q):
-        return reference.decode_attention(q, k_cache, v_cache, context_lens, scale=scale, out=out,
-                                          context_starts=context_starts)
-    if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or out.stride(2) != 1:
-        raise ValueError("decode_attention: the last dimension of q, the caches and out must be "
-                         "contiguous")
-    from pipedecode.runtime.kernels import _attention
 
-    max_ctx = k_cache.shape[2] if max_context_len is None else int(max_context_len)
-    return _attention.decode_attention(
-        q, k_cache, v_cache, context_lens, out, sm_count=sms,
-        scale=scale, max_context=max(1, min(max_ctx, k_cache.shape[2])),
-        cfg=config or _attention.choose_config(sms, q.shape[-1], k_cache.element_size()),
-        context_starts=context_starts, locks=locks)
+
+def _check_block_tables(block_tables, batch: int, name: str) -> None:
+    if block_tables.dim() != 2 or block_tables.shape[0] != batch or \
+            block_tables.dtype != torch.int32:
+        raise ValueError(f"{name}: block_tables must be int32 [{batch}, max_blocks], got "
+                         f"{block_tables.dtype} {tuple(block_tables.shape)}")
+    if block_tables.shape[1] == 0 or block_tables.stride(1) != 1:
+        raise ValueError(f"{name}: block_tables needs at least one column, contiguous along "
+                         f"the row, got shape {tuple(block_tables.shape)} strides "
+                         f"{block_tables.stride()}")
 
 
 def _check_linear(x, weight, n_out, out, name):
@@ -249,8 +291,13 @@ def rms_norm(x, weight, eps=1e-6, *, out=None):
     return _elementwise.rms_norm(_contiguous_rows(x), weight.contiguous(), float(eps), out)
 
 
-def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None):
-    """Rotate q and k, write k and v into the caches at positions[b]; return the rotated q."""
+def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None,
+                  block_tables=None):
+    """Rotate q and k, write k and v into the caches at positions[b]; return the rotated q.
+
+    With `block_tables` (int32 [batch, max_blocks]) the caches are block pools [blocks,
+    kv_heads, block_size, head_dim] and positions[b] is written to block block_tables[b,
+    positions[b] // block_size] (looked up on the device: no host sync, graph-capturable)."""
     batch, num_heads, head_dim = q.shape
     if k.dim() != 3 or k.shape != v.shape or k.shape[0] != batch or k.shape[2] != head_dim:
         raise ValueError(f"rope_kv_write: k and v must be [batch, kv_heads, {head_dim}], got "
@@ -259,12 +306,93 @@ def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out=None)
         raise ValueError("rope_kv_write: cos and sin must be [batch, head_dim] and positions [batch]")
     if head_dim % 2 or (head_dim // 2) & (head_dim // 2 - 1):
         raise ValueError(f"rope_kv_write: head_dim must be twice a power of two, got {head_dim}")
+    if k_cache.dim() != 4 or v_cache.shape != k_cache.shape or \
+            tuple(k_cache.shape[1::2]) != (k.shape[1], head_dim):
+        raise ValueError(f"rope_kv_write: the caches must be [batch or blocks, {k.shape[1]}, "
+                         f"positions, {head_dim}], got {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}")
+    if block_tables is not None:
+        _check_block_tables(block_tables, batch, "rope_kv_write")
+    elif k_cache.shape[0] != batch:
+        raise ValueError(f"rope_kv_write: a static cache has one row per request ({batch}), "
+                         f"got {k_cache.shape[0]}; pass block_tables for a block pool")
     if q_out is None:
         q_out = torch.empty_like(q)
     if not _use_triton(q):
-        return reference.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out=q_out)
+        return reference.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions,
+                                       q_out=q_out, block_tables=block_tables)
     if any(t.stride(-1) != 1 for t in (q, k, v, cos, sin, k_cache, v_cache, q_out)):
         raise ValueError("rope_kv_write: the last dimension of every tensor must be contiguous")
     from pipedecode.runtime.kernels import _elementwise
 
-    return _elementwise.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out)
+    return _elementwise.rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out,
+                                      block_tables)
+
+
+def write_kv(k, v, k_cache, v_cache, slot_mapping):
+    """Write k and v ([tokens, kv_heads, head_dim]) into the block pools ([blocks, kv_heads,
+    block_size, head_dim]) at flat slots slot_mapping[t] = block * block_size + offset (int
+    [tokens], each in [0, blocks * block_size): not checked here, that would sync)."""
+    if k.dim() != 3 or v.shape != k.shape or slot_mapping.shape != (k.shape[0],):
+        raise ValueError(f"write_kv: k and v must be [tokens, kv_heads, head_dim] and "
+                         f"slot_mapping [tokens]; got {tuple(k.shape)}, {tuple(v.shape)}, "
+                         f"{tuple(slot_mapping.shape)}")
+    if k_cache.dim() != 4 or v_cache.shape != k_cache.shape or \
+            tuple(k_cache.shape[1::2]) != tuple(k.shape[1:]):
+        raise ValueError(f"write_kv: the pools must be [blocks, {k.shape[1]}, block_size, "
+                         f"{k.shape[2]}], got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if slot_mapping.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"write_kv: slot_mapping must be int32 or int64, got {slot_mapping.dtype}")
+    head_dim = k.shape[2]
+    if head_dim & (head_dim - 1):
+        raise ValueError(f"write_kv: head_dim must be a power of two, got {head_dim}")
+    if not _use_triton(k):
+        return reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
+    if any(t.stride(-1) != 1 for t in (k, v, k_cache, v_cache)):
+        raise ValueError("write_kv: the last dimension of every tensor must be contiguous")
+    from pipedecode.runtime.kernels import _elementwise
+
+    _elementwise.write_kv(k, v, k_cache, v_cache, slot_mapping)
+
+
+def prefill_attention(q, k, v, cu_seqlens, *, max_seqlen, scale=None, out=None, sm_count=None,
+                      config=None):
+    """Causal attention within each of the prompts packed in q, k, v.
+
+    q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim] (heads a multiple of
+    kv_heads); cu_seqlens: int32 [prompts + 1], prompt i being tokens [cu_seqlens[i],
+    cu_seqlens[i + 1]); max_seqlen: a host-side bound on the prompts' lengths (sizes the grid,
+    no sync). The grid covers every (query tile, head, prompt), so it is not sized by
+    `sm_count`: that only picks the launch shape (`_prefill_attention.choose_config`); a
+    partition runs the same grid in more waves. `config` overrides the launch shape.
+    """
+    if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or k.shape[0] != q.shape[0] or \
+            k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"prefill_attention: q must be [tokens, heads, dim] and k, v [tokens, "
+                         f"kv_heads, dim] with heads a multiple of kv_heads; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"prefill_attention: cu_seqlens must be int32 [prompts + 1], got "
+                         f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+    if int(max_seqlen) <= 0:
+        raise ValueError(f"prefill_attention: max_seqlen must be positive, got {max_seqlen}")
+    head_dim = q.shape[2]
+    if head_dim & (head_dim - 1) or head_dim < 16:
+        raise ValueError(f"prefill_attention: head_dim must be a power of two >= 16, got "
+                         f"{head_dim}")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    sms = _check_sm_count(sm_count, q)
+    if out is None:
+        out = torch.empty_like(q)
+    if out.shape != q.shape:
+        raise ValueError(f"prefill_attention: out must be {tuple(q.shape)}, got {tuple(out.shape)}")
+    if not _use_triton(q):
+        return reference.prefill_attention(q, k, v, cu_seqlens, scale=scale, out=out)
+    if any(t.stride(-1) != 1 for t in (q, k, v, out)):
+        raise ValueError("prefill_attention: the last dimension of q, k, v and out must be "
+                         "contiguous")
+    from pipedecode.runtime.kernels import _prefill_attention
+
+    cfg = config or _prefill_attention.choose_config(sms, head_dim, q.element_size(), q.is_cuda)
+    return _prefill_attention.prefill_attention(q, k, v, cu_seqlens, out, max_seqlen=int(max_seqlen),
+                                                scale=scale, cfg=cfg)

@@ -9,8 +9,10 @@ last of a request's splits to finish merges them. Request b's keys
 are positions [context_starts[b], context_lens[b]) (starts default to 0; a left-padded cache, as
 transformers' static cache keeps it, starts after its padding). Programs whose chunk lies outside
 that range return before loading anything, and loads outside it are masked, so no byte of
-padding is read. Knows nothing of partitions beyond
-the SM count it sizes its grid for.
+padding is read. With a block table (PAGED) the caches are block pools [blocks, kv_heads,
+block_size, head_dim] and each key's row is block_tables[b, p // block_size], offset p %
+block_size; splits and tiles are planned over positions exactly as for a static cache, so
+partitions work the same. Knows nothing of partitions beyond the SM count it sizes its grid for.
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def choose_config(sm_count: int, head_dim: int = 128, element_size: int = 2) -> 
     return cfg
 
 
+def fit_block(cfg: AttentionConfig, block_size: int) -> AttentionConfig:
+    """cfg with its key block a divisor or a multiple of a paged cache's block size, so each
+    tile of keys is whole blocks or part of one (each block of one head is contiguous): the
+    largest power of two <= cfg.block_n (and >= 16, the smallest dot) dividing block_size when
+    cfg.block_n neither divides nor is divided by it; cfg as it is where none does (the kernel
+    then gathers each key's row from the table, correct for any block size)."""
+    if cfg.block_n % block_size == 0 or block_size % cfg.block_n == 0:
+        return cfg
+    block_n = cfg.block_n
+    while block_n >= 16 and block_size % block_n:
+        block_n //= 2
+    return replace(cfg, block_n=block_n) if block_n >= 16 else cfg
+
+
 def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
                 cfg: AttentionConfig) -> tuple[int, int]:
     """(num_splits, chunk_len): enough programs to fill sm_count SMs, chunks a multiple of block_n."""
@@ -85,13 +101,14 @@ def plan_splits(batch: int, num_kv_heads: int, max_context: int, sm_count: int,
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, o_ptr, po_ptr, plse_ptr, lock_ptr,
-                  qk_scale,
-                  s_qb, s_qh, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh,
+def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, bt_ptr, o_ptr, po_ptr, plse_ptr,
+                  lock_ptr, qk_scale,
+                  s_qb, s_qh, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_ob, s_oh, s_bt,
                   num_kv_heads, num_heads, chunk_len, max_splits,
                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, DOT_F32: tl.constexpr,
-                  HAS_STARTS: tl.constexpr, KV_EVICT: tl.constexpr, FUSED: tl.constexpr):
+                  HAS_STARTS: tl.constexpr, KV_EVICT: tl.constexpr, FUSED: tl.constexpr,
+                  PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // num_kv_heads
@@ -109,17 +126,28 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, o_ptr, po_ptr, plse
                     mask=(g < GROUP)[:, None], other=0.0)           # [GROUP_PAD, D]
         if DOT_F32:
             q = q.to(tl.float32)
-        k_base = k_ptr + b.to(tl.int64) * s_kb + hkv * s_kh
-        v_base = v_ptr + b.to(tl.int64) * s_vb + hkv * s_vh
+        if PAGED:     # a block pool: the row comes from the block table, per key
+            k_base = k_ptr + hkv * s_kh
+            v_base = v_ptr + hkv * s_vh
+        else:
+            k_base = k_ptr + b.to(tl.int64) * s_kb + hkv * s_kh
+            v_base = v_ptr + b.to(tl.int64) * s_vb + hkv * s_vh
         m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             valid = n < end
-            k = tl.load(k_base + n[:, None] * s_ks + d[None, :], mask=valid[:, None], other=0.0,
+            if PAGED:
+                blk = tl.load(bt_ptr + b * s_bt + n // BLOCK_SIZE, mask=valid, other=0)
+                k_rows = blk.to(tl.int64) * s_kb + (n % BLOCK_SIZE) * s_ks
+                v_rows = blk.to(tl.int64) * s_vb + (n % BLOCK_SIZE) * s_vs
+            else:
+                k_rows = n * s_ks
+                v_rows = n * s_vs
+            k = tl.load(k_base + k_rows[:, None] + d[None, :], mask=valid[:, None], other=0.0,
                         eviction_policy=KV_EVICT)
-            v = tl.load(v_base + n[:, None] * s_vs + d[None, :], mask=valid[:, None], other=0.0,
+            v = tl.load(v_base + v_rows[:, None] + d[None, :], mask=valid[:, None], other=0.0,
                         eviction_policy=KV_EVICT)
             if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
                 k = k.to(tl.float32)
@@ -200,13 +228,13 @@ def _combine_kernel(po_ptr, plse_ptr, lens_ptr, starts_ptr, o_ptr, s_ob, s_oh, n
 
 def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, scale: float,
                      max_context: int, cfg: AttentionConfig = AttentionConfig(),
-                     context_starts=None, locks=None):
+                     context_starts=None, locks=None, block_tables=None):
     """Launch the split kernel, then the combine kernel unless the config fuses it.
 
     A fused combine counts finished splits in one int32 per (request, KV head): `locks` when
     given (zero, at least batch x kv_heads of them, used by one launch at a time: the kernel
-    leaves them at zero), else a torch.zeros before the launch. Shapes were checked by the
-    caller.
+    leaves them at zero), else a torch.zeros before the launch. With `block_tables` the caches
+    are block pools [blocks, kv_heads, block_size, head_dim]. Shapes were checked by the caller.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
@@ -229,15 +257,18 @@ def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, s
                              f"{locks.numel()}")
         counters = locks if locks is not None else torch.zeros(
             (batch * num_kv_heads,), device=q.device, dtype=torch.int32)
+    paged = block_tables is not None
+    tables = block_tables if paged else context_lens               # unused placeholder
     _split_kernel[(batch * num_kv_heads, splits)](
-        q, k_cache, v_cache, context_lens, starts, out, part_o, part_lse, counters,
+        q, k_cache, v_cache, context_lens, starts, tables, out, part_o, part_lse, counters,
         scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-        num_kv_heads, num_heads, chunk, splits,
+        tables.stride(0), num_kv_heads, num_heads, chunk, splits,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, HAS_STARTS=has_starts,
-        KV_EVICT=cfg.kv_eviction, FUSED=fused, num_warps=cfg.num_warps,
+        KV_EVICT=cfg.kv_eviction, FUSED=fused, PAGED=paged,
+        BLOCK_SIZE=k_cache.shape[2] if paged else 1, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
     if not single and not fused:
         _combine_kernel[(batch * num_heads,)](

@@ -1,5 +1,6 @@
-"""Row-wise Triton kernels: RMSNorm, SiLU-and-multiply, RoPE fused with the KV-cache write,
-and an SM-id probe.
+"""Row-wise Triton kernels: RMSNorm, SiLU-and-multiply, RoPE fused with the KV-cache write (a
+static cache or a paged one through its block table), the prefill's K/V write into flat slots,
+an SM-id probe and a streaming-read probe.
 
 Imports triton; load it through `pipedecode.runtime.kernels`, lazily. Shapes are checked by
 the caller.
@@ -54,10 +55,10 @@ def silu_mul(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, qo_ptr,
+def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, bt_ptr, qo_ptr,
                     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_sb,
-                    s_kcb, s_kch, s_kcs, s_vcb, s_vch, s_vcs, s_qob, s_qoh,
-                    num_heads, HALF: tl.constexpr):
+                    s_kcb, s_kch, s_kcs, s_vcb, s_vch, s_vcs, s_qob, s_qoh, s_bt,
+                    num_heads, block_size, HALF: tl.constexpr, PAGED: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)                     # 0..num_heads-1: q heads, then kv heads
     i = tl.arange(0, HALF)
@@ -75,27 +76,67 @@ def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_p
     else:
         hk = h - num_heads
         pos = tl.load(pos_ptr + b).to(tl.int64)
+        if PAGED:    # position pos of request b: block block_tables[b, pos // block_size]
+            blk = tl.load(bt_ptr + b * s_bt + pos // block_size).to(tl.int64)
+            k_row = blk * s_kcb + (pos % block_size) * s_kcs
+            v_row = blk * s_vcb + (pos % block_size) * s_vcs
+        else:
+            k_row = b * s_kcb + pos * s_kcs
+            v_row = b * s_vcb + pos * s_vcs
         src = k_ptr + b * s_kb + hk * s_kh
         x1 = tl.load(src + i).to(tl.float32)
         x2 = tl.load(src + HALF + i).to(tl.float32)
-        dst = kc_ptr + b * s_kcb + hk * s_kch + pos * s_kcs
+        dst = kc_ptr + k_row + hk * s_kch
         tl.store(dst + i, (x1 * cos1 - x2 * sin1).to(kc_ptr.dtype.element_ty))
         tl.store(dst + HALF + i, (x2 * cos2 + x1 * sin2).to(kc_ptr.dtype.element_ty))
         vrow = tl.load(v_ptr + b * s_vb + hk * s_vh + tl.arange(0, 2 * HALF))
-        tl.store(vc_ptr + b * s_vcb + hk * s_vch + pos * s_vcs + tl.arange(0, 2 * HALF),
+        tl.store(vc_ptr + v_row + hk * s_vch + tl.arange(0, 2 * HALF),
                  vrow.to(vc_ptr.dtype.element_ty))
 
 
-def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out):
+def rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, q_out, block_tables=None):
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
+    paged = block_tables is not None
+    tables = block_tables if paged else positions               # unused placeholder
     _rope_kv_kernel[(batch, num_heads + num_kv_heads)](
-        q, k, v, cos, sin, k_cache, v_cache, positions, q_out,
+        q, k, v, cos, sin, k_cache, v_cache, positions, tables, q_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos.stride(0), sin.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), q_out.stride(0),
-        q_out.stride(1), num_heads, HALF=head_dim // 2, num_warps=1)
+        q_out.stride(1), tables.stride(0), num_heads, k_cache.shape[2], HALF=head_dim // 2,
+        PAGED=paged, num_warps=1)
     return q_out
+
+
+@triton.jit
+def _write_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, s_kt, s_kh, s_vt, s_vh,
+                     s_kcb, s_kch, s_kcs, s_vcb, s_vch, s_vcs, num_kv_heads, block_size,
+                     HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    blk, off = slot // block_size, slot % block_size
+    h = tl.arange(0, HEADS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    ok = (h < num_kv_heads)[:, None]
+    k = tl.load(k_ptr + t * s_kt + h[:, None] * s_kh + d[None, :], mask=ok)
+    tl.store(kc_ptr + blk * s_kcb + off * s_kcs + h[:, None] * s_kch + d[None, :],
+             k.to(kc_ptr.dtype.element_ty), mask=ok)
+    v = tl.load(v_ptr + t * s_vt + h[:, None] * s_vh + d[None, :], mask=ok)
+    tl.store(vc_ptr + blk * s_vcb + off * s_vcs + h[:, None] * s_vch + d[None, :],
+             v.to(vc_ptr.dtype.element_ty), mask=ok)
+
+
+def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """One program per token: its K and V rows of every KV head into its slot."""
+    tokens, num_kv_heads, head_dim = k.shape
+    if tokens == 0:
+        return
+    _write_kv_kernel[(tokens,)](
+        k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+        v_cache.stride(1), v_cache.stride(2), num_kv_heads, k_cache.shape[2],
+        HEADS_PAD=triton.next_power_of_2(num_kv_heads), HEAD_DIM=head_dim, num_warps=4)
 
 
 @triton.jit
