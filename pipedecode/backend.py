@@ -6,7 +6,8 @@ Graphs without decoder layers (a piece left by a graph break) pass through as `g
 `make_executor` picks the runner: on a GPU, the decode step of a model with transformers'
 StaticCache runs on the runtime's executor (planned, interleaved on SM partitions where it pays;
 `runtime/graph_decode.py`); every other graph (prefill, CPU tensors, a graph it does not
-recognize) runs its stages in order, which is exact. Knows nothing of the planner or of SM
+recognize) runs its stages in order, which is exact; a decode graph that the executor was to run
+and cannot says why, once, in a `NotServedWarning`. Knows nothing of the planner or of SM
 partitions.
 """
 
@@ -68,16 +69,20 @@ class BackendOptions:
 def make_executor(staged, gm: torch.fx.GraphModule, example_inputs,
                   options: BackendOptions) -> Callable:
     """The runner for a StagedGraph: the executor for a recognized decode step on CUDA (or on
-    any device with executor="always"), else the stages in order."""
+    any device with executor="always"), else the stages in order; a decode graph it was to serve
+    and cannot says why in a NotServedWarning."""
     on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
     if options.executor == "never" or (options.executor == "auto" and not on_cuda):
         return staged
-    from pipedecode.runtime.graph_decode import GraphDecode, recognize
+    from pipedecode.runtime.graph_decode import GraphDecode, is_prefill, recognize, \
+        warn_not_served
 
     layout = recognize(gm, example_inputs)
     if isinstance(layout, str):
         if options.runners is not None:
             options.runners.append((staged, layout))
+        if not is_prefill(gm):        # a prompt's graph is no decode step: nothing to explain
+            warn_not_served(layout)   # once per graph: the backend sees each graph once
         return staged
     return GraphDecode(layout, staged, device=options.device, plan=on_cuda)
 

@@ -1,5 +1,7 @@
 """The torch.compile backend: found by name through its entry point, exact, pass-through."""
 
+import functools
+import warnings
 from importlib.metadata import entry_points
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 from pipedecode.backend import BackendOptions, make_executor, pipedecode_backend
 from pipedecode.errors import PipedecodeError
 from pipedecode.models import build_model
+from pipedecode.runtime.graph_decode import GraphDecode, NotServedWarning
 
 
 def test_registered_once_through_the_entry_point():
@@ -72,3 +75,38 @@ def test_cpu_executor_is_the_staged_graph_itself():
     assert make_executor(staged, gm, [torch.zeros(1)], never) is staged
     with pytest.raises(PipedecodeError, match="executor must be"):
         BackendOptions.from_dict({"executor": "gpu"})
+
+
+def _generate_warned(model, new_tokens=5):
+    """Greedy generate through the backend asked to serve every decode graph (CPU too):
+    (what runs each graph, the NotServedWarning messages)."""
+    runners: list = []
+    backend = functools.partial(pipedecode_backend,
+                                options={"executor": "always", "runners": runners})
+    model.forward = torch.compile(model.forward, backend=backend, dynamic=False)
+    ids = torch.randint(3, 200, (2, 6), generator=torch.Generator().manual_seed(5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       do_sample=False, cache_implementation="static")
+    return runners, [str(w.message) for w in caught if w.category is NotServedWarning]
+
+
+@pytest.mark.parametrize("overrides,reason", [
+    (dict(attn_implementation="eager"), "no scaled_dot_product_attention"),
+    (dict(hidden_act="gelu"), "MLP is not SiLU(gate) * up"),
+])
+def test_a_decode_graph_it_cannot_serve_says_why_once(overrides, reason):
+    runners, said = _generate_warned(build_model("tiny-llama", **overrides))
+    refused = [why for _, why in runners]           # the prompt's graph, then the decode graph
+    assert len(refused) == 2 and "(prefill)" in refused[0] and reason in refused[1]
+    # once for the decode graph's 4 steps, naming the reason; nothing for the prompt's graph
+    assert said == [f"pipedecode: the decode step runs as the graph's stages, not on the "
+                    f"executor: {refused[1]}"]
+
+
+def test_a_served_decode_graph_says_nothing():
+    runners, said = _generate_warned(build_model("tiny-llama"))
+    assert said == []
+    assert [r.calls for r in runners if isinstance(r, GraphDecode)] == \
+        [{"executor": 4, "fallback": 0}]

@@ -6,10 +6,11 @@ plans the batch, runs the executor (interleaved where the plan and a measurement
 sequential otherwise) and returns what transformers would: the prompt ids followed by the new
 tokens, rows that reached EOS padded after it. Anything it does not serve (sampling, beams,
 streamers, logits processors) returns None so the caller falls back to transformers' own loop.
-Weights are packed once per model and kept; the executor of the last call is kept and reused
-when the next call plans the same way for as many requests of no longer context. Prompts are
-prefilled in batched transformers forwards (bounded in tokens), their K/V copied into the
-executor's cache.
+Weights are packed once per model and kept, checked against the model's parameters at each call
+(repacked where they changed in place, packed anew where a parameter was replaced); the executor
+of the last call is kept and reused when the next call plans the same way for as many requests
+of no longer context, on the same packed weights. Prompts are prefilled in batched transformers
+forwards (bounded in tokens), their K/V copied into the executor's cache.
 """
 
 from __future__ import annotations
@@ -33,14 +34,36 @@ class ExecutorGenerate:
         """device: the profile to plan for (name, JSON path or DeviceProfile; None: the GPU this
         runs on, see `engine.plan_for`). cuda_only=False also serves CPU tensors (tests)."""
         self.model, self.device, self.cuda_only = model, device, cuda_only
-        self._weights = None
+        self._packing = None              # weights.Packing of the model's parameters
         self.last_executor = None         # the executor of the latest call (mode, fallback)
         self.last_result = None           # its GenerationResult (decode_seconds, tokens_per_s)
 
     def release(self) -> None:
         """Drop the kept executor (its KV cache, graphs) and the packed weights; the next call
         sets them up again."""
-        self.last_executor = self.last_result = self._weights = None
+        self.last_executor = self.last_result = self._packing = None
+
+    def refresh(self) -> None:
+        """Repack the model's weights now, whatever their version counters say (each call
+        already repacks what changed in place or was replaced)."""
+        from pipedecode.runtime.weights import hf_packing, hf_sources
+
+        if self._packing is None:
+            self._packing = hf_packing(self.model)
+        else:
+            self._packing.refresh(self._packing.sources_of(hf_sources(self.model)))
+
+    def _weights(self):
+        """The model's packed weights as they are now; the kept executor is dropped where they
+        were packed anew (it reads the old tensors)."""
+        from pipedecode.runtime.weights import hf_packing, hf_sources
+
+        if self._packing is None:
+            self._packing = hf_packing(self.model)
+        weights = self._packing.current(self._packing.sources_of(hf_sources(self.model)))
+        if self.last_executor is not None and self.last_executor.step.weights is not weights:
+            self.last_executor = None
+        return weights
 
     def _served(self, input_ids: Any, kwargs: dict[str, Any]) -> bool:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -59,24 +82,22 @@ class ExecutorGenerate:
         if not self._served(input_ids, kwargs):
             return None
         from pipedecode.runtime.engine import build_executor, generate, plan_for, reusable
-        from pipedecode.runtime.weights import pack_hf_model
 
         new_tokens = int(kwargs["max_new_tokens"])
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask
         prompts = [ids[m.bool()] for ids, m in zip(input_ids, mask)]
         longest = max(int(p.numel()) for p in prompts)
-        if self._weights is None:
-            self._weights = pack_hf_model(self.model)
+        weights = self._weights()
         # Rounded up so that calls of similar lengths share one executor (buffers, graphs).
         max_context = -(-(longest + new_tokens + 1) // CONTEXT_STEP) * CONTEXT_STEP
         lens = [int(p.numel()) + new_tokens for p in prompts]
-        schedule, reason = plan_for(self._weights, lens, self.device)
+        schedule, reason = plan_for(weights, lens, self.device)
         if not reusable(self.last_executor, schedule, len(prompts), max_context):
             self.last_executor = None          # free the old KV cache before the new one
             if input_ids.is_cuda:
                 torch.cuda.empty_cache()
-            self.last_executor = build_executor(self._weights, batch_size=len(prompts),
+            self.last_executor = build_executor(weights, batch_size=len(prompts),
                                                 max_context=max_context, schedule=schedule)
             self.last_executor.fallback_reason = self.last_executor.fallback_reason or reason
         result = generate(self.last_executor, prompts, new_tokens, prefill=self._prefill)

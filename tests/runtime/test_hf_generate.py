@@ -64,6 +64,48 @@ def test_second_call_reuses_the_executor_and_stays_exact():
     assert torch.equal(served(ids, attention_mask=mask, **kwargs), got)    # set up again
 
 
+def _updated(model, seed):
+    """model, its weights moved in place (load_state_dict) to other random values."""
+    gen = torch.Generator().manual_seed(seed)
+    model.load_state_dict({name: torch.randn(t.shape, generator=gen).mul_(0.1).add_(t)
+                           for name, t in model.state_dict().items()})
+    return model
+
+
+def test_weights_updated_in_place_decode_the_new_tokens():
+    model = build_model("tiny-qwen2", seed=7)
+    ids, mask = _left_padded([6, 3, 8], model.config.vocab_size, seed=7)
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                  eos_token_id=None)
+    served = ExecutorGenerate(model, cuda_only=False)
+    old = served(ids, **kwargs)
+    executor = served.last_executor
+    expected = _updated(model, seed=8).generate(ids, **kwargs)
+    assert not torch.equal(expected, old)                   # the update changes the tokens
+    assert torch.equal(served(ids, **kwargs), expected)     # the same ExecutorGenerate
+    assert served.last_executor is executor                 # repacked in place, kept
+    assert torch.equal(ExecutorGenerate(model, cuda_only=False)(ids, **kwargs), expected)
+
+
+def test_replaced_parameters_and_refresh_decode_the_new_tokens():
+    model = build_model("tiny-llama", seed=3)
+    ids, mask = _left_padded([4, 7], model.config.vocab_size, seed=3)
+    kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                  eos_token_id=None)
+    served = ExecutorGenerate(model, cuda_only=False)
+    served(ids, **kwargs)
+    executor = served.last_executor
+    gen = torch.Generator().manual_seed(4)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape,
+                                                          generator=gen))
+    assert torch.equal(served(ids, **kwargs), model.generate(ids, **kwargs))
+    assert served.last_executor is not executor             # packed anew: a new executor
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate_proj.weight.data.mul_(-1)   # unseen by version counters
+    served.refresh()
+    assert torch.equal(served(ids, **kwargs), model.generate(ids, **kwargs))
+
+
 def test_compiled_generate_is_served_without_the_dynamo_forward():
     import pipedecode
     from pipedecode.api import _serve_generate_with_executor
