@@ -50,11 +50,12 @@ class SchedulerConfig:
 class ScheduledBatch:
     """One step's work. kind "prefill": every token of each sequence; "decode": the last token
     of each. micro_batches: indices into `seqs`, contiguous and in order (micro-batch j is
-    seqs[a:b]); a prefill is one micro-batch."""
+    seqs[a:b]); a prefill is one micro-batch. batch_id: the scheduler step that formed it."""
 
     kind: str
     seqs: tuple[Sequence, ...]
     micro_batches: tuple[tuple[int, ...], ...]
+    batch_id: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -146,10 +147,11 @@ class Scheduler:
             if seq.predicted_output_len is None:
                 self.predict(seq)
             self.block_manager.allocate(seq)
-            seq.status, seq.in_flight = SequenceStatus.RUNNING, True
+            seq.status, seq.in_batch = SequenceStatus.RUNNING, self.step
             self.running.append(seq)
         self.prefill_tokens += sum(s.num_tokens for s in admitted)
-        return ScheduledBatch("prefill", tuple(admitted), (tuple(range(len(admitted))),))
+        return ScheduledBatch("prefill", tuple(admitted), (tuple(range(len(admitted))),),
+                              self.step)
 
     def _decode(self) -> ScheduledBatch | None:
         ready = [s for s in self.running if not s.in_flight]
@@ -180,9 +182,9 @@ class Scheduler:
             micro.append(tuple(range(start, start + len(group))))
             start += len(group)
         for seq in seqs:
-            seq.in_flight = True
+            seq.in_batch = self.step
         self.decode_tokens += len(seqs)
-        return ScheduledBatch("decode", tuple(seqs), tuple(micro))
+        return ScheduledBatch("decode", tuple(seqs), tuple(micro), self.step)
 
     def _share(self, ready: list[Sequence]) -> list[Sequence]:
         """The ready sequences this decode batch takes, in admission order."""
@@ -213,11 +215,13 @@ class Scheduler:
         """Append each sequence's new token, finish those that stop; the finished ones."""
         if len(token_ids) != len(batch.seqs):
             raise ValueError(f"{len(token_ids)} tokens for a batch of {len(batch.seqs)}")
+        stale = [s.seq_id for s in batch.seqs
+                 if s.status is not SequenceStatus.RUNNING or s.in_batch != batch.batch_id]
+        if stale:
+            raise RuntimeError(f"sequences {stale} are not in flight in batch {batch.batch_id}")
         now, finished = self.clock(), []
         for seq, token in zip(batch.seqs, token_ids):
-            if seq.status is not SequenceStatus.RUNNING or not seq.in_flight:
-                raise RuntimeError(f"sequence {seq.seq_id} was not in flight in this batch")
-            seq.in_flight, seq.ready_since = False, self.step
+            seq.in_batch, seq.ready_since = None, self.step
             seq.append(token)
             if seq.first_token_time_s is None:
                 seq.first_token_time_s = now
@@ -242,7 +246,7 @@ class Scheduler:
         for seq in aborted:
             if seq.block_table:
                 self.block_manager.free(seq)
-            seq.in_flight = False
+            seq.in_batch = None
             seq.status, seq.finish_reason, seq.error = SequenceStatus.FINISHED, "error", message
             seq.finish_time_s = now
         self.running, self.waiting = [], deque()

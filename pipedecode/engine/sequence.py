@@ -39,7 +39,7 @@ class Sequence:
         self.num_computed_tokens = 0      # tokens whose KV is in the cache
         self.num_preemptions = 0
         self.predicted_output_len: int | None = None
-        self.in_flight = False            # in a batch handed out and not yet post-processed
+        self.in_batch: int | None = None  # id of the batch it is in, handed out, not yet back
         self.ready_since = 0              # scheduler step at which it last came back
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
@@ -71,6 +71,10 @@ class Sequence:
     @property
     def last_token_id(self) -> int:
         return self.token_ids[-1]
+
+    @property
+    def in_flight(self) -> bool:
+        return self.in_batch is not None
 
     @property
     def is_finished(self) -> bool:
