@@ -9,6 +9,7 @@ from pipedecode.engine.sequence import Sequence
 from pipedecode.models import build_model
 
 FAMILIES = ("tiny-llama", "tiny-qwen2", "tiny-mistral")
+EOS = 2
 
 _MODELS: dict[str, torch.nn.Module] = {}
 
@@ -37,3 +38,20 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int, eos=None) -> list[i
 
 def make_seq(seq_id: int, prompt_len: int, **params) -> Sequence:
     return Sequence(seq_id, list(range(3, 3 + prompt_len)), SamplingParams(**params))
+
+
+def drive(sched, lengths, max_steps=10_000) -> list[dict]:
+    """Run to the end: sequence i emits EOS as its lengths[i]-th token, else token 7. One
+    record per batch: kind, seq ids, requests running before it, blocks held once formed."""
+    batches = []
+    for _ in range(max_steps):
+        if not sched.has_unfinished():
+            return batches
+        running = len(sched.running)
+        batch = sched.schedule()
+        assert batch is not None, "the scheduler stalled"
+        batches.append(dict(kind=batch.kind, ids=[s.seq_id for s in batch.seqs],
+                            running=running, used=sched.block_manager.num_used_blocks))
+        sched.postprocess(batch, [EOS if s.num_output_tokens + 1 >= lengths[s.seq_id] else 7
+                                  for s in batch.seqs])
+    raise AssertionError("no end in sight")

@@ -9,9 +9,8 @@ from pipedecode.engine.predictor import OnlineLengthEstimator
 from pipedecode.engine.scheduler import Scheduler, SchedulerConfig, group_micro_batches
 from pipedecode.engine.sequence import Sequence, SequenceStatus
 
-from tests.engine.helpers import make_seq
+from tests.engine.helpers import EOS, drive, make_seq
 
-EOS = 2
 
 
 def _scheduler(num_blocks=9, block_size=4, policy=None, **config):
@@ -19,20 +18,6 @@ def _scheduler(num_blocks=9, block_size=4, policy=None, **config):
     return Scheduler(SchedulerConfig(eos_token_ids={EOS}, **config),
                      BlockManager(num_blocks, block_size), policy or PrefillFirstPolicy(),
                      clock=lambda: 100.0)
-
-
-def drive(sched, lengths, max_steps=10_000):
-    """Run to the end: sequence i emits EOS as its lengths[i]-th token, else token 7."""
-    batches = []
-    for _ in range(max_steps):
-        if not sched.has_unfinished():
-            return batches
-        batch = sched.schedule()
-        assert batch is not None, "the scheduler stalled"
-        batches.append((batch.kind, [s.seq_id for s in batch.seqs], batch.micro_batches))
-        sched.postprocess(batch, [EOS if s.num_output_tokens + 1 >= lengths[s.seq_id] else 7
-                                  for s in batch.seqs])
-    raise AssertionError("no end in sight")
 
 
 def test_prefill_admits_in_order_under_the_limits_then_decodes():
