@@ -15,7 +15,7 @@ import sys
 
 from pipedecode.errors import PipedecodeError
 
-COMMANDS = ("run", "analyze", "plan", "show", "profile", "bench")
+COMMANDS = ("run", "generate", "analyze", "plan", "show", "profile", "bench")
 
 DESCRIPTION = """\
 pipedecode makes LLM decoding faster on one GPU: it splits the batch into micro-batches
@@ -23,6 +23,7 @@ and runs one micro-batch's attention (memory-bound) on one partition of the SMs 
 another's linear layers (compute-bound) run on the rest.
 
   pipedecode run                          the whole pipeline on a tiny preset, on this machine
+  pipedecode generate --model M --prompts in.jsonl --out out.jsonl     requests through the engine
   pipedecode analyze --model llama-3-8b   per-layer compute/memory stages with FLOPs and bytes
   pipedecode plan --model llama-3-8b --device h100 --batch 256 --context 1024 --out s.json
   pipedecode show s.json                  the plan as a table, a timeline PNG and a trace
