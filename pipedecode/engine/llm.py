@@ -184,7 +184,8 @@ class LLM:
             raise RequestError(index, f"token ids {bad[:5]} are outside the vocabulary "
                                       f"(0..{vocab - 1})")
         if params.stop and self.tokenizer is None:
-            raise RequestError(index, f"stop strings need a tokenizer, and {self._why_no_tokenizer}")
+            raise RequestError(index, f"stop strings need a tokenizer, and "
+                                      f"{self._why_no_tokenizer}")
         if len(ids) >= self.runner.max_model_len:
             raise RequestError(index, f"the prompt of {len(ids)} tokens leaves no room for output "
                                       f"within the model's {self.runner.max_model_len} positions")

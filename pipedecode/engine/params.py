@@ -83,7 +83,8 @@ class SamplingParams:
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < -1:
             raise ValueError(f"SamplingParams.top_k must be a positive integer, or 0 or -1 for "
                              f"all tokens, got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+        if self.seed is not None and (not isinstance(self.seed, int)
+                                      or isinstance(self.seed, bool)):
             raise ValueError(f"SamplingParams.seed must be an integer or None, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"SamplingParams.ignore_eos must be true or false, "
@@ -150,7 +151,9 @@ class CompletionOutput:
 
 @dataclass(frozen=True)
 class RequestOutput:
-    """What `LLM.generate` returns for one prompt, in the order the prompts were given."""
+    """What `LLM.generate` returns for one prompt, in the order the prompts were given.
+
+    finished: the request ended by "stop" or "length" (False for "error")."""
 
     request_id: str
     prompt: str | None

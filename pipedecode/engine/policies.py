@@ -107,12 +107,17 @@ class TemporalPolicy(Policy):
         return len(seqs) / self.cost.sequential_step_us(len(seqs), kv_tokens)
 
     def _greedy(self, sched: "Scheduler", token_budget: int | None) -> list[Sequence]:
+        """The prefix that fits now (`fitting_prefix`) cut where the predicted peak would pass
+        the threshold: the queue-order greedy prefill, limited to what could run at all."""
+        fits = fitting_prefix(sched, token_budget)
+        if not fits:
+            return []
         bm = sched.block_manager
         held = sum(bm.blocks_for(s.peak_tokens()) for s in sched.running)
         budget = math.floor(self.kv_threshold * bm.num_usable_blocks)
-        peaks = (bm.blocks_for(_predicted(sched, s).peak_tokens()) for s in sched.waiting)
+        peaks = (bm.blocks_for(_predicted(sched, s).peak_tokens()) for s in fits)
         count, _ = greedy_prefill(held, peaks, budget)
-        return fitting_prefix(sched, token_budget)[:count] if count else []
+        return fits[:count]
 
     def _should_switch(self, sched: "Scheduler") -> bool:
         if not sched.waiting:

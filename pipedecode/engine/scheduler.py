@@ -62,20 +62,27 @@ class ScheduledBatch:
         return sum(s.num_tokens for s in self.seqs) if self.kind == "prefill" else len(self.seqs)
 
 
-def group_micro_batches(seqs: list[Sequence], num_micro_batches: int) -> tuple[tuple[int, ...], ...]:
+def group_micro_batches(seqs: list[Sequence],
+                        num_micro_batches: int) -> tuple[tuple[int, ...], ...]:
     """Indices of `seqs` in `num_micro_batches` groups of sizes within one of each other and
     balanced KV: longest sequence first to the group holding the fewest tokens among those
     with room (PipeDecode's dispatch by sequence length). At most one group per sequence."""
     n = len(seqs)
     m = max(1, min(num_micro_batches, n))
+    if m == 1:
+        return (tuple(range(n)),)
+    lens = [s.num_tokens for s in seqs]
     room = [n // m + (1 if j < n % m else 0) for j in range(m)]
     groups: list[list[int]] = [[] for _ in range(m)]
     held = [0] * m
-    for i in sorted(range(n), key=lambda i: (-seqs[i].num_tokens, i)):
-        j = min((j for j in range(m) if room[j]), key=lambda j: (held[j], j))
-        groups[j].append(i)
-        room[j] -= 1
-        held[j] += seqs[i].num_tokens
+    for i in sorted(range(n), key=lambda i: (-lens[i], i)):
+        best = -1
+        for j in range(m):                 # the group with room holding the fewest tokens
+            if room[j] and (best < 0 or held[j] < held[best]):
+                best = j
+        groups[best].append(i)
+        room[best] -= 1
+        held[best] += lens[i]
     return tuple(tuple(sorted(g)) for g in groups)
 
 
@@ -157,21 +164,23 @@ class Scheduler:
         ready = [s for s in self.running if not s.in_flight]
         if not ready:
             return None
-        pending = self._share(ready)
+        pending = deque(self._share(ready))
         scheduled: list[Sequence] = []
         bm = self.block_manager
         while pending:
-            seq = pending.pop(0)
-            while bm.needs_block(seq) and bm.num_free_blocks == 0:
-                victim = self._victim(scheduled)
-                self._preempt(victim)
-                if victim is seq:
-                    break
-                if victim in pending:
-                    pending.remove(victim)
-            else:
+            seq = pending.popleft()
+            if bm.needs_block(seq):
+                while not bm.num_free_blocks:
+                    victim = self._victim(scheduled)
+                    self._preempt(victim)
+                    if victim is seq:
+                        break
+                    if victim in pending:
+                        pending.remove(victim)
+                if seq.status is not SequenceStatus.RUNNING:
+                    continue
                 bm.append_slot(seq)
-                scheduled.append(seq)
+            scheduled.append(seq)
         if not scheduled:
             return None
         kv_tokens = sum(s.num_tokens for s in scheduled)
@@ -235,7 +244,8 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str, stop_reason, now: float) -> None:
         self.block_manager.free(seq)
         self.running.remove(seq)
-        seq.status, seq.finish_reason, seq.stop_reason = SequenceStatus.FINISHED, reason, stop_reason
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+        seq.stop_reason = stop_reason
         seq.finish_time_s = now
         if not seq.params.ignore_eos:
             self.predictor.observe(seq.num_prompt_tokens, seq.num_output_tokens)

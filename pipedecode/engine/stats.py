@@ -66,9 +66,11 @@ class StatsRecorder:
 
     def step(self, kind: str, tokens: int, seconds: float, finished: int) -> None:
         if kind == "prefill":
-            self.prefill_s, self.prefill_tokens = self.prefill_s + seconds, self.prefill_tokens + tokens
+            self.prefill_s += seconds
+            self.prefill_tokens += tokens
         else:
-            self.decode_s, self.decode_tokens = self.decode_s + seconds, self.decode_tokens + tokens
+            self.decode_s += seconds
+            self.decode_tokens += tokens
         self.done += finished
         if self.bar is not None:
             prefill = self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0

@@ -64,51 +64,55 @@ def test_a_roomy_pool_never_preempts_and_batches_widely():
     assert max(len(ids) for kind, ids, _ in llm.runner.calls if kind == "decode") == 8
 
 
-def _eos_model():
-    """tiny-llama whose EOS is a token its greedy output produces mid-way for PROMPTS[0]."""
+@pytest.fixture(scope="module")
+def eos_case():
+    """tiny-llama whose EOS is a token its greedy output produces mid-way for PROMPTS[0];
+    request 1 also stops at a token of its own, request 2 ignores EOS. With the
+    transformers outputs for each (EOS, and request 1's stop token, as its eos_token_id)."""
     model = build_model("tiny-llama", dtype=torch.float32, seed=0)
-    free = hf_greedy(model, PROMPTS[0], 10)
-    model.generation_config.eos_token_id = free[3]
-    return model, free[3]
-
-
-@pytest.mark.parametrize("policy", ["prefill-first", "temporal"])
-def test_eos_and_stop_ids_end_requests_mid_batch(policy):
-    model, eos = _eos_model()
-    free1 = hf_greedy(model, PROMPTS[1], 10)
-    stop = next(t for t in free1[2:] if t != eos)
+    eos = hf_greedy(model, PROMPTS[0], 10)[3]
+    model.generation_config.eos_token_id = eos
+    stop = next(t for t in hf_greedy(model, PROMPTS[1], 10)[2:] if t != eos)
     params = [GREEDY] * len(PROMPTS)
     params[1] = SamplingParams(max_tokens=10, temperature=0, stop_token_ids=[stop])
     params[2] = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    stops = [[eos]] * len(PROMPTS)
+    stops[1], stops[2] = [eos, stop], None
+    want = [hf_greedy(model, p, 10, eos=e) for p, e in zip(PROMPTS, stops)]
+    return model, eos, stop, params, want
+
+
+@pytest.mark.parametrize("policy", ["prefill-first", "temporal"])
+def test_eos_and_stop_ids_end_requests_mid_batch(eos_case, policy):
+    model, eos, stop, params, want = eos_case
     llm = make_llm(model, num_blocks=14, policy=policy)
     outputs = llm.generate(PROMPTS, params, use_tqdm=False)
-    for i, (prompt, out) in enumerate(zip(PROMPTS, outputs)):
-        stops = None if i == 2 else [eos] + ([stop] if i == 1 else [])
-        assert list(out.outputs[0].token_ids) == hf_greedy(model, prompt, 10, eos=stops), i
+    assert [list(o.outputs[0].token_ids) for o in outputs] == want
     first = outputs[0].outputs[0]
     assert len(first.token_ids) == 4 and first.finish_reason == "stop" and first.stop_reason is None
     second = outputs[1].outputs[0]
     assert second.finish_reason == "stop" and second.token_ids[-1] in (stop, eos)
     assert second.stop_reason == (stop if second.token_ids[-1] == stop else None)
-    assert outputs[2].outputs[0].finish_reason == "length" and len(outputs[2].outputs[0].token_ids) == 10
+    third = outputs[2].outputs[0]
+    assert third.finish_reason == "length" and len(third.token_ids) == 10
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch():
     model = tiny_model()
-    seeded = SamplingParams(max_tokens=12, temperature=0.9, top_k=40, top_p=0.95, seed=11,
+    seeded = SamplingParams(max_tokens=10, temperature=0.9, top_k=40, top_p=0.95, seed=11,
                             ignore_eos=True)
     alone = make_llm(model).generate([PROMPTS[4]], seeded, use_tqdm=False)[0]
-    others = [SamplingParams(max_tokens=12, temperature=1.3), GREEDY]   # lengths predicted
-    crowd = PROMPTS[:4] + [PROMPTS[4]] + PROMPTS[5:]
+    others = [SamplingParams(max_tokens=8, temperature=1.3), GREEDY]   # lengths predicted
+    crowd = PROMPTS[1:6]
     params = [others[i % 2] for i in range(len(crowd))]
-    params[4] = seeded
+    params[3] = seeded
     for policy in ("prefill-first", "temporal"):
         llm = make_llm(model, num_blocks=12, micro_batches=2, policy=policy,
                        predictor=lambda ids: 1)
-        out = llm.generate(crowd, params, use_tqdm=False)[4]
+        out = llm.generate(crowd, params, use_tqdm=False)[3]
         assert out.outputs[0].token_ids == alone.outputs[0].token_ids
         assert llm.last_stats.preemptions > 0
-    other_seed = SamplingParams(max_tokens=12, temperature=0.9, top_k=40, top_p=0.95, seed=12,
+    other_seed = SamplingParams(max_tokens=10, temperature=0.9, top_k=40, top_p=0.95, seed=12,
                                 ignore_eos=True)
     assert make_llm(model).generate([PROMPTS[4]], other_seed, use_tqdm=False)[0] \
         .outputs[0].token_ids != alone.outputs[0].token_ids
