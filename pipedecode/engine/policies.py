@@ -102,7 +102,9 @@ class TemporalPolicy(Policy):
         return admitted
 
     def rate(self, seqs: list[Sequence]) -> float:
-        """Decode throughput of `seqs` as one batch: sequences per predicted step time (us)."""
+        """Decode throughput of `seqs` as one batch: sequences per predicted step time (us),
+        priced sequentially as the planner's switch horizon prices it (interleaving scales
+        every step alike, so the ratio of two rates barely moves)."""
         kv_tokens = sum(s.num_tokens for s in seqs)
         return len(seqs) / self.cost.sequential_step_us(len(seqs), kv_tokens)
 
