@@ -5,6 +5,7 @@ Public face (imported lazily, so `import pipedecode` stays cheap):
   plan(model, device, ...)   the planner: a Schedule for a model shape, a device, a workload
   load_schedule(path)        a validated Schedule from JSON
   Schedule, ModelShape, DeviceProfile
+  LLM(model, ...).generate(prompts, SamplingParams(...))   the engine: requests in, tokens out
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ _EXPORTS = {
     "Schedule": "pipedecode.planner",
     "ModelShape": "pipedecode.models",
     "DeviceProfile": "pipedecode.profiles",
+    "LLM": "pipedecode.engine",
+    "SamplingParams": "pipedecode.engine",
+    "RequestOutput": "pipedecode.engine",
 }
 __all__ = list(_EXPORTS)
 

@@ -16,7 +16,7 @@ import sys
 
 from pipedecode.errors import PipedecodeError
 
-COMMANDS = ("run", "analyze", "plan", "show", "profile", "bench")
+COMMANDS = ("run", "generate", "analyze", "plan", "show", "profile", "bench")
 
 DESCRIPTION = """\
 pipedecode makes LLM decoding faster on one GPU: it splits the batch into micro-batches
@@ -25,6 +25,7 @@ another's linear layers (compute-bound) run on the rest.
 
   pipedecode run                          the whole pipeline on a tiny preset, on this machine
   pipedecode run --model DIR              ... on a checkpoint's own weights, if they fit here
+  pipedecode generate --model M --prompts in.jsonl --out out.jsonl     requests through the engine
   pipedecode analyze --model llama-3-8b   one table per layer kind: stages, FLOPs, bytes, bound
   pipedecode plan --model llama-3-8b --device h100 --batch 256 --context 1024 --out s.json
   pipedecode show s.json                  the plan as a table, a timeline PNG and a trace

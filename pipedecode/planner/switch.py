@@ -19,7 +19,9 @@ prompts are admitted for the same bubble.
 TD-Pipe's spatial-temporal intensity comparison: switch at the first step whose decode
 throughput relative to the throughput at step 0 (spatial intensity) falls below
 (T_prefill - T_bubble) / T_prefill (temporal intensity). The planner prices every candidate
-step, so it matches or beats the rule under the same model.
+step, so it matches or beats the rule under the same model. `switch_intensity` (the
+comparison) and `greedy_prefill` (the admission) are pure functions of numbers, the one
+implementation the engine's temporal policy calls online too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,49 @@ from pipedecode.planner.solvers import solve_lp
 
 _ALL_STEPS_UP_TO = 4096
 _GRID = 512
+
+
+@dataclass(frozen=True)
+class SwitchIntensity:
+    """TD-Pipe's two intensities at one decode step; switch to prefill when spatial < temporal.
+
+    spatial: decode throughput now over the throughput at the start of the decode phase (it
+    falls as requests finish and the batch thins). temporal: (T_prefill - T_bubble) /
+    T_prefill, the share of a phase switch spent on useful prefill work, for the prompts the
+    switch would admit."""
+
+    spatial: float
+    temporal: float
+
+    @property
+    def switch(self) -> bool:
+        return self.spatial < self.temporal
+
+
+def switch_intensity(decode_tokens_per_us: float, start_tokens_per_us: float,
+                     prefill_us: float, bubble_us: float) -> SwitchIntensity:
+    """The comparison from decode rates (sequences / predicted step time), the predicted
+    prefill time of the prompts a switch admits, and the switch's bubble (one GPU: the
+    prefill's launch cost; a pipeline adds its fill and drain)."""
+    if start_tokens_per_us <= 0 or prefill_us <= 0:
+        raise ValueError(f"switch_intensity needs a positive start rate and prefill time, got "
+                         f"{start_tokens_per_us} and {prefill_us}")
+    return SwitchIntensity(decode_tokens_per_us / start_tokens_per_us,
+                           (prefill_us - bubble_us) / prefill_us)
+
+
+def greedy_prefill(held: int, peaks, budget: int) -> tuple[int, int]:
+    """TD-Pipe's greedy prefill: how many queued requests, in queue order, to admit while the
+    KV held at everyone's predicted peak (`held` for those running, then each admitted one's
+    prompt + predicted output, in any one unit) stays within `budget`; and the KV held then.
+    Nobody is assumed to finish early."""
+    count = 0
+    for peak in peaks:
+        if held + peak > budget:
+            break
+        held += peak
+        count += 1
+    return count, held
 
 
 @dataclass(frozen=True)
@@ -99,15 +144,11 @@ class Horizon:
         """Prompts admitted at a switch after k steps, and the predicted peak KV in bytes."""
         per_token = self.p.model.kv_bytes_per_token()
         running = zip(self.p.context_lens, self.p.remaining_output_lens)
-        need = sum(c + r for c, r in running if r > k)
-        admitted = []
-        for w, prompt in enumerate(self.p.waiting):
-            extra = prompt.prompt_len + prompt.output_len
-            if (need + extra) * per_token > self.p.kv_budget_bytes:
-                break
-            need += extra
-            admitted.append(w)
-        return tuple(admitted), need * per_token
+        held = sum(c + r for c, r in running if r > k)
+        # x * per_token > budget <=> x > budget // per_token, for integers: the same cut
+        count, held = greedy_prefill(held, (w.prompt_len + w.output_len for w in self.p.waiting),
+                                     self.p.kv_budget_bytes // per_token)
+        return tuple(range(count)), held * per_token
 
     def prefill_us(self, count: int) -> float:
         if count not in self._prefill:
@@ -147,8 +188,8 @@ def tdpipe_step(horizon: Horizon) -> int:
         if not admitted:
             continue
         prefill = horizon.prefill_us(len(admitted))
-        threshold = (prefill - horizon.p.switch_cost_us) / prefill
-        if horizon.old_n[t] / step_us[t] / peak < threshold:
+        if switch_intensity(horizon.old_n[t] / step_us[t], peak, prefill,
+                            horizon.p.switch_cost_us).switch:
             return t
     return horizon.steps
 

@@ -78,3 +78,22 @@ def test_the_plan_carries_the_switch_point(llama8b):
                     waiting=[(1000, 200)] * 8)
     assert schedule.switch is not None and schedule.switch.step == 1
     assert plan(llama8b, BUILTIN["h100"], [1000] * 8).switch is None
+
+
+def test_intensities_compare_the_decode_drop_with_the_bubble():
+    from pipedecode.planner.switch import switch_intensity
+
+    w = switch_intensity(0.5, 2.0, prefill_us=1000.0, bubble_us=200.0)
+    assert (w.spatial, w.temporal, w.switch) == (0.25, 0.8, True)
+    assert not switch_intensity(1.9, 2.0, 1000.0, 200.0).switch      # 0.95 > 0.8
+    assert not switch_intensity(0.1, 2.0, 1000.0, 2000.0).switch     # bubble > prefill
+    with pytest.raises(ValueError, match="positive start rate and prefill"):
+        switch_intensity(1.0, 0.0, 1000.0, 0.0)
+
+
+def test_greedy_prefill_stops_at_the_first_prompt_that_does_not_fit():
+    from pipedecode.planner.switch import greedy_prefill
+
+    assert greedy_prefill(10, [5, 5, 1, 1], budget=20) == (2, 20)
+    assert greedy_prefill(10, [11, 1], budget=20) == (0, 10)         # queue order: no skipping
+    assert greedy_prefill(0, [], budget=5) == (0, 0)

@@ -1,0 +1,143 @@
+"""`pipedecode generate` on the CPU: the engine over the reference runner (the paged GPU runner
+is what runs it for real), JSONL in and out, and every way a file can be wrong."""
+
+import json
+
+import pytest
+
+from pipedecode.cli import main
+from pipedecode.engine import llm as engine
+
+from tests.engine.helpers import hf_greedy, ragged_prompts, tiny_model
+from tests.engine.reference_runner import ReferenceRunner
+
+PROMPTS = ragged_prompts(5, 2, 9, seed=7)
+
+
+@pytest.fixture
+def reference_runner(monkeypatch):
+    """The engine's default runner replaced by the reference runner (a pool of 15 blocks)."""
+    monkeypatch.setattr(engine, "default_runner", ReferenceRunner.factory(num_blocks=16))
+
+
+def _write(path, lines):
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+def _args(tmp_path, prompts, *extra):
+    return ["generate", "--model", "tiny-llama", "--prompts", prompts,
+            "--out", str(tmp_path / "out.jsonl"), "--device", "h100", "--block-size", "4",
+            "--no-progress", *extra]
+
+
+def test_requests_in_outputs_out(tmp_path, capsys, reference_runner):
+    lines = [{"prompt_token_ids": p} for p in PROMPTS]
+    lines[1]["max_tokens"], lines[2]["id"] = 3, "third"
+    prompts = _write(tmp_path / "in.jsonl", lines[:2] + [""] + lines[2:])   # a blank line
+    code = main(_args(tmp_path, prompts, "--temperature", "0", "--max-tokens", "6",
+                      "--policy", "prefill-first"))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, "third", 3, 4]
+    assert [r["index"] for r in rows] == list(range(5))
+    model = tiny_model()
+    for row, prompt, line in zip(rows, PROMPTS, lines):
+        n = line.get("max_tokens", 6)
+        assert row["token_ids"] == hf_greedy(model, prompt, n, eos=[2])
+        assert row["prompt_tokens"] == len(prompt) and row["text"] is None
+        assert row["finish_reason"] in ("stop", "length") and row["error"] is None
+        assert row["arrival_time_s"] <= row["first_token_time_s"] <= row["finish_time_s"]
+    assert "5 requests" in out and "preemptions" in out and "peak KV" in out
+    assert "wrote" in out and str(tmp_path / "out.jsonl") in out
+
+
+def test_malformed_lines_are_all_reported_and_nothing_loads_or_is_written(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(engine, "LLM", lambda *a, **k: pytest.fail("the model was loaded"))
+    prompts = _write(tmp_path / "in.jsonl", [
+        {"prompt_token_ids": [5, 6]},
+        "{not json",
+        [1, 2],
+        {"prompt": "a", "prompt_token_ids": [1]},
+        {"prompt_token_ids": []},
+        {"prompt_token_ids": [1], "temprature": 0.5},
+        {"prompt": ""},
+        {"prompt_token_ids": [1], "id": [3]},
+    ])
+    assert main(_args(tmp_path, prompts)) == 2
+    err = capsys.readouterr().err
+    reported = dict(x.split("in.jsonl line ")[1].split(": ", 1) for x in err.splitlines())
+    expected = {"2": "not JSON", "3": "expected a JSON object", "4": "give exactly one of",
+                "5": "non-empty list", "6": "unknown field(s) ['temprature']",
+                "7": "non-empty string", "8": '"id" must be'}
+    assert reported.keys() == expected.keys()          # line 1 is fine
+    assert all(expected[n] in reported[n] for n in expected)
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("line, words", [
+    ({"prompt_token_ids": [5], "max_tokens": 0}, "SamplingParams.max_tokens must be a positive"),
+    ({"prompt_token_ids": [5], "top_p": 2}, "SamplingParams.top_p"),
+    ({"prompt_token_ids": [5], "id": 0}, "id 0 repeats line 1"),
+])
+def test_bad_sampling_fields_and_ids_name_their_line(tmp_path, capsys, line, words):
+    prompts = _write(tmp_path / "in.jsonl", [{"prompt_token_ids": [4]}, "", line])
+    assert main(_args(tmp_path, prompts)) == 2
+    assert f"line 3: {words}" in capsys.readouterr().err
+
+
+def test_requests_the_engine_refuses_name_their_line(tmp_path, capsys, reference_runner):
+    prompts = _write(tmp_path / "in.jsonl", [{"prompt_token_ids": [4]}, "",
+                                             {"prompt_token_ids": [4] * 70}])   # pool: 60 tokens
+    assert main(_args(tmp_path, prompts)) == 2
+    err = capsys.readouterr().err
+    assert "in.jsonl line 3: request 1: the prompt of 70 tokens" in err and "KV cache" in err
+    prompts = _write(tmp_path / "in.jsonl", [{"prompt": "hello"}])
+    assert main(_args(tmp_path, prompts)) == 2
+    assert "line 1: request 0: a text prompt needs a tokenizer, and the preset 'tiny-llama'" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+class _FailingRunner(ReferenceRunner):
+    def decode(self, seqs, micro_batches):
+        if sum(kind == "decode" for kind, _, _ in self.calls) == 3:
+            raise RuntimeError("device lost")
+        return super().decode(seqs, micro_batches)
+
+
+def test_a_failure_part_way_writes_every_request(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(engine, "default_runner", _FailingRunner.factory(num_blocks=16))
+    lines = [{"prompt_token_ids": p, "max_tokens": 2 if i == 0 else 8, "ignore_eos": True}
+             for i, p in enumerate(PROMPTS)]
+    prompts = _write(tmp_path / "in.jsonl", lines)
+    assert main(_args(tmp_path, prompts, "--temperature", "0")) == 1
+    err = capsys.readouterr().err
+    assert "device lost" in err and "1 of 5 requests finished" in err
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["finish_reason"] for r in rows] == ["length"] + ["error"] * 4
+    assert rows[0]["token_ids"] == hf_greedy(tiny_model(), PROMPTS[0], 2)
+    assert "device lost" in rows[1]["error"]
+
+
+def test_files_that_are_not_there(tmp_path, capsys):
+    assert main(_args(tmp_path, str(tmp_path / "missing.jsonl"))) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    empty = _write(tmp_path / "in.jsonl", [""])
+    assert main(_args(tmp_path, empty)) == 2
+    assert "holds no requests" in capsys.readouterr().err
+    ok = _write(tmp_path / "in.jsonl", [{"prompt_token_ids": [1]}])
+    args = _args(tmp_path, ok)
+    args[args.index("--out") + 1] = str(tmp_path / "nope" / "out.jsonl")
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_documents_both_formats(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = capsys.readouterr().out
+    assert '"prompt_token_ids"' in text and '"finish_reason"' in text and "--policy" in text
