@@ -40,7 +40,7 @@ import torch
 from pipedecode.errors import PipedecodeError
 from pipedecode.runtime.kernels._attention_tma_plan import (  # noqa: F401 (re-exported)
     CONSUMER_WARPS, PANEL_COLS, PRODUCER_REGS, CacheGeometry, LaunchPlan, TmaAttentionConfig,
-    choose_config, plan_launch, smem_bytes)
+    cache_geometry, choose_config, plan_launch, smem_bytes)
 
 try:
     import triton
@@ -341,56 +341,11 @@ def tma_attention_support(device=None) -> tuple[bool, str]:
     return True, "sm_90"
 
 
-def _geometry(q, k_cache, v_cache, context_lens, out, block_tables, context_starts,
-              max_context_len) -> CacheGeometry:
-    """The launch geometry; ValueError (naming the argument) for inputs that do not fit."""
-    name = "decode_attention_tma"
-    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"{name}: q must be [batch, heads, dim] and k_cache, v_cache one 4-D "
-                         f"shape; got {tuple(q.shape)}, {tuple(k_cache.shape)}, "
-                         f"{tuple(v_cache.shape)}")
-    batch, num_heads, head_dim = q.shape
-    kv_heads = k_cache.shape[1]
-    if k_cache.shape[3] != head_dim or num_heads % kv_heads:
-        raise ValueError(f"{name}: k_cache {tuple(k_cache.shape)} does not fit q "
-                         f"{tuple(q.shape)} (head_dim must match, heads a multiple of kv heads)")
-    if block_tables is None:
-        if k_cache.shape[0] != batch:
-            raise ValueError(f"{name}: a contiguous k_cache must be [{batch}, kv_heads, max_ctx, "
-                             f"dim], got {tuple(k_cache.shape)}")
-        capacity, block_size = k_cache.shape[2], 0
-    else:
-        if block_tables.dim() != 2 or block_tables.shape[0] != batch or \
-                block_tables.dtype != torch.int32:
-            raise ValueError(f"{name}: block_tables must be int32 [{batch}, max_blocks], got "
-                             f"{block_tables.dtype} {tuple(block_tables.shape)}")
-        block_size = k_cache.shape[2]
-        capacity = block_tables.shape[1] * block_size
-    for arg, t in (("context_lens", context_lens), ("context_starts", context_starts)):
-        if t is not None and (t.shape != (batch,) or t.dtype != torch.int32):
-            raise ValueError(f"{name}: {arg} must be int32 [{batch}], got {t.dtype} "
-                             f"{tuple(t.shape)}")
-    if out is None or out.shape != q.shape or out.dtype != q.dtype:
-        raise ValueError(f"{name}: out must be {q.dtype} {tuple(q.shape)}")
-    if k_cache.stride() != v_cache.stride() or k_cache.dtype != v_cache.dtype:
-        raise ValueError(f"{name}: k_cache and v_cache must share strides and dtype")
-    if any(t.stride(-1) != 1 for t in (q, k_cache, out)):
-        raise ValueError(f"{name}: the last dimension of q, the caches and out must be contiguous")
-    bound = capacity if max_context_len is None else min(int(max_context_len), capacity)
-    return CacheGeometry(batch, num_heads, kv_heads, head_dim, max(1, bound), block_size,
-                         k_cache.element_size())
-
-
 def _unsupported(q, k_cache, geom: CacheGeometry) -> str | None:
     """Why valid inputs cannot take this kernel (the caller falls back), or None."""
-    ok, why = tma_attention_support(q.device if q.is_cuda else None)
-    if not ok:
-        return why
-    if not (q.is_cuda and k_cache.is_cuda):
-        return "the TMA decode attention needs CUDA tensors"
     if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype != q.dtype:
-        return f"the TMA decode attention needs bf16 or fp16 q and caches, got {q.dtype}, " \
-               f"{k_cache.dtype}"
+        return (f"the TMA decode attention needs bf16 or fp16 q and caches, got {q.dtype}, "
+                f"{k_cache.dtype}")
     if geom.head_dim not in (64, 128):
         return f"the TMA decode attention supports head_dim 64 and 128, got {geom.head_dim}"
     if geom.group > 32:
@@ -404,6 +359,11 @@ def _unsupported(q, k_cache, geom: CacheGeometry) -> str | None:
                 "head strides that are whole rows")
     if _descriptor_rows(k_cache) >= 2 ** 31:
         return "the TMA decode attention indexes cache rows in int32; this cache has more"
+    ok, why = tma_attention_support(q.device if q.is_cuda else None)
+    if not ok:
+        return why
+    if not (q.is_cuda and k_cache.is_cuda):
+        return "the TMA decode attention needs CUDA tensors"
     return None
 
 
@@ -433,8 +393,8 @@ def decode_attention_tma(q, k_cache, v_cache, context_lens, *, out, block_tables
     cache capacity). Raises ValueError for inputs that do not fit, TmaAttentionUnavailableError
     where valid inputs cannot run here (the message says why; use `kernels.decode_attention`).
     """
-    geom = _geometry(q, k_cache, v_cache, context_lens, out, block_tables, context_starts,
-                     max_context_len)
+    geom = cache_geometry(q, k_cache, v_cache, context_lens, out, block_tables, context_starts,
+                          max_context_len)
     problem = _unsupported(q, k_cache, geom)
     if problem:
         raise TmaAttentionUnavailableError(problem)

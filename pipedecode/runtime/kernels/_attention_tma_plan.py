@@ -1,17 +1,20 @@
 """Launch plan of the Hopper TMA decode attention (`_attention_tma`): pure Python, no triton.
 
-Owns the launch shape (`TmaAttentionConfig`), the cache geometry the wrapper reads off its
-tensors (`CacheGeometry`), the shared-memory footprint (`smem_bytes`), the config for a budget
-(`choose_config`), the work decomposition (`plan_launch`: split count, items, grid) and the index
-arithmetic the kernel does per item and tile (`item_range`, `item_tiles`, `tile_box_positions`),
-written here once so the CPU tests can check that every key is read exactly once. Knows nothing
-of GPUs, triton or partitions beyond the SM count it is given.
+Owns the launch shape (`TmaAttentionConfig`), the geometry read off the wrapper's tensors and
+checked (`cache_geometry`: ValueError naming the bad argument), the shared-memory footprint
+(`smem_bytes`), the config for a budget (`choose_config`), the work decomposition
+(`plan_launch`: split count, items, grid) and the index arithmetic the kernel does per item and
+tile (`item_range`, `item_tiles`, `tile_box_positions`), written here once so the CPU tests can
+check that every key is read exactly once. Knows nothing of GPUs, triton or partitions beyond
+the SM count it is given.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import torch
 
 PANEL_COLS = 64                    # a ring slot holds [block_n, 64] elements: one 128-byte row each
 CONSUMER_WARPS = 4                 # one warpgroup: the M side of every wgmma
@@ -97,6 +100,46 @@ class LaunchPlan:
     @property
     def single(self) -> bool:      # one split: the kernel writes the output, no combine
         return self.num_splits == 1
+
+
+def cache_geometry(q, k_cache, v_cache, context_lens, out, block_tables, context_starts,
+              max_context_len) -> CacheGeometry:
+    """The launch geometry; ValueError (naming the argument) for inputs that do not fit."""
+    name = "decode_attention_tma"
+    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError(f"{name}: q must be [batch, heads, dim] and k_cache, v_cache one 4-D "
+                         f"shape; got {tuple(q.shape)}, {tuple(k_cache.shape)}, "
+                         f"{tuple(v_cache.shape)}")
+    batch, num_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    if k_cache.shape[3] != head_dim or num_heads % kv_heads:
+        raise ValueError(f"{name}: k_cache {tuple(k_cache.shape)} does not fit q "
+                         f"{tuple(q.shape)} (head_dim must match, heads a multiple of kv heads)")
+    if block_tables is None:
+        if k_cache.shape[0] != batch:
+            raise ValueError(f"{name}: a contiguous k_cache must be [{batch}, kv_heads, max_ctx, "
+                             f"dim], got {tuple(k_cache.shape)}")
+        capacity, block_size = k_cache.shape[2], 0
+    else:
+        if block_tables.dim() != 2 or block_tables.shape[0] != batch or \
+                block_tables.dtype != torch.int32:
+            raise ValueError(f"{name}: block_tables must be int32 [{batch}, max_blocks], got "
+                             f"{block_tables.dtype} {tuple(block_tables.shape)}")
+        block_size = k_cache.shape[2]
+        capacity = block_tables.shape[1] * block_size
+    for arg, t in (("context_lens", context_lens), ("context_starts", context_starts)):
+        if t is not None and (t.shape != (batch,) or t.dtype != torch.int32):
+            raise ValueError(f"{name}: {arg} must be int32 [{batch}], got {t.dtype} "
+                             f"{tuple(t.shape)}")
+    if out is None or out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(f"{name}: out must be {q.dtype} {tuple(q.shape)}")
+    if k_cache.stride() != v_cache.stride() or k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"{name}: k_cache and v_cache must share strides and dtype")
+    if any(t.stride(-1) != 1 for t in (q, k_cache, out)):
+        raise ValueError(f"{name}: the last dimension of q, the caches and out must be contiguous")
+    bound = capacity if max_context_len is None else min(int(max_context_len), capacity)
+    return CacheGeometry(batch, num_heads, kv_heads, head_dim, max(1, bound), block_size,
+                         k_cache.element_size())
 
 
 def smem_bytes(block_n: int, num_slots: int, head_dim: int, group_pad: int,
