@@ -2,9 +2,7 @@
 reference on an sm_90 GPU (contiguous and paged caches, GQA and MHA, persistent and not)."""
 
 import math
-import os
 import random
-import time
 
 import pytest
 import torch
@@ -188,19 +186,6 @@ def _gpu_problem():
 gpu = pytest.mark.skipif(_gpu_problem() is not None, reason=str(_gpu_problem()))
 
 
-def _finish_or_die(what: str, timeout_s: float = 90.0) -> None:
-    """Wait for the GPU; a kernel that hangs (a barrier never completing) ends the process with
-    a message rather than holding the GPU until the device call's limit."""
-    event = torch.cuda.Event()
-    event.record()
-    deadline = time.time() + timeout_s
-    while not event.query():
-        if time.time() > deadline:
-            print(f"\nHANG: {what} did not finish in {timeout_s:.0f} s", flush=True)
-            os._exit(3)
-        time.sleep(0.005)
-
-
 def _ragged_lens(batch, ctx, block, gen):
     picks = [1, block - 1, block, block + 1, 127, 128, 129, 255, 257, ctx - 1, ctx]
     lens = [picks[i] if i < len(picks) else int(torch.randint(1, ctx + 1, (1,), generator=gen))
@@ -303,7 +288,7 @@ def _run_case(case, sm_count, seed, stream=None):
     with torch.cuda.stream(stream):
         tma.decode_attention_tma(qc, kc, vc, lc, out=out, block_tables=tables, context_starts=sc,
                                  sm_count=sm_count, config=cfg, smem_budget_bytes=budget)
-        _finish_or_die(f"decode_attention_tma {case} on {sm_count} SMs")
+        tma.wait_or_exit(f"decode_attention_tma {case} on {sm_count} SMs")
     return out, expected
 
 
@@ -360,7 +345,7 @@ def test_gpu_padded_rows_read_the_null_block(rel_err):
     lens = torch.tensor([1, 20, 1], dtype=torch.int32, device="cuda")
     out = torch.full_like(q, float("nan"))
     tma.decode_attention_tma(q, kp, vp, lens, out=out, block_tables=tables)
-    _finish_or_die("decode_attention_tma padded rows")
+    tma.wait_or_exit("decode_attention_tma padded rows")
     expected = reference.decode_attention(q.float(), _gather(kp, tables, 32).float(),
                                           _gather(vp, tables, 32).float(), lens)
     assert rel_err(out, expected) < BF16_TOL

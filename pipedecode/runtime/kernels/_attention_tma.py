@@ -44,6 +44,7 @@ from pipedecode.runtime.kernels._attention_tma_plan import (  # noqa: F401 (re-e
 
 try:
     import triton
+    from triton.compiler.errors import CompilationError
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -341,6 +342,23 @@ def tma_attention_support(device=None) -> tuple[bool, str]:
     return True, "sm_90"
 
 
+def wait_or_exit(what: str, timeout_s: float = 90.0) -> None:
+    """Wait for the current stream, or end the process (exit code 3) after timeout_s: a kernel
+    whose mbarrier never completes would otherwise hold the GPU until the caller's time limit
+    (tests and the benchmark call this after a first launch of each variant)."""
+    import os
+    import time
+
+    event = torch.cuda.Event()
+    event.record()
+    deadline = time.time() + timeout_s
+    while not event.query():
+        if time.time() > deadline:
+            print(f"\nHANG: {what} did not finish in {timeout_s:.0f} s", flush=True)
+            os._exit(3)
+        time.sleep(0.002)
+
+
 def _unsupported(q, k_cache, geom: CacheGeometry) -> str | None:
     """Why valid inputs cannot take this kernel (the caller falls back), or None."""
     if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype != q.dtype:
@@ -412,6 +430,14 @@ def decode_attention_tma(q, k_cache, v_cache, context_lens, *, out, block_tables
     return out
 
 
+def kernel_constexprs(geom: CacheGeometry, plan: LaunchPlan, has_starts: bool) -> dict:
+    """The kernel's compile-time arguments for a launch (also the offline compile's)."""
+    return dict(GROUP=geom.group, GROUP_PAD=geom.group_pad, HEAD_DIM=geom.head_dim,
+                BLOCK_N=plan.block_n, BOX_N=plan.box_rows, PAGE=max(1, geom.block_size),
+                NUM_SLOTS=plan.num_slots, PAGED=geom.block_size > 0, HAS_STARTS=has_starts,
+                SINGLE=plan.single, PRODUCER_REGS=PRODUCER_REGS, num_warps=CONSUMER_WARPS)
+
+
 def _launch(q, k_cache, v_cache, lens, out, tables, starts, geom, plan, scale):
     from pipedecode.runtime.kernels import _attention    # the combine kernel
 
@@ -429,12 +455,8 @@ def _launch(q, k_cache, v_cache, lens, out, tables, starts, geom, plan, scale):
             0 if tables is None else tables.stride(0), s0 // s2, s1 // s2, geom.num_kv_heads,
             geom.num_heads, plan.chunk_len, plan.num_splits, plan.num_items,
             geom.batch * geom.num_kv_heads,
-            GROUP=geom.group, GROUP_PAD=geom.group_pad, HEAD_DIM=geom.head_dim,
-            BLOCK_N=plan.block_n, BOX_N=plan.box_rows, PAGE=max(1, geom.block_size),
-            NUM_SLOTS=plan.num_slots, PAGED=tables is not None, HAS_STARTS=starts is not None,
-            SINGLE=plan.single, PRODUCER_REGS=PRODUCER_REGS, num_warps=CONSUMER_WARPS,
-            maxnreg=plan.maxnreg)
-    except triton.compiler.errors.CompilationError as exc:
+            **kernel_constexprs(geom, plan, starts is not None), maxnreg=plan.maxnreg)
+    except CompilationError as exc:
         raise TmaAttentionUnavailableError(
             f"the Gluon kernel did not compile with triton {triton.__version__}: "
             f"{str(exc).strip().splitlines()[-1]}") from exc
