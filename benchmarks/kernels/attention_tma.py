@@ -332,6 +332,8 @@ COMPILE_VARIANTS = {
     "gqa8 d128 contiguous": (64, 8, 128, 0, None, True, False),
     "gqa16 d128 contiguous": (128, 8, 128, 0, None, True, False),
     "gqa32 d128 contiguous": (256, 8, 128, 0, None, True, False),
+    "gqa16 d128 contiguous 64k": (128, 8, 128, 0, BUDGET, True, False),
+    "gqa32 d128 paged16 64k": (256, 8, 128, 16, BUDGET, True, True),
 }
 
 

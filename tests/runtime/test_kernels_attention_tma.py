@@ -39,6 +39,16 @@ def test_ring_depth_respects_the_smem_budget(budget, dim, heads):
     assert cfg.block_n == (128 if (budget or 112 * KIB) >= 96 * KIB else 64)
 
 
+def test_budgeted_program_fits_beside_a_persistent_gemm_cta():
+    """The co-resident mode: one program per SM beside the Triton matmul's 128x256 CTA (8 warps
+    at 204 registers, 144 KiB of shared memory in the offline sm_90 compile)."""
+    gemm_regs, gemm_smem = 208 * 256, 144 * KIB          # ptxas allocates registers in 8s
+    geom = _geom(batch=512, ctx=1024)
+    p = plan.plan_launch(geom, plan.choose_config(geom, 64 * KIB), sm_count=132)
+    assert p.num_ctas == 132 and p.registers_per_cta + gemm_regs <= 65536
+    assert p.smem_bytes + gemm_smem + 2 * plan.CTA_RESERVED_BYTES <= plan.SMEM_PER_SM_BYTES
+
+
 def test_too_small_a_budget_is_refused():
     with pytest.raises(ValueError, match="smem_budget_bytes"):
         plan.choose_config(_geom(), 16 * KIB)

@@ -29,10 +29,15 @@ SMEM_RESERVE_BYTES = 1024
 # combine launch); benchmarks/kernels/attention_tma.py measures the splits they pick.
 ITEM_COST_KEYS = 32
 SPLIT_COST_KEYS = 128
-# Registers per thread at launch (ptxas .maxnreg), by group_pad: the consumer warpgroup gets
-# (maxnreg * 256 - 24 * 128) / 128 through setmaxnreg. The least without spills offline was
-# 56 for group_pad 8; these leave margin.
-MAXNREG_BY_GROUP_PAD = {8: 64, 16: 80, 32: 104}
+# Registers per thread at launch (ptxas .maxnreg) by (block_n, group_pad): the CTA holds
+# maxnreg x 256 threads (the producer warp's warpgroup is padded to four warps), and the
+# consumer warpgroup gets (maxnreg x 256 - 24 x 128) / 128 through setmaxnreg. The least
+# without spills in the offline sm_90 compiles (triton 3.6): 40 / 48 / 72 at block_n 64 and
+# 56 / 80 / 104 at 128 for group_pad 8 / 16 / 32; these add a step of margin where it is free.
+# 48 x 256 = 12288 registers is what a persistent GEMM CTA of 8 warps at 204 registers (the
+# Triton matmul's 128x256 tile) leaves of an SM's 65536.
+MAXNREG = {(64, 8): 48, (64, 16): 56, (64, 32): 80, (128, 8): 64, (128, 16): 80,
+           (128, 32): 104}
 PRODUCER_REGS = 24
 
 
@@ -46,6 +51,7 @@ class TmaAttentionConfig:
     ctas_per_sm: int = 2           # resident programs per SM the grid is sized for
     persistent: bool = True        # False: one program per work item
     min_chunk: int = 256           # never split a request into chunks shorter than this
+    maxnreg: int | None = None     # registers per thread at launch (default: MAXNREG)
 
     def __post_init__(self) -> None:
         if self.block_n not in (64, 128):
@@ -58,6 +64,9 @@ class TmaAttentionConfig:
                              f"{self.block_n}, got {self.box_rows}")
         if self.ctas_per_sm < 1 or self.min_chunk < 1:
             raise ValueError("TmaAttentionConfig.ctas_per_sm and min_chunk must be positive")
+        if self.maxnreg is not None and (self.maxnreg % 8 or not 40 <= self.maxnreg <= 256):
+            raise ValueError(f"TmaAttentionConfig.maxnreg must be a multiple of 8 in 40..256, "
+                             f"got {self.maxnreg}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,10 @@ class LaunchPlan:
     num_ctas: int                  # programs launched
     smem_bytes: int                # planned dynamic shared memory per program
     maxnreg: int
+
+    @property
+    def registers_per_cta(self) -> int:   # what one program holds of the SM's register file
+        return self.maxnreg * 32 * (CONSUMER_WARPS + 4)
 
     @property
     def single(self) -> bool:      # one split: the kernel writes the output, no combine
@@ -209,7 +222,7 @@ def plan_launch(geom: CacheGeometry, cfg: TmaAttentionConfig, sm_count: int,
         num_ctas=min(resident, items) if persistent else items,
         smem_bytes=smem_bytes(cfg.block_n, cfg.num_slots, geom.head_dim, geom.group_pad,
                               geom.element_size),
-        maxnreg=MAXNREG_BY_GROUP_PAD[geom.group_pad])
+        maxnreg=cfg.maxnreg or MAXNREG[(cfg.block_n, geom.group_pad)])
 
 
 def item_range(split: int, chunk_len: int, length: int, start: int = 0) -> tuple[int, int]:
