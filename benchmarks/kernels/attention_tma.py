@@ -280,7 +280,7 @@ def markdown(res) -> str:
             out.append(f"| {key} | " + " | ".join(f"{errs[v]:.1e}" for v in TMA_VARIANTS) + " |")
         out.append("")
     if res.get("corun"):
-        out += ["## Co-residence: MLP GEMMs (4 layers) beside attention (512 x 1024, 4 layers), µs",
+        out += ["## Co-residence: MLP GEMMs beside attention (512 x 1024), 4 layers each, µs",
                 "", "| tokens | cuBLAS then attention | Triton GEMM + attention 64 KiB, two "
                 "streams | speed-up | cuBLAS + attention 64 KiB, two streams | cuBLAS alone | "
                 "Triton GEMM alone | attention alone | attention 64 KiB alone |",
@@ -308,9 +308,9 @@ def short_table(res) -> str:
                      f"{u.get('tma') or 0:>8.1f} {(gbs or 0) / r['sms']:>12.1f} "
                      f"{u.get('tma_64k') or 0:>11.1f} {u.get('tma_paged') or 0:>9.1f}")
     for r in res.get("corun") or []:
-        lines.append(f"corun {r['tokens']} tokens: sequential {r['sequential_cublas_then_attn_us']:.0f}"
-                     f" us, co-resident {r['coresident_triton_gemm_attn_64k_us']:.0f} us "
-                     f"({r['speedup_coresident']:.3f}x)")
+        seq, co = r["sequential_cublas_then_attn_us"], r["coresident_triton_gemm_attn_64k_us"]
+        lines.append(f"corun {r['tokens']} tokens: sequential {seq:.0f} us, co-resident "
+                     f"{co:.0f} us ({r['speedup_coresident']:.3f}x)")
     for name, t in res["targets"].items():
         lines.append(f"target {name}: {'MET' if t['met'] else 'NOT MET'} {json.dumps(t)}")
     return "\n".join(lines)

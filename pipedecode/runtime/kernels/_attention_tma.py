@@ -20,14 +20,18 @@ program's items tile by tile (`block_n` keys) and TMAs each tile's K and V as [b
 column panels into a ring of `num_slots` panel slots (the paged layout: one box per cache block,
 several per panel), running ahead across item boundaries; boxes outside an item's keys re-read
 its nearest box (an L2 hit), so every slot expects the same byte count. Four consumer warps (one
-warpgroup) take the tokens as the M side of both products, so the GQA group pads to 8, not 64:
-S^T = K q^T ([block_n, group_pad]), an online softmax over the token axis in float32, then
-O^T += V^T P^T with P^T staged in shared memory; rows outside the item's keys are masked in S
-and zeroed in V (only on an item's first and last tiles). The shared memory is the ring plus q
-and P (`smem_bytes`), bounded by `smem_budget_bytes` so one CTA fits beside a persistent GEMM
-CTA per SM. Written against Triton 3.6's Gluon (`tma.async_copy_global_to_shared`,
-`gl.thread_barrier`; later versions renamed both): `tma_attention_support` says where it runs.
-Knows nothing of partitions beyond the SM count it sizes its grid for.
+warpgroup) take the keys as the M side of both products: S^T = K q^T ([block_n, group_pad]), an
+online softmax over the key axis in float32, then O^T += V^T P^T with P^T staged in shared
+memory. Why keys as M: wgmma's M is 64 per warpgroup, so the GQA group as M would pad 4 heads to
+64 (16x the tensor-core work, which competes with a co-resident GEMM), while as N it pads to 8;
+and mma_v2 (M 16) would pull K and V through registers (ldmatrix), a second pass over every byte
+in shared memory, where wgmma reads both straight from the TMA buffers. Rows outside an item's
+keys are masked in S and zeroed in V (only on an item's first and last tiles). The shared memory
+is the ring plus q and P (`smem_bytes`), bounded by `smem_budget_bytes` so one program fits
+beside a persistent GEMM CTA per SM (registers: `LaunchPlan.registers_per_cta`). Written against
+Triton 3.6's Gluon (`tma.async_copy_global_to_shared`, `gl.thread_barrier`; later versions
+renamed both): `tma_attention_support` says where it runs. Knows nothing of partitions beyond
+the SM count it sizes its grid for.
 """
 
 from __future__ import annotations
@@ -216,6 +220,48 @@ def _zero_outside(panel, n0, lo, hi, BLOCK_N: gl.constexpr, num_warps: gl.conste
 
 
 @gluon.jit
+def _scores(ring, q_smem, ready, empty, slot, phase, mma: gl.constexpr, BLOCK_N: gl.constexpr,
+            GROUP_PAD: gl.constexpr, PANELS: gl.constexpr, NUM_SLOTS: gl.constexpr):
+    """S^T = K q^T ([BLOCK_N, GROUP_PAD]) over the tile's K panels, which it then releases."""
+    _wait_panels(ready, slot, phase, PANELS, NUM_SLOTS)
+    s = gl.zeros([BLOCK_N, GROUP_PAD], gl.float32, layout=mma)
+    for c in gl.static_range(PANELS):
+        s = warpgroup_mma(ring.index((slot + c) % NUM_SLOTS), q_smem.index(c).permute((1, 0)), s,
+                          use_acc=c > 0, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+    gl.thread_barrier()
+    for c in gl.static_range(PANELS):
+        slot, phase = _release(empty, slot, phase, NUM_SLOTS)
+    return s, slot, phase
+
+
+@gluon.jit
+def _accumulate(ring, p_smem, ready, empty, slot, phase, o0, o1, n0, lo, hi,
+                BLOCK_N: gl.constexpr, PANELS: gl.constexpr, NUM_SLOTS: gl.constexpr,
+                num_warps: gl.constexpr):
+    """O^T += V^T P^T per V panel (o0: head dims 0-63, o1: 64-127), then release the panels.
+    p_smem was just stored by every thread: the fence and barrier order it before the wgmma."""
+    _wait_panels(ready, slot, phase, PANELS, NUM_SLOTS)
+    if (n0 < lo) | (n0 + BLOCK_N > hi):
+        for c in gl.static_range(PANELS):
+            _zero_outside(ring.index((slot + c) % NUM_SLOTS), n0, lo, hi, BLOCK_N, num_warps)
+    fence_async_shared()
+    gl.thread_barrier()
+    o0 = warpgroup_mma(ring.index(slot).permute((1, 0)), p_smem.permute((1, 0)), o0,
+                       is_async=True)
+    if PANELS == 2:
+        o1 = warpgroup_mma(ring.index((slot + 1) % NUM_SLOTS).permute((1, 0)),
+                           p_smem.permute((1, 0)), o1, is_async=True)
+        o0, o1 = warpgroup_mma_wait(num_outstanding=0, deps=(o0, o1))
+    else:
+        o0 = warpgroup_mma_wait(num_outstanding=0, deps=(o0,))
+    gl.thread_barrier()
+    for c in gl.static_range(PANELS):
+        slot, phase = _release(empty, slot, phase, NUM_SLOTS)
+    return o0, o1, slot, phase
+
+
+@gluon.jit
 def _consumer(q_ptr, ring, q_smem, p_smem, ready, empty, lens_ptr, starts_ptr, o_ptr, po_ptr,
               plse_ptr, qk_scale, s_qb, s_qh, s_ob, s_oh, num_kv_heads, num_heads, chunk_len,
               num_splits, num_items, num_bh, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
@@ -240,15 +286,8 @@ def _consumer(q_ptr, ring, q_smem, p_smem, ready, empty, lens_ptr, starts_ptr, o
     phase = w * 0
     tile_keys = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     while w < num_items:
-        _wait_panels(ready, slot, phase, PANELS, NUM_SLOTS)
-        s = gl.zeros([BLOCK_N, GROUP_PAD], gl.float32, layout=mma)
-        for c in gl.static_range(PANELS):
-            s = warpgroup_mma(ring.index((slot + c) % NUM_SLOTS), q_smem.index(c).permute((1, 0)),
-                              s, use_acc=c > 0, is_async=True)
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        gl.thread_barrier()
-        for c in gl.static_range(PANELS):
-            slot, phase = _release(empty, slot, phase, NUM_SLOTS)
+        s, slot, phase = _scores(ring, q_smem, ready, empty, slot, phase, mma, BLOCK_N,
+                                 GROUP_PAD, PANELS, NUM_SLOTS)
         keys = n0 + tile_keys
         s = gl.where(((keys >= lo) & (keys < hi))[:, None], s * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, axis=0))      # every tile holds a key of [lo, hi)
@@ -257,23 +296,9 @@ def _consumer(q_ptr, ring, q_smem, p_smem, ready, empty, lens_ptr, starts_ptr, o
         l_acc = l_acc * alpha[None, :] + p
         m_i = m_new
         p_smem.store(gl.permute(p.to(p_smem.dtype), (1, 0)))
-        _wait_panels(ready, slot, phase, PANELS, NUM_SLOTS)
-        if (n0 < lo) | (n0 + BLOCK_N > hi):
-            for c in gl.static_range(PANELS):
-                _zero_outside(ring.index((slot + c) % NUM_SLOTS), n0, lo, hi, BLOCK_N, num_warps)
-        fence_async_shared()
-        gl.thread_barrier()
-        o0 = warpgroup_mma(ring.index(slot).permute((1, 0)), p_smem.permute((1, 0)),
-                           o0 * alpha[None, :], is_async=True)
-        if PANELS == 2:
-            o1 = warpgroup_mma(ring.index((slot + 1) % NUM_SLOTS).permute((1, 0)),
-                               p_smem.permute((1, 0)), o1 * alpha[None, :], is_async=True)
-            o0, o1 = warpgroup_mma_wait(num_outstanding=0, deps=(o0, o1))
-        else:
-            o0 = warpgroup_mma_wait(num_outstanding=0, deps=(o0,))
-        gl.thread_barrier()
-        for c in gl.static_range(PANELS):
-            slot, phase = _release(empty, slot, phase, NUM_SLOTS)
+        o0, o1, slot, phase = _accumulate(ring, p_smem, ready, empty, slot, phase,
+                                          o0 * alpha[None, :], o1 * alpha[None, :], n0, lo, hi,
+                                          BLOCK_N, PANELS, NUM_SLOTS, num_warps)
         if n0 + BLOCK_N >= hi:      # the item's last tile: write it, go to the next item
             l_sum = gl.sum(l_acc, axis=0)
             _store_item(o0, 0, l_sum, m_i, w, num_bh, num_kv_heads, num_heads, num_splits, o_ptr,
