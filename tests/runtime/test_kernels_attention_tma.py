@@ -251,6 +251,7 @@ CASES = [  # layout, heads, kv_heads, head_dim, persistent, budget KiB, with sta
     ("paged32", 32, 8, 128, True, 64, False),
     ("paged32", 32, 8, 64, True, None, False),
     ("paged32", 8, 8, 128, False, None, False),
+    ("paged16", 32, 8, 128, True, 64, True),
 ]
 
 
@@ -360,3 +361,21 @@ def test_gpu_padded_rows_read_the_null_block(rel_err):
                                           _gather(vp, tables, 32).float(), lens)
     assert rel_err(out, expected) < BF16_TOL
     assert torch.equal(out[0], vp[0, :, 0].repeat_interleave(4, dim=0))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_strided_cache_and_custom_scale(dtype, rel_err):
+    """A view into a longer cache (stride(1) is not max_ctx x dim), fp16 as well as bf16."""
+    gen = torch.Generator().manual_seed(11)
+    big_k = torch.randn(5, 8, 900, 128, generator=gen).to(dtype).cuda()
+    big_v = torch.randn(5, 8, 900, 128, generator=gen).to(dtype).cuda()
+    k, v = big_k[:, :, :600], big_v[:, :, :600]
+    q = torch.randn(5, 32, 128, generator=gen).to(dtype).cuda()
+    lens = torch.tensor([600, 1, 333, 64, 65], dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    tma.decode_attention_tma(q, k, v, lens, out=out, scale=0.05)
+    tma.wait_or_exit("decode_attention_tma strided cache")
+    expected = reference.decode_attention(q.float(), k.float(), v.float(), lens, scale=0.05)
+    assert rel_err(out, expected) < BF16_TOL
