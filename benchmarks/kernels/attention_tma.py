@@ -11,7 +11,8 @@ Sections (each guarded; skipped once --budget-s is spent):
 - attention: Llama-3-8B (32/8 heads, head_dim 128), batch x context of the decode grid, full
   contexts, on the whole GPU and on green-context partitions of 16-64 SMs. Variants: the Triton
   kernel, the TMA kernel unbudgeted and within 64 KiB (contiguous and paged with 16-key
-  blocks), SDPA on the whole GPU. GB/s = K and V bytes read once / time.
+  blocks) and with one program per SM (`ONE_CTA`), SDPA on the whole GPU. GB/s = K and V bytes
+  read once / time.
 - corun: Llama-3-8B MLP GEMMs (gate_up 28672x4096, down 4096x14336, 4 layers) at 512 and 1024
   tokens beside the attention of 512 requests x 1024 keys (4 layers): cuBLAS then the
   attention on one stream, against the persistent Triton matmul and the 64 KiB persistent
@@ -94,11 +95,14 @@ class Shape:
         kc, vc = (self.kp, self.vp) if paged else (self.k, self.v)
         kw = {"block_tables": self.tables if paged else None, "sm_count": sms,
               "smem_budget_bytes": BUDGET if variant.endswith("64k") else None,
-              "max_context_len": ctx}
+              "max_context_len": ctx, "config": ONE_CTA if variant == "tma_1cta" else None}
         return lambda: tma.decode_attention_tma(q, kc, vc, lens, out=o, **kw)
 
 
-TMA_VARIANTS = ("tma", "tma_64k", "tma_paged", "tma_paged_64k")
+TMA_VARIANTS = ("tma", "tma_64k", "tma_paged", "tma_paged_64k", "tma_1cta")
+# one program per SM with a 12-slot ring (192 KiB): the default's alternative if two programs of
+# 103 KiB do not share an SM (the driver picks the shared-memory carveout)
+ONE_CTA = plan.TmaAttentionConfig(ctas_per_sm=1, num_slots=12)
 
 
 def check(ctx, shape: Shape) -> dict:
@@ -218,12 +222,12 @@ def corun(ctx, token_counts) -> list:
     return rows
 
 
-def targets(rows) -> dict:
-    """Each target with the measured numbers behind it and whether it is met."""
-    small = [(r, _gbs(r, "tma") / r["sms"]) for r in rows if r["sms"] <= 32 and _gbs(r, "tma")]
-    whole = [(r, _gbs(r, "tma") / 1e3) for r in rows if r["sms"] > 64 and _gbs(r, "tma")]
-    ratios = [(r, r["us"]["tma"] / r["us"]["triton"]) for r in rows
-              if r["us"].get("triton") and r["us"].get("tma")]
+def targets(rows, variant: str = "tma") -> dict:
+    """Each target for one TMA variant, with the numbers behind it and whether it is met."""
+    small = [(r, _gbs(r, variant) / r["sms"]) for r in rows if r["sms"] <= 32 and _gbs(r, variant)]
+    whole = [(r, _gbs(r, variant) / 1e3) for r in rows if r["sms"] > 64 and _gbs(r, variant)]
+    ratios = [(r, r["us"][variant] / r["us"]["triton"]) for r in rows
+              if r["us"].get("triton") and r["us"].get(variant)]
     out = {}
     if small:
         worst = min(small, key=lambda t: t[1])
@@ -293,26 +297,31 @@ def markdown(res) -> str:
                        f" | {a['cublas']:.0f} | {a['triton_gemm']:.0f} | {a['attn']:.0f} | "
                        f"{a['attn_64k']:.0f} |")
         out.append("")
-    out += ["## Targets", ""] + [f"- {k}: {json.dumps(v)}" for k, v in res["targets"].items()]
+    out += ["## Targets (the default launch: two programs per SM)", ""]
+    out += [f"- {k}: {json.dumps(v)}" for k, v in res["targets"].items()]
+    out += ["", "One program per SM (`ONE_CTA`), for comparison:", ""]
+    out += [f"- {k}: {json.dumps(v)}" for k, v in res.get("targets_one_cta", {}).items()]
     if res["errors"]:
         out += ["", "Errors: " + json.dumps(res["errors"])[:3000]]
     return "\n".join(out) + "\n"
 
 
 def short_table(res) -> str:
-    lines = ["shape        SMs  triton_us   tma_us  tma_GB/s/SM  tma_64k_us  paged_us"]
+    lines = ["shape        SMs  triton_us   tma_us  tma_GB/s/SM  tma_64k_us  paged_us  1cta_us"]
     for r in res.get("attention") or []:
         u = r["us"]
         gbs = _gbs(r, "tma")
         lines.append(f"{r['batch']:>5}x{r['ctx']:<5} {r['sms']:>4} {u.get('triton') or 0:>10.1f} "
                      f"{u.get('tma') or 0:>8.1f} {(gbs or 0) / r['sms']:>12.1f} "
-                     f"{u.get('tma_64k') or 0:>11.1f} {u.get('tma_paged') or 0:>9.1f}")
+                     f"{u.get('tma_64k') or 0:>11.1f} {u.get('tma_paged') or 0:>9.1f} "
+                     f"{u.get('tma_1cta') or 0:>8.1f}")
     for r in res.get("corun") or []:
         seq, co = r["sequential_cublas_then_attn_us"], r["coresident_triton_gemm_attn_64k_us"]
         lines.append(f"corun {r['tokens']} tokens: sequential {seq:.0f} us, co-resident "
                      f"{co:.0f} us ({r['speedup_coresident']:.3f}x)")
-    for name, t in res["targets"].items():
-        lines.append(f"target {name}: {'MET' if t['met'] else 'NOT MET'} {json.dumps(t)}")
+    for key in ("targets", "targets_one_cta"):
+        for name, t in res.get(key, {}).items():
+            lines.append(f"{key} {name}: {'MET' if t['met'] else 'NOT MET'} {json.dumps(t)}")
     return "\n".join(lines)
 
 
@@ -323,6 +332,7 @@ COMPILE_VARIANTS = {
     "gqa4 d128 contiguous starts": (32, 8, 128, 0, None, True, True),
     "gqa4 d128 contiguous 64k": (32, 8, 128, 0, BUDGET, True, False),
     "gqa4 d128 paged16": (32, 8, 128, 16, None, True, False),
+    "gqa4 d128 contiguous 1cta": (32, 8, 128, 0, "1cta", True, False),
     "gqa4 d128 paged16 64k": (32, 8, 128, 16, BUDGET, True, False),
     "gqa4 d128 paged32 64k": (32, 8, 128, 32, BUDGET, False, False),
     "mha d128 contiguous": (8, 8, 128, 0, None, True, False),
@@ -349,7 +359,8 @@ def compile_one(heads, kv_heads, dim, block_size, budget, split, starts) -> dict
     from triton.runtime.jit import mangle_type
 
     geom = plan.CacheGeometry(1 if split else 512, heads, kv_heads, dim, 4096, block_size)
-    p = plan.plan_launch(geom, plan.choose_config(geom, budget), 132)
+    cfg = ONE_CTA if budget == "1cta" else plan.choose_config(geom, budget)
+    p = plan.plan_launch(geom, cfg, 132)
     cache = torch.empty(64, kv_heads, 16, dim, dtype=torch.bfloat16)
     desc = mangle_type(tma._descriptor(cache, p.box_rows))
     types = {"q_ptr": "*bf16", "o_ptr": "*bf16", "k_desc": desc, "v_desc": desc,
@@ -446,6 +457,7 @@ def main() -> int:
     json_path = os.path.join(args.out, f"attention_tma_{gpu}.json")
     sections.run_sections(ctx, list(functions), functions, json_path)
     res["targets"] = targets(res.get("attention") or [])
+    res["targets_one_cta"] = targets(res.get("attention") or [], "tma_1cta")
     res["wall_s"] = time.time() - t0
     with open(json_path, "w") as fh:
         json.dump(res, fh, indent=1, default=str)
