@@ -81,8 +81,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"Measured {meta['date']} at commit {meta.get('commit', 'unknown')} on "
              f"{meta['machine']} ({meta['cores']} cores), Python "
              f"{meta['python']}, pulp {meta['pulp']}, ortools {meta['ortools']}. Wall time of "
-             f"build_problem + solve, median and max of {rows[0]['repeats']} runs (the first "
-             f"run of a process includes imports). Target: under 2 s.", "",
+             f"build_problem + solve, median and max of {rows[0]['repeats']} solves (the first "
+             f"solve of a process includes imports). Target: under 2 s.", "",
              "| device (profile) | solver | contexts | switch point | buckets | ILP vars / "
              "constraints | median s | max s | plan | predicted / sequential ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]

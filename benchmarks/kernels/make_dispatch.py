@@ -1,6 +1,6 @@
 """Write pipedecode/runtime/kernels/_dispatch_data.py from run_all.py's linear section.
 
-`python benchmarks/kernels/make_dispatch.py benchmarks/results/kernels_h100_<date>.json h100`
+`python benchmarks/kernels/make_dispatch.py benchmarks/results/kernels_h100_dispatch_source.json h100`
 keeps, per (n, k, tokens, granted SMs), the measured microseconds of the persistent Triton
 matmul and of cuBLAS, which `kernels.dispatch` compares to pick the faster.
 """

@@ -54,9 +54,9 @@ def _contiguous(schedule: Any) -> Any:
 class GraphDecode:
     """The decode graph's callable: the executor where it serves the call, `fallback` elsewhere."""
 
-    def __init__(self, layout: DecodeGraph, fallback: Callable, *, device: Any = "h100",
+    def __init__(self, layout: DecodeGraph, fallback: Callable, *, device: Any = None,
                  plan: bool = True) -> None:
-        """fallback: the graph's stages (exact). device: the profile to plan for. plan=False:
+        """fallback: the graph's stages (exact). device: the profile to plan for (None: the GPU this runs on). plan=False:
         always sequential (tests)."""
         self.layout, self.fallback, self.device, self.plan = layout, fallback, device, plan
         self.executor = None

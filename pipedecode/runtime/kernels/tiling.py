@@ -18,11 +18,11 @@ Chunks are aligned (every tile is cut at the same K offsets) so the programs of 
 the same K range of shared rows and columns together while it is in L2: the classic stream-K
 split, each program taking an equal run of K iterations across tile boundaries, starts every
 program at a different K offset and measured a median 1.27x (up to 1.71x) slower than plain
-waves on an H100 for these shapes (benchmarks/results/kernels_streamk_h100_2026-11-21_v1.json),
+waves on an H100 for these shapes (benchmarks/results/kernels_streamk_h100_classic.json),
 from the HBM traffic of lost L2 reuse.
 
 The split tail's cost (FIXUP_BYTES_PER_SM, TAIL_S) is fitted to the H100 sweep in
-kernels_streamk_h100_2026-11-21.json (96/104/132 SMs, 256-2048 tokens, four Llama shapes;
+benchmarks/results/kernels_streamk_h100.json (96/104/132 SMs, 256-2048 tokens, four Llama shapes;
 in-sample, no held-out check), and it is a candidate for
 the largest tile only (the best tail in 38 of 45 sweep points without PAIR; with smaller tiles
 the model, whose tile efficiencies are 20-50% optimistic, picked tails that lost). With the
