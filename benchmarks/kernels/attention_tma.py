@@ -442,7 +442,8 @@ def main() -> int:
     import sections  # noqa: E402  (benchmarks/kernels/sections.py)
     import triton
 
-    from pipedecode.profiles.measure import CudaTimer, device_name
+    from pipedecode.profiles.registry import gpu_key as device_name
+    from pipedecode.runtime.profile_gpu import CudaTimer
 
     res = {"gpu": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
            "commit": args.commit or _commit(), "torch": torch.__version__,

@@ -379,3 +379,54 @@ def test_gpu_strided_cache_and_custom_scale(dtype, rel_err):
     tma.wait_or_exit("decode_attention_tma strided cache")
     expected = reference.decode_attention(q.float(), k.float(), v.float(), lens, scale=0.05)
     assert rel_err(out, expected) < BF16_TOL
+
+
+def _small_inputs(device="cpu"):
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(3, 8, 64, generator=gen).to(device)
+    cache = torch.randn(3, 2, 64, 64, generator=gen).to(device)
+    return q, cache, cache.clone(), torch.tensor([5, 64, 33], dtype=torch.int32, device=device)
+
+
+def test_dispatch_takes_the_tma_kernel_where_it_runs(monkeypatch):
+    from pipedecode.runtime import kernels
+
+    monkeypatch.setattr(kernels, "_use_triton", lambda t: True)
+    calls = []
+    monkeypatch.setattr(kernels, "attention_tma_unavailable", lambda *a: None)
+    monkeypatch.setattr(tma, "decode_attention_tma",
+                        lambda *a, **kw: calls.append(kw["sm_count"]) or kw["out"])
+    q, k, v, lens = _small_inputs()
+    out = torch.empty_like(q)
+    assert kernels.decode_attention(q, k, v, lens, out=out, sm_count=24) is out
+    assert calls == [24]
+
+
+def test_dispatch_falls_back_to_triton_and_says_why_on_a_gpu(monkeypatch):
+    """On CPU tensors the Triton kernel runs in the interpreter; impl="tma" raises the reason."""
+    from pipedecode.runtime import kernels
+
+    q, k, v, lens = _small_inputs()
+    got = kernels.decode_attention(q, k, v, lens)            # interpreter, no warning on CPU
+    expected = reference.decode_attention(q, k, v, lens)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(tma.TmaAttentionUnavailableError, match="bf16|fp16|CUDA|Gluon|triton"):
+        kernels.decode_attention(q, k, v, lens, impl="tma")
+    with pytest.raises(ValueError, match="impl"):
+        kernels.decode_attention(q, k, v, lens, impl="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_default_dispatch_is_the_tma_kernel_on_hopper(rel_err):
+    from pipedecode.runtime import kernels
+
+    q, k, v, lens = _small_inputs("cuda")
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    out = torch.empty_like(q)
+    why = kernels.attention_tma_unavailable(q, k, v, lens, out)
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert why is None
+    got = kernels.decode_attention(q, k, v, lens, out=out)
+    assert rel_err(got.float(), reference.decode_attention(q.float(), k.float(), v.float(), lens)
+                   ) < 1e-2

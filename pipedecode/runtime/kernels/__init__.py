@@ -7,7 +7,8 @@ either static, [batch, num_kv_heads, max_context, head_dim], or paged: per layer
 request b's position p in block block_tables[b, p // block_size] at offset p % block_size.
 
 - `decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
-  max_context_len=None, context_starts=None, block_tables=None) -> out`
+  max_context_len=None, context_starts=None, block_tables=None, impl="auto") -> out`
+  (impl: the TMA kernel on Hopper where it runs, else the Triton split-KV kernel; see below)
   q: [batch, num_heads, head_dim]; k_cache, v_cache: a static or (with block_tables) a paged
   cache (last dim contiguous; positions >= context_lens[b] are never read); context_lens:
   int32 [batch], >= 1, counting the current token (already written); context_starts: optional
@@ -48,13 +49,14 @@ import functools
 import importlib.util
 import math
 import os
+import warnings
 
 import torch
 
 from pipedecode.runtime.kernels import reference
 from pipedecode.runtime.kernels.tiling import MatmulConfig, choose_config
 
-__all__ = ["decode_attention", "linear", "gate_up_silu", "rms_norm", "rope_kv_write",
+__all__ = ["decode_attention", "attention_tma_unavailable", "linear", "gate_up_silu", "rms_norm", "rope_kv_write",
            "write_kv", "prefill_attention", "backend", "device_sm_count", "reference", "MatmulConfig", "choose_config"]
 
 
@@ -89,10 +91,20 @@ def _check_sm_count(sm_count: int | None, t: torch.Tensor) -> int:
     return int(sm_count)
 
 
+ATTENTION_IMPLS = ("auto", "tma", "triton")
+
+
 def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
                      max_context_len=None, config=None, context_starts=None, locks=None,
-                     block_tables=None):
+                     block_tables=None, impl: str = "auto"):
     """Decode attention over each request's first context_lens[b] cache positions.
+
+    impl: "auto" takes the TMA kernel (`_attention_tma`, Gluon: bulk copies into an mbarrier
+    ring, wgmma) where it runs (a Hopper GPU, bf16/fp16, head_dim 64 or 128) and the Triton
+    split-KV kernel elsewhere, warning once on a GPU with the reason (measured on an H200,
+    benchmarks/results/attention_tma_h200.md: 0.62-0.70x the Triton kernel's time on 16-32 SMs,
+    0.84-1.00x on the whole GPU); "tma" raises where it cannot run; "triton" forces the Triton
+    kernel (as `config` and `locks`, which are the Triton kernel's launch options, do).
 
     `block_tables` (int32 [batch, max_blocks]): the caches are block pools [blocks, kv_heads,
     block_size, head_dim] and request b's position p is in block block_tables[b, p //
@@ -114,11 +126,25 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or out.stride(2) != 1:
         raise ValueError("decode_attention: the last dimension of q, the caches and out must be "
                          "contiguous")
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"decode_attention: impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     from pipedecode.runtime.kernels import _attention
 
     capacity = k_cache.shape[2] if block_tables is None else \
         block_tables.shape[1] * k_cache.shape[2]
     max_ctx = capacity if max_context_len is None else int(max_context_len)
+    if impl == "tma" or (impl == "auto" and config is None and locks is None):
+        why = attention_tma_unavailable(q, k_cache, v_cache, context_lens, out, block_tables,
+                                        context_starts)
+        if why is None or impl == "tma":
+            from pipedecode.runtime.kernels._attention_tma import decode_attention_tma
+
+            return decode_attention_tma(q, k_cache, v_cache, context_lens, out=out,
+                                        block_tables=block_tables, context_starts=context_starts,
+                                        sm_count=sms, scale=scale, max_context_len=max_ctx)
+        if q.is_cuda:
+            _warn_once(f"decode attention runs the Triton split-KV kernel, not the TMA kernel: "
+                       f"{why}")
     cfg = config or _attention.choose_config(sms, head_dim, k_cache.element_size())
     if block_tables is not None and config is None:
         cfg = _attention.fit_block(cfg, k_cache.shape[2])
@@ -126,6 +152,24 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
         q, k_cache, v_cache, context_lens, out, sm_count=sms, scale=scale,
         max_context=max(1, min(max_ctx, capacity)), cfg=cfg, context_starts=context_starts,
         locks=locks, block_tables=block_tables)
+
+
+def attention_tma_unavailable(q, k_cache, v_cache, context_lens, out, block_tables=None,
+                              context_starts=None) -> str | None:
+    """Why the TMA decode attention cannot take these (valid) inputs here, or None."""
+    from pipedecode.runtime.kernels import _attention_tma
+
+    try:
+        geom = _attention_tma.cache_geometry(q, k_cache, v_cache, context_lens, out,
+                                             block_tables, context_starts, None)
+    except ValueError as exc:
+        return str(exc)
+    return _attention_tma._unsupported(q, k_cache, geom)
+
+
+@functools.lru_cache(maxsize=32)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _check_decode_attention(q, k_cache, v_cache, context_lens, context_starts, block_tables):
