@@ -57,11 +57,13 @@ class PagedModelRunner:
 
     def __init__(self, model: torch.nn.Module, config: RunnerConfig, *,
                  kernels: KernelSet | str = "auto", use_graphs: bool = True,
-                 planner: Planner | None = None) -> None:
+                 planner: Planner | None = None, keep_logits: bool = False) -> None:
         """kernels: a KernelSet or its name (auto: hybrid on CUDA, torch on the CPU).
         use_graphs: replay CUDA graphs (CUDA only). planner(shape, profile, context_lens) ->
         Schedule: who decides interleaving (default pipedecode.planner.plan; a
-        `program.manual_schedule` forces a split, e.g. in tests)."""
+        `program.manual_schedule` forces a split, e.g. in tests). keep_logits: keep every
+        logits row, float32 on the CPU, in `kept_logits[(seq_id, tokens before it)]` (checks
+        against a reference; it syncs each step)."""
         self.config = config
         self.packing = hf_packing(model)
         self._model = model
@@ -90,6 +92,8 @@ class PagedModelRunner:
         self._streams: dict[tuple[int, int], Any] = {}
         self._splits: dict[tuple, tuple[np.ndarray, torch.Tensor]] = {}
         self.last_executor: Executor | None = None
+        self.kept_logits: dict[tuple[int, int], torch.Tensor] | None = \
+            {} if keep_logits else None
 
     @classmethod
     def factory(cls, **options):
@@ -147,9 +151,10 @@ class PagedModelRunner:
         ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64,
                           count=int(starts[-1]))
         dev = self.device
-        return prefill(self.weights, self.cache, self.kernels, torch.from_numpy(ids).to(dev),
-                       torch.from_numpy(starts.astype(np.int32)).to(dev),
-                       torch.from_numpy(slots).to(dev))
+        logits = prefill(self.weights, self.cache, self.kernels, torch.from_numpy(ids).to(dev),
+                         torch.from_numpy(starts.astype(np.int32)).to(dev),
+                         torch.from_numpy(slots).to(dev))
+        return logits if self.kept_logits is None else self._keep(seqs, logits)
 
     @torch.no_grad()
     def decode(self, seqs: Seq, micro_batches: tuple[tuple[int, ...], ...]) -> torch.Tensor:
@@ -169,7 +174,14 @@ class PagedModelRunner:
         else:                       # interleaved on the CPU: its slot program, serially
             logits = run_serial(step, executor.program, executor.layout)
         self.last_executor = executor
-        return logits[:n] if index is None else logits[index]
+        logits = logits[:n] if index is None else logits[index]
+        return logits if self.kept_logits is None else self._keep(seqs, logits)
+
+    def _keep(self, seqs: Seq, logits: torch.Tensor) -> torch.Tensor:
+        rows = logits.float().cpu()
+        for seq, row in zip(seqs, rows):
+            self.kept_logits[(seq.seq_id, len(seq.token_ids))] = row
+        return logits
 
     # ---- executors --------------------------------------------------------------------------
     def _step(self, rows: int) -> DecodeStep:
