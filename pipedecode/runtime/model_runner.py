@@ -82,7 +82,9 @@ class PagedModelRunner:
         self.memory: dict[str, Any] = {}
         self.num_blocks = self._num_blocks()
         self.cache = PagedKVCache.for_weights(weights, self.num_blocks, self.block_size)
-        self._rows = DecodeStep(weights, self.max_rows, self.max_model_len,
+        # no sequence holds more than the pool: block tables of that many columns
+        self.max_context = min(self.max_model_len, (self.num_blocks - 1) * self.block_size)
+        self._rows = DecodeStep(weights, self.max_rows, self.max_context,
                                 kernels=self.kernels, paged=self.cache)
         self.inputs = StepInputs(self.max_rows, self._rows.block_tables.shape[1], self.device,
                                  table_capacity=2 * self.max_rows + 64)
@@ -185,7 +187,7 @@ class PagedModelRunner:
 
     # ---- executors --------------------------------------------------------------------------
     def _step(self, rows: int) -> DecodeStep:
-        return DecodeStep(self.weights, rows, self.max_model_len, kernels=self.kernels,
+        return DecodeStep(self.weights, rows, self.max_context, kernels=self.kernels,
                           paged=self.cache, rows_of=self._rows)
 
     def _sequential(self, rows: int) -> Executor:
@@ -193,7 +195,7 @@ class PagedModelRunner:
         executor = self.executors.get(key)
         if executor is None:
             executor = self.executors[key] = Executor(
-                self.weights, rows, self.max_model_len, step=self._step(rows),
+                self.weights, rows, self.max_context, step=self._step(rows),
                 use_graphs=self.use_graphs)
         return executor
 
@@ -224,7 +226,7 @@ class PagedModelRunner:
         rows = m * each
         groups = [list(range(j * each, (j + 1) * each)) for j in range(m)]
         schedule = manual_schedule(self.shape, [1] * rows, groups, memory_sms, compute_sms)
-        executor = Executor(self.weights, rows, self.max_model_len, schedule=schedule,
+        executor = Executor(self.weights, rows, self.max_context, schedule=schedule,
                             step=self._step(rows), use_graphs=self.use_graphs, autotune=True,
                             streams=self._streams.get((memory_sms, compute_sms)))
         if executor.streams is not None:
