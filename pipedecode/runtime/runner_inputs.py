@@ -53,24 +53,29 @@ class BlockTables:
         self.known[row] = len(blocks)
         return row
 
-    def rows(self, seqs: Seq) -> tuple[list[int], int]:
-        """(row of each sequence, most blocks any holds), tables brought up to date."""
+    def rows(self, seqs: Seq) -> tuple[list[int], list[int], list[int], int]:
+        """(row of each sequence, its last token, its length, most blocks any holds), tables
+        brought up to date: the one Python loop over the batch of a decode step."""
         try:
             return self._rows(seqs)
         except _Full:
             self.row_of.clear()
             return self._rows(seqs)
 
-    def _rows(self, seqs: Seq) -> tuple[list[int], int]:
-        get, known, out, most = self.row_of.get, self.known, [], 1
+    def _rows(self, seqs: Seq) -> tuple[list[int], list[int], list[int], int]:
+        get, known, most = self.row_of.get, self.known, 1
+        rows, tokens, lens = [], [], []
         for seq in seqs:
-            blocks = seq.block_table
+            blocks, ids = seq.block_table, seq.token_ids
             row, n = get(seq.seq_id), len(blocks)
             if row is None or known[row] != n:
                 row = self._grow(seq.seq_id, row, blocks)
-            out.append(row)
-            most = n if n > most else most
-        return out, most
+            rows.append(row)
+            tokens.append(ids[-1])
+            lens.append(len(ids))
+            if n > most:
+                most = n
+        return rows, tokens, lens, most
 
     def _grow(self, seq_id: int, row: int | None, blocks: list[int]) -> int:
         old = self.known[row] if row is not None else 0
@@ -102,12 +107,10 @@ class StepInputs:
         The previous step's copy has finished: its logits were read back before this call."""
         if num_rows > self.max_rows:
             raise ValueError(f"a step of {num_rows} rows exceeds the {self.max_rows} staged")
-        table_rows, cols = self.tables.rows(seqs)
+        table_rows, tokens, lens, cols = self.tables.rows(seqs)   # lens: incl. the fed token
         width = 2 + cols
         view = self.np[:num_rows * width].reshape(num_rows, width)
         n = len(seqs)
-        tokens = [s.token_ids[-1] for s in seqs]
-        lens = [len(s.token_ids) for s in seqs]       # the context incl. the fed token
         if rows is None and n == num_rows:
             view[:, 0], view[:, 1], view[:, 2:] = tokens, lens, self.tables.table[table_rows, :cols]
         else:

@@ -192,14 +192,14 @@ def test_block_tables_write_whole_then_only_what_grew():
     tables.make_room(2)
     assert tables.write(0, a.block_table) == 0 and tables.write(1, b.block_table) == 1
     a.block_table.append(9)
-    rows, most = tables.rows([b, a])
-    assert rows == [1, 0] and most == 3 and tables.table[0, :3].tolist() == [7, 3, 9]
+    rows, tokens, lens, most = tables.rows([b, a])
+    assert rows == [1, 0] and most == 3 and lens == [2, 5] and tokens == [4, 7] and tables.table[0, :3].tolist() == [7, 3, 9]
     a.block_table = [2, 4]                          # preempted and re-admitted: another table
     tables.rows([a])
     assert tables.table[0, :2].tolist() == [2, 4] and tables.known[0] == 2
     c, d = make_seq(2, 1), make_seq(3, 1)
     c.block_table, d.block_table = [6], [8]
-    rows, _ = tables.rows([c, a, d])                # 4 sequences, 3 rows: written whole again
+    rows, *_ = tables.rows([c, a, d])                # 4 sequences, 3 rows: written whole again
     assert rows == [0, 1, 2] and tables.table[rows, 0].tolist() == [6, 2, 8]
     with pytest.raises(ValueError, match="5 blocks exceed the 4"):
         tables.write(4, [1, 2, 3, 4, 5])
