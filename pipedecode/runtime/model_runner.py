@@ -91,9 +91,11 @@ class PagedModelRunner:
         self.plans = BucketPlans(self.shape, config.profile, self.sizes,
                                  interleave=config.interleave, planner=planner)
         self.executors: dict[tuple, Executor] = {}
+        self._key_of: dict[int, tuple] = {}       # id(executor) -> its key
         self._streams: dict[tuple[int, int], Any] = {}
         self._splits: dict[tuple, tuple[np.ndarray, torch.Tensor]] = {}
         self.last_executor: Executor | None = None
+        self.steps_by_executor: dict[tuple, int] = {}
         self.kept_logits: dict[tuple[int, int], torch.Tensor] | None = \
             {} if keep_logits else None
 
@@ -127,6 +129,23 @@ class PagedModelRunner:
                 f"Give it more memory (kv_cache_memory) or lower max_num_seqs / "
                 f"max_num_batched_tokens")
         return blocks
+
+    def reuse(self, model: torch.nn.Module, config: RunnerConfig) -> "PagedModelRunner":
+        """This runner, as a RunnerFactory, for another LLM of the same model whose config
+        differs at most in `interleave` (pool, buffers and captured graphs kept; the plans
+        made anew where interleave changes): `LLM(model, interleave=False, runner=runner.reuse)`
+        (benchmarks comparing settings on one pool)."""
+        if model is not self._model:
+            raise ValueError("a runner serves the model it was built for; build another")
+        mine = dataclasses.replace(self.config, interleave=config.interleave)
+        if config != mine:
+            raise ValueError(f"a runner built for {self.config} cannot serve {config}; only "
+                             f"interleave may differ")
+        if config.interleave != self.config.interleave:
+            self.plans = BucketPlans(self.shape, config.profile, self.sizes,
+                                     interleave=config.interleave, planner=self.plans.planner)
+        self.config = config
+        return self
 
     def sync_weights(self) -> bool:
         """Bring the packed weights up to the model's parameters (repacked in place where they
@@ -176,6 +195,8 @@ class PagedModelRunner:
         else:                       # interleaved on the CPU: its slot program, serially
             logits = run_serial(step, executor.program, executor.layout)
         self.last_executor = executor
+        key = self._key_of[id(executor)]
+        self.steps_by_executor[key] = self.steps_by_executor.get(key, 0) + 1
         logits = logits[:n] if index is None else logits[index]
         return logits if self.kept_logits is None else self._keep(seqs, logits)
 
@@ -197,6 +218,7 @@ class PagedModelRunner:
             executor = self.executors[key] = Executor(
                 self.weights, rows, self.max_context, step=self._step(rows),
                 use_graphs=self.use_graphs)
+            self._key_of[id(executor)] = key
         return executor
 
     def _split(self, n: int, micro_batches) -> tuple[Executor, np.ndarray, torch.Tensor]:
@@ -214,6 +236,7 @@ class PagedModelRunner:
             if executor is None:
                 executor = self.executors[key] = self._interleaved(m, each, plan.memory_sms,
                                                                    plan.compute_sms)
+                self._key_of[id(executor)] = key
         else:                       # a split no plan asked for: sequential over its rows
             executor = self._sequential(m * each)
         found = self._splits.get((each, sizes))

@@ -132,6 +132,26 @@ def test_weights_changed_in_place_are_followed_replaced_ones_are_reported():
     assert not llm.runner.sync_weights()               # a new tensor: rebuild the runner
 
 
+def test_one_runner_serves_llms_that_differ_in_interleave():
+    from pipedecode.engine.llm import LLM
+
+    model = tiny_model()
+    first = make_llm(model, runner="paged", micro_batches=2)
+    assert _tokens(first.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected("tiny-llama")
+    runner = first.runner
+    split = sum(n for k, n in runner.steps_by_executor.items() if k[0] == "interleaved")
+    assert split > 0
+    second = LLM(model, device="h100", block_size=4, interleave=False,
+                 kv_cache_memory=runner.config.kv_cache_memory_bytes, runner=runner.reuse)
+    assert second.runner is runner and not runner.plans.interleave
+    assert _tokens(second.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected("tiny-llama")
+    assert sum(n for k, n in runner.steps_by_executor.items() if k[0] == "interleaved") == split
+    with pytest.raises(ValueError, match="only interleave may differ"):
+        LLM(model, device="h100", block_size=8, runner=runner.reuse)
+    with pytest.raises(ValueError, match="the model it was built for"):
+        LLM(build_model("tiny-llama", dtype=torch.float32), device="h100", runner=runner.reuse)
+
+
 # ---- buckets and plans ------------------------------------------------------------------
 def test_bucket_sizes_and_lookup():
     assert bucket_sizes(3) == (1, 2, 3)
