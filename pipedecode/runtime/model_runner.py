@@ -90,6 +90,7 @@ class PagedModelRunner:
                                  table_capacity=2 * self.max_rows + 64)
         self.plans = BucketPlans(self.shape, config.profile, self.sizes,
                                  interleave=config.interleave, planner=planner)
+        self._plans_by: dict[bool, BucketPlans] = {}    # the other setting's, kept by reuse
         self.executors: dict[tuple, Executor] = {}
         self._key_of: dict[int, tuple] = {}       # id(executor) -> its key
         self._streams: dict[tuple[int, int], Any] = {}
@@ -142,8 +143,10 @@ class PagedModelRunner:
             raise ValueError(f"a runner built for {self.config} cannot serve {config}; only "
                              f"interleave may differ")
         if config.interleave != self.config.interleave:
-            self.plans = BucketPlans(self.shape, config.profile, self.sizes,
-                                     interleave=config.interleave, planner=self.plans.planner)
+            self._plans_by[self.plans.interleave] = self.plans
+            self.plans = self._plans_by.get(config.interleave) or BucketPlans(
+                self.shape, config.profile, self.sizes, interleave=config.interleave,
+                planner=self.plans.planner)
         self.config = config
         return self
 
@@ -274,7 +277,8 @@ class PagedModelRunner:
             info["rows"] = ex.step.batch_size
             executors["/".join(map(str, key))] = info
         return {"executors": executors,
-                "plans": {rows: p.describe() for rows, p in sorted(self.plans.plans.items())},
+                "plans": {f"{rows}/{b}": p.describe()
+                          for (rows, b), p in sorted(self.plans.plans.items())},
                 "slower": {"/".join(map(str, k)): why for k, why in self.plans.slower.items()},
                 "memory": dict(self.memory), "num_blocks": self.num_blocks,
                 "block_size": self.block_size, "buckets": list(self.sizes)}

@@ -1,10 +1,12 @@
 """Decode batch-size buckets and, per bucket, how the paged model runner splits a decode step.
 
 Owns the bucket sizes a decode batch is padded to (`bucket_sizes`, `bucket_for`) and
-`BucketPlans`: for each bucket, the planner's answer for the running batch (micro-batches and
-the SM split, or sequential and why), kept until the batch changes materially: another
-bucket, or a mean context more than `REPLAN_FRACTION` away from the one planned for. Every
-sequential answer carries its reason: interleaving switched off, the planner missing or
+`BucketPlans`: the planner's answer (micro-batches and the SM split, or sequential and why)
+for the running batch, per bucket and mean-context bin. Bins are `REPLAN_FRACTION` wide in
+ratio (mean contexts [1.25^k, 1.25^(k+1))), so a step plans anew only when its batch changes
+materially, into another bucket or its mean context into another bin, and a plan once made is
+reused whenever the batch comes back to it (planning costs ~0.1 s). Every sequential answer
+carries its reason: interleaving switched off, the planner missing or
 failing (it needs PuLP's CBC), the planner predicting no gain, or the executor's measurement
 finding the interleaved step slower on this GPU (`runs_sequential`). Knows nothing of tensors,
 executors or sequences: it sees sizes and token counts.
@@ -25,7 +27,7 @@ from typing import Any, Callable
 from pipedecode.models import ModelShape
 from pipedecode.profiles.schema import DeviceProfile
 
-REPLAN_FRACTION = 0.25      # re-plan a bucket once its mean context moves this far (relative)
+REPLAN_FRACTION = 0.25      # mean-context bins: each 25% wider than the last
 PLAN_TIME_LIMIT_S = 5.0     # per plan: the ILP of one bucket solves in ~0.1 s
 SMALL_STEP, LARGE_STEP, LARGE_FROM = 32, 64, 512
 
@@ -94,7 +96,7 @@ def default_planner(shape: ModelShape, profile: DeviceProfile, context_lens: lis
 
 
 class BucketPlans:
-    """The plan of each bucket, made on first use and re-made when the batch moves."""
+    """The plan of each (bucket, mean-context bin), made on first use and kept."""
 
     def __init__(self, shape: ModelShape, profile: DeviceProfile, sizes: tuple[int, ...], *,
                  interleave: bool = True, planner: Planner | None = None) -> None:
@@ -102,31 +104,35 @@ class BucketPlans:
         with CBC); only its mode, SM split and number of micro-batches are used."""
         self.shape, self.profile, self.sizes = shape, profile, sizes
         self.interleave, self.planner = interleave, planner or default_planner
-        self.plans: dict[int, BucketPlan] = {}
+        self.plans: dict[tuple[int, int], BucketPlan] = {}      # (rows, bin) -> plan
+        self.last_of: dict[int, BucketPlan] = {}                # rows -> the plan last used
         self.slower: dict[tuple[int, int, int], str] = {}   # (m, rows each, memory SMs) -> why
         self.num_plans = 0
+        self._log_step = math.log1p(REPLAN_FRACTION)
 
     def micro_batches(self, num_seqs: int, kv_tokens: int) -> int:
         """Micro-batches for a decode step of `num_seqs` holding `kv_tokens` (the hot path: a
-        bucket lookup and a comparison unless the batch moved)."""
+        bucket lookup, a logarithm and a dict lookup unless the batch moved)."""
         plan = self.current(num_seqs, kv_tokens)
         m = plan.micro_batches
-        if m > 1 and (m, micro_batch_rows(num_seqs, m, self.sizes), plan.memory_sms) in self.slower:
+        if m > 1 and (m, micro_batch_rows(num_seqs, m, self.sizes),
+                      plan.memory_sms) in self.slower:
             return 1
         return m
 
     def current(self, num_seqs: int, kv_tokens: int) -> BucketPlan:
         rows = bucket_for(num_seqs, self.sizes)
-        mean = kv_tokens / num_seqs
-        plan = self.plans.get(rows)
-        if plan is None or abs(mean - plan.mean_context_tokens) > \
-                REPLAN_FRACTION * plan.mean_context_tokens:
-            plan = self.plans[rows] = self._plan(rows, num_seqs, mean)
+        mean = max(kv_tokens / num_seqs, 1.0)
+        key = (rows, int(math.log(mean) / self._log_step))
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self._plan(rows, num_seqs, mean)
+        self.last_of[rows] = plan
         return plan
 
     def last(self, num_seqs: int) -> BucketPlan | None:
         """The plan `micro_batches` last used for a batch of `num_seqs`."""
-        return self.plans.get(bucket_for(num_seqs, self.sizes))
+        return self.last_of.get(bucket_for(num_seqs, self.sizes))
 
     def runs_sequential(self, split: tuple[int, int, int], reason: str) -> None:
         """The executor of this split (micro-batches, rows each, memory SMs) runs sequentially

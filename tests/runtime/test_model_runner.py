@@ -71,7 +71,8 @@ def test_buckets_pad_with_null_block_rows_and_stay_exact():
     assert _tokens(outputs) == want
     assert {k for k in llm.runner.executors} == {("sequential", r) for r in (8, 4, 2, 1)}
     plans = llm.runner.describe()["plans"]
-    assert set(plans) == {8, 4, 2, 1} and "one row" in plans[1]["plan_reason"]
+    assert {k.split("/")[0] for k in plans} == {"8", "4", "2", "1"}
+    assert all("one row" in p["plan_reason"] for k, p in plans.items() if k.startswith("1/"))
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch():
@@ -177,18 +178,21 @@ class CountingPlanner:
         return split_planner(2)(shape, profile, lens)
 
 
-def test_plans_are_kept_per_bucket_and_remade_when_the_context_moves():
+def test_plans_are_kept_per_bucket_and_context_bin_and_reused():
     planner = CountingPlanner()
     plans = BucketPlans(model_shape("tiny-llama"), BUILTIN["h100"], bucket_sizes(64),
                         planner=planner)
+    # bins of mean context 25% wide in ratio: [1.25^20, 1.25^21) = [86.7, 108.4) holds 100
+    assert REPLAN_FRACTION == 0.25 and 1.25 ** 20 < 100 < 105 < 1.25 ** 21 < 130
     assert plans.micro_batches(30, 30 * 100) == 2                # bucket 32
     assert planner.calls == [[100] * 30 + [1] * 2]              # padded rows at context 1
-    assert plans.micro_batches(31, int(31 * 100 * (1 + REPLAN_FRACTION))) == 2   # kept
-    assert len(planner.calls) == 1
-    assert plans.micro_batches(32, 32 * 130) == 2                # moved by 30%: re-planned
-    assert len(planner.calls) == 2 and plans.plans[32].mean_context_tokens == 130
+    assert plans.micro_batches(31, 31 * 105) == 2 and len(planner.calls) == 1   # kept
+    assert plans.micro_batches(32, 32 * 130) == 2                # another bin: planned
+    assert len(planner.calls) == 2 and plans.plans[(32, 21)].mean_context_tokens == 130
+    assert plans.micro_batches(29, 29 * 100) == 2 and len(planner.calls) == 2  # back: reused
+    assert plans.last(30) is plans.plans[(32, 20)]
     assert plans.micro_batches(40, 40 * 130) == 2                # another bucket: 64
-    assert len(planner.calls) == 3 and set(plans.plans) == {32, 64}
+    assert len(planner.calls) == 3 and set(plans.plans) == {(32, 20), (32, 21), (64, 21)}
     # the executor of 2 x 16 rows on 48 memory SMs measured slower: 29..32 sequences are
     # sequential from now on, 40 (2 x 32 rows) still split
     plans.runs_sequential((2, 16, 48), "measured interleaved 10 us >= sequential 9 us")
@@ -200,8 +204,8 @@ def test_a_missing_solver_is_sequential_with_its_reason():
     plans = BucketPlans(model_shape("tiny-llama"), BUILTIN["h100"], bucket_sizes(8),
                         planner=CountingPlanner("fail"))
     assert plans.micro_batches(5, 50) == 1
-    assert "planning failed (ImportError: No module named 'pulp')" in plans.plans[8].reason
-    assert plans.micro_batches(1, 5) == 1 and "one row" in plans.plans[1].reason
+    assert "planning failed (ImportError: No module named 'pulp')" in plans.last(5).reason
+    assert plans.micro_batches(1, 5) == 1 and "one row" in plans.last(1).reason
 
 
 # ---- staged inputs ----------------------------------------------------------------------
@@ -213,7 +217,8 @@ def test_block_tables_write_whole_then_only_what_grew():
     assert tables.write(0, a.block_table) == 0 and tables.write(1, b.block_table) == 1
     a.block_table.append(9)
     rows, tokens, lens, most = tables.rows([b, a])
-    assert rows == [1, 0] and most == 3 and lens == [2, 5] and tokens == [4, 7] and tables.table[0, :3].tolist() == [7, 3, 9]
+    assert rows == [1, 0] and most == 3 and lens == [2, 5] and tokens == [4, 7]
+    assert tables.table[0, :3].tolist() == [7, 3, 9]
     a.block_table = [2, 4]                          # preempted and re-admitted: another table
     tables.rows([a])
     assert tables.table[0, :2].tolist() == [2, 4] and tables.known[0] == 2
