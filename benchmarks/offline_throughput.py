@@ -9,7 +9,9 @@ interleaving on (the planner decides per batch size, the executor's measurement 
 off; under temporal on (b), also the oracle output-length predictor against the online
 estimator (on a and c, ignore_eos makes every length known exactly: the two coincide). Per
 cell: output and total tokens/s, peak GPU memory, preemptions, peak KV use, decode steps run
-interleaved; per workload its roofline bound. Targets reported met or missed.
+interleaved; per workload its roofline bound. Targets reported met or missed. Each request's
+max_tokens is its length (as in vLLM's throughput benchmark), so on (b) a predicted length
+above it is cut to it; the estimator learns from the requests that finish.
 
 Time: `--scale` keeps a fraction of each workload's requests (the distributions kept;
 default 0.25, which with the defaults fits about 8 minutes on an H200); transformers runs on
@@ -167,9 +169,25 @@ def build_runner(model, profile, max_num_seqs: int):
     return PagedModelRunner(model, RunnerConfig(profile, max_num_seqs=max_num_seqs))
 
 
+def _pipedecode_cell(model, profile, w, prompts, cell, args, state: dict) -> dict:
+    """One pipedecode cell on the shared runner, built (and warmed up) by the first."""
+    if "error" in state:
+        raise RuntimeError(f"the runner could not be built: {state['error']}")
+    if "runner" not in state:
+        try:
+            runner = state["runner"] = build_runner(model, profile, args.max_num_seqs)
+            args.warmup_s = warm_up(model, runner)
+        except Exception as exc:
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        args.kv_pool_gib = sum(t.numel() * t.element_size()
+                               for t in runner.cache.k + runner.cache.v) / GIB
+    return run_pipedecode(model, state["runner"], w, prompts, cell)
+
+
 def _run_cells(model, shape, profile, workloads, args, start: float) -> list[dict]:
-    rows, runner, prompts = [], None, {k: w.prompts(shape.vocab_size) for k, w in
-                                       workloads.items()}
+    rows, state = [], {}
+    prompts = {k: w.prompts(shape.vocab_size) for k, w in workloads.items()}
     deadline = start + args.budget_s
     for cell in _cells(list(workloads)):
         w = workloads[cell["workload"]]
@@ -181,18 +199,14 @@ def _run_cells(model, shape, profile, workloads, args, start: float) -> list[dic
             if cell["system"] == "transformers":
                 row.update(run_transformers(model, w, prompts[w.key], args, deadline))
             else:
-                if runner is None:
-                    runner = build_runner(model, profile, args.max_num_seqs)
-                    args.warmup_s = warm_up(model, runner)
-                    args.kv_pool_gib = sum(t.numel() * t.element_size() for t in
-                                           runner.cache.k + runner.cache.v) / GIB
-                row.update(run_pipedecode(model, runner, w, prompts[w.key], cell))
+                row.update(_pipedecode_cell(model, profile, w, prompts[w.key], cell, args,
+                                            state))
         except Exception as exc:  # noqa: BLE001 - one failed cell is reported, the rest run
             row["status"] = f"error: {type(exc).__name__}: {exc}"[:200]
         print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()},
               flush=True)
         rows.append(row)
-    args.runner_info = runner.describe() if runner is not None else None
+    args.runner_info = state["runner"].describe() if "runner" in state else None
     return rows
 
 
