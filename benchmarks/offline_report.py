@@ -91,15 +91,16 @@ def _temporal_target(result: dict) -> list[dict]:
 
 def _cell_line(row: dict) -> str:
     if row["status"] != "ok":
-        return f"| {label(row)} | {row['status']} | | | | | | |"
+        return f"| {label(row)} | {row['status']} | | | | | | | |"
     subset = f"{row['requests']} (subset)" if row.get("subset") else str(row["requests"])
     inter = f"{row['interleaved_steps']}/{row['decode_steps']}" \
         if row["system"] == "pipedecode" else "-"
+    plans = f"{row['plans']} in {row['plan_s']:.1f} s" if row.get("plans") else "-"
     kv = f"{row['peak_kv']:.0%}" if row.get("peak_kv") is not None else "-"
     pre = row.get("preemptions", "-")
     return (f"| {label(row)} | {subset} | {row['output_tokens_per_s']:,.0f} | "
             f"{row['total_tokens_per_s']:,.0f} | {row['peak_gpu_gib']:.1f} | {pre} | {kv} | "
-            f"{inter} |")
+            f"{inter} | {plans} |")
 
 
 def markdown(result: dict) -> str:
@@ -119,8 +120,8 @@ def markdown(result: dict) -> str:
                       f"{b['total_tokens_per_s']:,.0f} total tokens/s ({b['seconds']:.1f} s, "
                       f"batch up to {b['largest_batch']}, {b['prefill_share']:.0%} prefill).", ""]
         lines += ["| system | requests | output tok/s | total tok/s | peak GPU GiB | "
-                  "preemptions | peak KV | interleaved steps |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "preemptions | peak KV | interleaved steps | plans |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [_cell_line(r) for r in result["rows"] if r["workload"] == w] + [""]
     lines += ["## Targets", ""]
     for t in result["targets"]:

@@ -9,7 +9,9 @@ interleaving on (the planner decides per batch size, the executor's measurement 
 off; under temporal on (b), also the oracle output-length predictor against the online
 estimator (on a and c, ignore_eos makes every length known exactly: the two coincide). Per
 cell: output and total tokens/s, peak GPU memory, preemptions, peak KV use, decode steps run
-interleaved; per workload its roofline bound. Targets reported met or missed. Each request's
+interleaved and (interleave on) the planner's calls and their time, paid online within
+the cell (plans are kept per batch-size bucket and mean-context bin, and shared by later
+cells); per workload its roofline bound. Targets reported met or missed. Each request's
 max_tokens is its length (as in vLLM's throughput benchmark), so on (b) a predicted length
 above it is cut to it; the estimator learns from the requests that finish.
 
@@ -118,6 +120,7 @@ def run_pipedecode(model, runner, workload, prompts, cell: dict) -> dict:
     params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=workload.ignore_eos)
               for n in workload.output_lens]
     before = dict(runner.steps_by_executor)
+    plans_before = (runner.plans.num_plans, runner.plans.plan_seconds)
     _reset_peak()
     start = _sync_time()
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -136,7 +139,8 @@ def run_pipedecode(model, runner, workload, prompts, cell: dict) -> dict:
             "peak_gpu_gib": _peak_gib(),
             "preemptions": s.preemptions, "peak_kv": s.peak_kv_usage,
             "prefill_s": s.prefill_s, "decode_s": s.decode_s, "decode_steps": decode_steps,
-            "interleaved_steps": inter,
+            "interleaved_steps": inter, "plans": runner.plans.num_plans - plans_before[0],
+            "plan_s": runner.plans.plan_seconds - plans_before[1],
             "mean_decode_batch": s.decode_tokens / decode_steps if decode_steps else 0.0}
 
 

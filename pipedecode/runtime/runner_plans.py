@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -107,7 +108,7 @@ class BucketPlans:
         self.plans: dict[tuple[int, int], BucketPlan] = {}      # (rows, bin) -> plan
         self.last_of: dict[int, BucketPlan] = {}                # rows -> the plan last used
         self.slower: dict[tuple[int, int, int], str] = {}   # (m, rows each, memory SMs) -> why
-        self.num_plans = 0
+        self.num_plans, self.plan_seconds = 0, 0.0     # planner calls and their time
         self._log_step = math.log1p(REPLAN_FRACTION)
 
     def micro_batches(self, num_seqs: int, kv_tokens: int) -> int:
@@ -147,11 +148,14 @@ class BucketPlans:
         # The step as it will run: real rows at the mean context, padded rows at context 1.
         lens = [max(1, round(mean))] * num_seqs + [1] * (rows - num_seqs)
         self.num_plans += 1
+        start = time.perf_counter()
         try:
             schedule = self.planner(self.shape, self.profile, lens)
         except Exception as exc:  # noqa: BLE001 - planning is an optimisation; say why not
             return BucketPlan(rows, mean, reason=f"planning failed ({type(exc).__name__}: "
                                                  f"{exc}); the planner needs PuLP's CBC")
+        finally:
+            self.plan_seconds += time.perf_counter() - start
         times = dict(predicted_step_us=schedule.predicted_step_us,
                      sequential_step_us=schedule.sequential_step_us)
         m = len(schedule.micro_batches)

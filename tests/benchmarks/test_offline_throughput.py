@@ -115,7 +115,8 @@ def test_targets_are_met_missed_or_not_measured_with_their_numbers():
 
 def test_markdown_and_short_table():
     rows = [_row("a", "transformers", 1000.0, requests=32, subset=True),
-            _row("a", "pipedecode", 3500.0, "temporal", True, interleaved_steps=7),
+            _row("a", "pipedecode", 3500.0, "temporal", True, interleaved_steps=7, plans=3,
+                 plan_s=0.4),
             dict(workload="b", system="pipedecode", policy="temporal", interleave=False,
                  predictor="oracle", status="not run (time budget)")]
     result = _result(rows)
@@ -123,8 +124,8 @@ def test_markdown_and_short_table():
     md = offline_report.markdown(result)
     assert md.startswith("# Offline throughput: NVIDIA H200") and "abc1234" in md
     assert "| transformers generate (static batches) | 32 (subset) | 1,000 | 2,000 | 12.0 |" in md
-    assert "| pipedecode temporal, interleave on | 10 | 3,500 | 7,000 | 12.0 | 0 | 50% | 7/40 |" \
-        in md
+    assert "| pipedecode temporal, interleave on | 10 | 3,500 | 7,000 | 12.0 | 0 | 50% | 7/40 | " \
+           "3 in 0.4 s |" in md
     assert "| pipedecode temporal, interleave off, oracle lengths | not run (time budget) |" in md
     assert "Roofline bound: 6,000 output / 12,000 total tokens/s" in md
     assert "- (a) pipedecode >= 3x transformers: **met**" in md
