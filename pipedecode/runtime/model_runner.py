@@ -43,7 +43,7 @@ from pipedecode.runtime.ops import KernelSet, kernel_set
 from pipedecode.runtime.prefill import prefill
 from pipedecode.runtime.program import manual_schedule
 from pipedecode.runtime.runner_inputs import StepInputs
-from pipedecode.runtime.runner_memory import cpu_kv_bytes, gpu_kv_bytes
+from pipedecode.runtime.runner_memory import cpu_kv_bytes, gpu_kv_bytes, usable_kv_bytes
 from pipedecode.runtime.runner_plans import (BucketPlans, Planner, bucket_for, bucket_sizes,
                                              micro_batch_rows)
 from pipedecode.runtime.step import DecodeStep
@@ -112,14 +112,17 @@ class PagedModelRunner:
         if cfg.kv_cache_memory_bytes is not None:
             pool, how = cfg.kv_cache_memory_bytes, "kv_cache_memory"
         elif self.device.type != "cuda":
-            pool, how = cpu_kv_bytes(w, cfg.max_num_seqs, self.max_model_len), "CPU default"
+            pool = cpu_kv_bytes(w, cfg.max_num_seqs, self.max_model_len, self.block_size)
+            how = "CPU default"
         else:
             pool, found = gpu_kv_bytes(
                 w, self.kernels, max_rows=self.max_rows, max_model_len=self.max_model_len,
                 prefill_tokens=max(cfg.max_num_batched_tokens, self.max_model_len),
                 block_size=self.block_size)
             self.memory.update(found)
-            how = "free GPU memory"
+            usable = usable_kv_bytes(w, cfg.max_num_seqs, self.max_model_len, self.block_size)
+            pool, how = (pool, "free GPU memory") if pool <= usable else \
+                (usable, "every seat at max_model_len (less than the free GPU memory)")
         blocks = PagedKVCache.blocks_for_memory(max(pool, 0), self.shape, self.block_size,
                                                 w.dtype, num_layers=len(w.layers))
         self.memory.update(pool_bytes=pool, sized_by=how, num_blocks=blocks)

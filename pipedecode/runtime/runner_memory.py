@@ -1,8 +1,9 @@
 """How many bytes the paged model runner gives its KV block pool.
 
-Owns the sizing rule. Given (`kv_cache_memory_bytes`), that. On the CPU, room for every seat
-(max_num_seqs) at the longest length (max_model_len), at most `CPU_KV_CACHE_BYTES`. On a GPU,
-what is free once everything else the runner holds is in place, measured rather than guessed:
+Owns the sizing rule. Given (`kv_cache_memory_bytes`), that. Otherwise never more than room
+for every seat (max_num_seqs) at the longest length (max_model_len), which is all the engine
+can use: on the CPU that, at most `CPU_KV_CACHE_BYTES`; on a GPU, at most that, what is free
+once everything else the runner holds is in place, measured rather than guessed:
 with the weights packed, one probe runs the largest decode step (all its buffers) and the
 largest prefill (its transient buffers) on a two-block cache, and samples the step's logits;
 the pool gets the free memory (`torch.cuda.mem_get_info`) less that peak, less
@@ -28,11 +29,19 @@ GRAPH_RESERVE_BYTES = 1 << 30
 HEADROOM_FRACTION = 0.05
 
 
-def cpu_kv_bytes(weights: PackedWeights, max_num_seqs: int, max_model_len: int) -> int:
-    """The CPU default: every seat at the longest length, at most CPU_KV_CACHE_BYTES."""
-    per_token = PagedKVCache.bytes_per_block(weights.shape, 1, weights.dtype,
+def usable_kv_bytes(weights: PackedWeights, max_num_seqs: int, max_model_len: int,
+                    block_size: int) -> int:
+    """Every seat at the longest length, and the null block: more no batch can use."""
+    per_block = PagedKVCache.bytes_per_block(weights.shape, block_size, weights.dtype,
                                              num_layers=len(weights.layers))
-    return min(CPU_KV_CACHE_BYTES, per_token * max_num_seqs * max_model_len)
+    return per_block * (max_num_seqs * -(-max_model_len // block_size) + 1)
+
+
+def cpu_kv_bytes(weights: PackedWeights, max_num_seqs: int, max_model_len: int,
+                 block_size: int) -> int:
+    """The CPU default: every seat at the longest length, at most CPU_KV_CACHE_BYTES."""
+    return min(CPU_KV_CACHE_BYTES,
+               usable_kv_bytes(weights, max_num_seqs, max_model_len, block_size))
 
 
 @torch.no_grad()

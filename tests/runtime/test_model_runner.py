@@ -113,7 +113,7 @@ def test_pool_size_from_memory_and_the_cpu_default():
     default = PagedModelRunner(model, _config(max_num_seqs=4))
     max_len = model.config.max_position_embeddings
     assert default.memory["sized_by"] == "CPU default"
-    assert default.num_blocks == 4 * max_len // 16 and default.max_model_len == max_len
+    assert default.num_blocks == 4 * max_len // 16 + 1 and default.max_model_len == max_len
     with pytest.raises(PipedecodeError, match="holds 1 blocks of 16 tokens; it needs at least 2"):
         PagedModelRunner(model, _config(kv_cache_memory_bytes=per_block + 1))
 
