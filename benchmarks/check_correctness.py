@@ -3,9 +3,10 @@
 1. Partition placement: a Triton kernel records the SM id (%smid) of each of its programs. Launched
    on each partition stream inside ONE CUDA graph (fork/join events), as the executor captures its
    step, the two kernels must use disjoint SM sets of the granted sizes.
-2. Generation in bf16: pipedecode interleaved (graph) vs pipedecode sequential vs transformers
-   eager, greedy, ragged prompts: tokens identical, logits relative error < 1e-2 (compared at steps
-   where the token prefixes still agree).
+2. Generation in bf16 through the engine (`LLM` on the paged model runner, CUDA graphs):
+   decode steps interleaved (two micro-batches on 48 + 84 SMs, given by hand) vs sequential vs
+   transformers eager, greedy, ragged prompts: tokens identical, logits relative error < 1e-2
+   (compared at steps where the token prefixes still agree).
 3. Generation in float32 (reported, not gating): greedy tokens against transformers' eager
    float32 loop, where bf16 rounding no longer decides near-ties.
 
@@ -76,11 +77,38 @@ def check_partitions(memory_sms: int = 48) -> dict:
             and len(sms_b) <= streams.compute_sms and -1 not in sms_a | sms_b}
 
 
-def _schedule_for(shape, lens, memory_sms, compute_sms):
+def _split_planner(memory_sms: int = 48):
+    """Every bucket of two or more rows split into two interleaved micro-batches."""
     from pipedecode.runtime.program import manual_schedule
 
-    groups = [list(range(0, len(lens), 2)), list(range(1, len(lens), 2))]
-    return manual_schedule(shape, lens, groups, memory_sms, compute_sms)
+    def plan(shape, profile, lens):
+        groups = [list(range(0, len(lens), 2)), list(range(1, len(lens), 2))]
+        return manual_schedule(shape, lens, groups, memory_sms, profile.sm_count - memory_sms)
+
+    return plan
+
+
+def _engine(model, prompts, new_tokens: int, *, interleaved: bool):
+    """(tokens [requests, new_tokens], logits per request [new_tokens, vocab] float32, how the
+    decode steps ran) of greedy generation through the engine."""
+    from pipedecode.engine import LLM, SamplingParams
+    from pipedecode.runtime.model_runner import PagedModelRunner
+
+    factory = PagedModelRunner.factory(keep_logits=True,
+                                       planner=_split_planner() if interleaved else None)
+    llm = LLM(model, policy="prefill-first", kv_cache_memory=4 << 30, interleave=interleaved,
+              runner=factory)
+    outputs = llm.generate([p.tolist() for p in prompts],
+                           SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True),
+                           use_tqdm=False)
+    kept = llm.runner.kept_logits
+    logits = [torch.stack([kept[(i, p.numel() + t)] for t in range(new_tokens)])
+              for i, p in enumerate(prompts)]
+    tokens = torch.tensor([list(o.outputs[0].token_ids) for o in outputs])
+    how = {k: v for k, v in llm.runner.describe()["executors"].items()}
+    del llm
+    torch.cuda.empty_cache()
+    return tokens, logits, how
 
 
 def _hf_greedy(model, prompt, new_tokens):
@@ -95,10 +123,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _setup(spec: str, overrides: dict, dtype: torch.dtype, batch: int):
-    """(model on the GPU, its shape, prompt lengths, ragged prompts, packed weights): the same
-    seeds for every dtype."""
+    """(model on the GPU, its shape, prompt lengths, ragged prompts): the same seeds for every
+    dtype."""
     from pipedecode.models import build_model, model_shape
-    from pipedecode.runtime.weights import pack_hf_model
 
     model = build_model(spec, dtype=dtype, seed=0, attn_implementation="eager",
                         **overrides).cuda()
@@ -106,39 +133,33 @@ def _setup(spec: str, overrides: dict, dtype: torch.dtype, batch: int):
     gen = torch.Generator().manual_seed(1)
     lens = [int(x) for x in torch.randint(5, 40, (batch,), generator=gen)]
     prompts = [torch.randint(1, shape.vocab_size, (n,), generator=gen).cuda() for n in lens]
-    return model, shape, lens, prompts, pack_hf_model(model, max_positions=128)
+    return model, shape, lens, prompts
 
 
 def check_generation(spec: str, overrides: dict, batch: int = 6, new_tokens: int = 12) -> dict:
-    from pipedecode.runtime.engine import generate
-    from pipedecode.runtime.executor import Executor
-
-    model, shape, lens, prompts, weights = _setup(spec, overrides, torch.bfloat16, batch)
-    seq = generate(Executor(weights, batch, 96), prompts, new_tokens, keep_logits=True)
-    inter_exec = Executor(weights, batch, 96, schedule=_schedule_for(shape, lens, 48, 84))
-    inter = generate(inter_exec, prompts, new_tokens, keep_logits=True)
-    row = {"model": spec, "batch": batch, "new_tokens": new_tokens,
-           "executor": inter_exec.describe(),
-           "tokens_inter_eq_seq": bool(torch.equal(seq.tokens, inter.tokens)),
-           "rel_err_inter_vs_seq": max(_rel(a, b) for a, b in zip(inter.logits, seq.logits))}
+    model, shape, lens, prompts = _setup(spec, overrides, torch.bfloat16, batch)
+    seq_tokens, seq_logits, _ = _engine(model, prompts, new_tokens, interleaved=False)
+    inter_tokens, inter_logits, how = _engine(model, prompts, new_tokens, interleaved=True)
+    row = {"model": spec, "batch": batch, "new_tokens": new_tokens, "executor": how,
+           "tokens_inter_eq_seq": bool(torch.equal(seq_tokens, inter_tokens)),
+           "rel_err_inter_vs_seq": max(_rel(a, b) for a, b in zip(inter_logits, seq_logits))}
     # Teacher-forced references on the tokens pipedecode produced: float32 (the bf16 weights
     # upcast) and transformers' own bf16 eager, one forward over prompt + generated tokens.
     ref32 = copy.deepcopy(model).float()
     err_pd, err_hf, same, margins = [], [], 0, []
     for i, prompt in enumerate(prompts):
-        seq_ids = torch.cat([prompt, seq.tokens[i, :-1].cuda()])[None]
+        seq_ids = torch.cat([prompt, seq_tokens[i, :-1].cuda()])[None]
         n = prompt.numel()
         with torch.no_grad():
             l32 = ref32(seq_ids).logits[0, n - 1:].float().cpu()
             l16 = model(seq_ids).logits[0, n - 1:].float().cpu()
-        mine = torch.stack([t[i] for t in seq.logits])
-        err_pd.append(_rel(mine, l32))
+        err_pd.append(_rel(seq_logits[i], l32))
         err_hf.append(_rel(l16, l32))
         hf_tokens, _ = _hf_greedy(model, prompt, new_tokens)
-        if torch.equal(hf_tokens, seq.tokens[i]):
+        if torch.equal(hf_tokens, seq_tokens[i]):
             same += 1
         else:   # how close to a tie the float32 reference was where the two greedy runs split
-            t = int((hf_tokens != seq.tokens[i]).nonzero()[0])
+            t = int((hf_tokens != seq_tokens[i]).nonzero()[0])
             top = l32[t].topk(2).values
             margins.append(float((top[0] - top[1]) / l32[t].std()))
     del ref32
@@ -155,19 +176,14 @@ def check_float32_tokens(spec: str, overrides: dict, batch: int = 6,
                          new_tokens: int = 12) -> dict:
     """The same model in float32: do greedy tokens match transformers' eager float32 loop for
     every request once bf16 rounding no longer decides near-ties? Sequential and interleaved."""
-    from pipedecode.runtime.engine import generate
-    from pipedecode.runtime.executor import Executor
-
-    model, shape, lens, prompts, weights = _setup(spec, overrides, torch.float32, batch)
+    model, shape, lens, prompts = _setup(spec, overrides, torch.float32, batch)
     hf = [_hf_greedy(model, p, new_tokens)[0] for p in prompts]
     row = {"model": spec, "dtype": "float32", "requests": batch}
-    for name, schedule in (("sequential", None),
-                           ("interleaved", _schedule_for(shape, lens, 48, 84))):
-        ex = Executor(weights, batch, 96, schedule=schedule)
-        out = generate(ex, prompts, new_tokens)
-        row[f"{name}_mode"] = ex.mode
+    for name in ("sequential", "interleaved"):
+        tokens, _, how = _engine(model, prompts, new_tokens, interleaved=name == "interleaved")
+        row[f"{name}_mode"] = sorted({e["mode"] for e in how.values()})
         row[f"{name}_requests_tokens_eq_hf"] = sum(
-            bool(torch.equal(h, out.tokens[i].cpu())) for i, h in enumerate(hf))
+            bool(torch.equal(h, tokens[i])) for i, h in enumerate(hf))
     return row
 
 

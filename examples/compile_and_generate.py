@@ -2,10 +2,11 @@
 
 Prints tokens/s of transformers' own greedy generation, of `pipedecode.compile(model)` and of
 `torch.compile(model.forward, backend="pipedecode")` with transformers' static cache, and how
-each ran: on a GPU, `pipedecode.compile`'s greedy `generate` is served by pipedecode's executor
-(planned for the batch; interleaved on SM partitions where it measures faster, sequential
-otherwise) and the torch.compile backend runs each decode step on the executor inside
-transformers' own loop; on a CPU both run the captured graph's stages.
+each ran: on a GPU, `pipedecode.compile`'s greedy `generate` is served by pipedecode's engine
+(the paged model runner: decode steps on the executor, planned per batch size; interleaved on
+SM partitions where it measures faster, sequential otherwise) and the torch.compile backend
+runs each decode step on the executor inside transformers' own loop; on a CPU both run the
+captured graph's stages.
 
     python examples/compile_and_generate.py [--model tiny-llama] [--batch 4] [--new-tokens 16]
 """
@@ -82,17 +83,17 @@ def main(argv=None) -> int:
           f"{eager_dps:,.0f} tokens/s decode steps", flush=True)
     _memory("transformers generate")
     compiled = pipedecode.compile(model, device=args.device_profile)
-    # the executor serves generate only without transformers-loop hooks such as a stopping
-    # criterion: its own clock (GenerationResult) times the steady decode steps instead
+    # the engine serves generate only without transformers-loop hooks such as a stopping
+    # criterion: its own clock (GenerateStats) times the decode steps instead
     served = getattr(compiled, "pipedecode_executor", None)
     tokens, tps, dps = _timed_generate(compiled, ids, args.new_tokens, clock=served is None)
     executor = served.last_executor if served is not None else None
-    if served is not None and served.last_result is not None:
-        dps = served.last_result.tokens_per_s
+    if served is not None and served.last_stats is not None:
+        dps = served.last_stats.decode_tokens / served.last_stats.decode_s
     how = "captured stages (CPU)" if executor is None else f"executor, {executor.mode} mode" + (
         f" ({executor.fallback_reason})" if executor.fallback_reason else "")
     _report("pipedecode.compile", tokens, eager_tokens, tps, eager_tps, dps, eager_dps, how)
-    if served is not None:                  # free the executor's KV cache and fused weights
+    if served is not None:                  # free the engine's KV cache and fused weights
         served.release()
     del compiled, served, executor
     gc.collect()

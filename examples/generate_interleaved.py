@@ -1,10 +1,12 @@
-"""Generate greedily on the executor, sequential and as planned; print tokens/s of each.
+"""Generate through the engine twice, sequential and as planned; print decode tokens/s of each.
 
-A speedup is printed only when the two runs differ: on a GPU, with the planned run interleaved.
+Both runs are `pipedecode.LLM` on the paged model runner with the same requests: one with
+`interleave=False`, one letting the planner split decode steps into micro-batches interleaved
+on SM partitions where it predicts a gain (and the executor's measurement confirms it). A
+speedup is printed only when the two runs differ: on a GPU, with the planned run interleaved.
 Otherwise the script says why none was measured. CPU (default): the tiny preset in float32;
-interleaving needs SM partitions, so the planned run falls back to sequential and the script
-says so. GPU: `--model llama-3-8b --batch 512 --prompt 480` runs real shapes (random weights)
-in bf16 with the planner's schedule for an H100.
+interleaving needs SM partitions, so the planned run is sequential and the script says why.
+GPU: `--model llama-3-8b --batch 512 --prompt 480` runs real shapes (random weights) in bf16.
 
     python examples/generate_interleaved.py [--model tiny-llama] [--batch 8] [--new-tokens 24]
 """
@@ -12,22 +14,23 @@ in bf16 with the planner's schedule for an H100.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 
-from pipedecode.models import PRESETS, build_model, model_shape
-from pipedecode.runtime.engine import build_executor, generate
-from pipedecode.runtime.weights import random_weights
+from pipedecode.engine import LLM, SamplingParams
+from pipedecode.models import PRESETS, build_model
 
 
-def _schedule(spec: str, device: str, lens: list[int]):
-    try:
-        from pipedecode.planner import plan
-
-        return plan(spec, device, lens, time_limit_s=10)
-    except Exception as exc:  # noqa: BLE001 - no solver here: plain sequential, said so
-        print(f"no schedule ({type(exc).__name__}: {exc}); the planned run is sequential")
-        return None
+def _mode(runner) -> tuple[str, str | None]:
+    """(interleaved if any decode step ran interleaved, else sequential; why not)."""
+    info = runner.describe()
+    if any(e["mode"] == "interleaved" for e in info["executors"].values()):
+        return "interleaved", None
+    reasons = [e["fallback_reason"] for e in info["executors"].values()
+               if e.get("fallback_reason")] + list(info["slower"].values())
+    reasons += [p["plan_reason"] for p in info["plans"].values() if p.get("plan_reason")]
+    return "sequential", reasons[0] if reasons else None
 
 
 def main(argv=None) -> int:
@@ -37,43 +40,33 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", type=int, default=16, help="prompt tokens per request")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--device-profile", default="h100")
-    parser.add_argument("--schedule", default=None,
-                        help="a planner schedule JSON (where the planner's solver is missing)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    max_context = args.prompt + args.new_tokens + 8
-    if cuda and not args.model.startswith("tiny"):
-        source = random_weights(model_shape(args.model), max_positions=max_context,
-                                device="cuda", dtype=torch.bfloat16)
-    else:
-        model = build_model(args.model, dtype=torch.bfloat16 if cuda else torch.float32)
-        source = model.cuda() if cuda else model
-    vocab = model_shape(args.model).vocab_size
+    model = build_model(args.model, dtype=torch.bfloat16 if cuda else torch.float32,
+                        device="cuda" if cuda else "cpu")
     gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(1, vocab, (args.prompt,), generator=gen) for _ in range(args.batch)]
-    if args.schedule:
-        from pipedecode.planner import load_schedule
-
-        schedule = load_schedule(args.schedule)
-    else:
-        schedule = _schedule(args.model, args.device_profile, [args.prompt + 1] * args.batch)
-    results, modes = {}, {}
-    for name, sched in (("sequential", None), ("planned", schedule)):
-        executor = build_executor(source, batch_size=args.batch, max_context=max_context,
-                                  schedule=sched, autotune=name == "planned")
-        runs = [generate(executor, prompts, args.new_tokens) for _ in range(1 if cuda else 3)]
-        results[name] = min(runs, key=lambda r: r.decode_seconds)   # CPU timings are noisy
-        info = executor.describe()
-        modes[name] = (info["mode"], info.get("fallback_reason"))
-        print(f"{name:>10}: mode={info['mode']} {args.batch * results[name].decode_steps} tokens "
-              f"in {results[name].decode_seconds * 1e3:.1f} ms = "
-              f"{results[name].tokens_per_s:,.0f} tokens/s"
-              + (f"  (fallback: {info['fallback_reason']})" if "fallback_reason" in info else ""))
-        del executor, runs                  # free this KV cache before the next is allocated
+    prompts = [torch.randint(1, model.config.vocab_size, (args.prompt,), generator=gen).tolist()
+               for _ in range(args.batch)]
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    results, modes, tokens = {}, {}, {}
+    for name, interleave in (("sequential", False), ("planned", True)):
+        llm = LLM(model, device=args.device_profile, policy="prefill-first",
+                  max_num_seqs=args.batch, interleave=interleave)
+        runs = [llm.generate(prompts, params, use_tqdm=False) for _ in range(2 if cuda else 3)]
+        stats = llm.last_stats                            # the last run: graphs captured
+        results[name] = stats.decode_tokens / stats.decode_s
+        tokens[name] = [list(o.outputs[0].token_ids) for o in runs[-1]]
+        modes[name] = _mode(llm.runner)
+        mode, reason = modes[name]
+        print(f"{name:>10}: mode={mode} {stats.decode_tokens} decode tokens in "
+              f"{stats.decode_s * 1e3:.1f} ms = {results[name]:,.0f} tokens/s"
+              + (f"  (sequential because: {reason})" if reason and name == "planned" else ""))
+        del llm, runs                   # free this KV cache before the next is allocated
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    same = torch.equal(results["sequential"].tokens, results["planned"].tokens)
-    print(f"first request's tokens: {results['planned'].tokens[0, :12].tolist()}")
+    same = tokens["sequential"] == tokens["planned"]
+    print(f"first request's tokens: {tokens['planned'][0][:12]}")
     print(f"{speedup_line(results, modes, cuda)}; tokens identical: {same}")
     return 0
 
@@ -87,7 +80,7 @@ def speedup_line(results: dict, modes: dict, cuda: bool) -> str:
     if mode == modes["sequential"][0]:
         why = reason or "the planner chose sequential"
         return f"no speedup measured: the planned run was {mode} too ({why})"
-    speedup = results["planned"].tokens_per_s / results["sequential"].tokens_per_s
+    speedup = results["planned"] / results["sequential"]
     return f"speedup of {mode} over sequential: {speedup:.2f}x (both measured on this GPU)"
 
 

@@ -5,7 +5,7 @@ TorchDynamo with the pipedecode backend, the same path as `torch.compile(model,
 backend="pipedecode")`) and its generation config (static KV cache, so the decode step has one
 shape and the cache tensors are graph inputs) differ. The original model is left untouched.
 Knows nothing of how graphs are classified or split (backend.py, passes/) or of how the
-executor runs (runtime/hf_generate.py).
+engine serves greedy `generate` (runtime/hf_generate.py).
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile | None = DEFA
     The stages built for each captured graph (prefill and decode) are appended to the returned
     model's `pipedecode_stages` list, in the order Dynamo compiled them, and what runs them to
     `pipedecode_runners` (see BackendOptions). On a GPU, greedy `generate` calls run on the
-    runtime's executor (planned for the batch, interleaved on SM partitions where it pays;
-    `pipedecode_executor.last_executor` says how it ran), and other calls' decode steps on the
-    executor through the backend (runtime/graph_decode.py).
+    engine (`LLM` on the paged model runner: decode steps on the executor, interleaved on SM
+    partitions where it pays; `pipedecode_executor.last_executor` says how the last step ran),
+    and other calls' decode steps on the executor through the backend
+    (runtime/graph_decode.py).
     """
     check_model(model)
     record: list = []
@@ -65,9 +66,9 @@ def compile(model: torch.nn.Module, *, device: str | DeviceProfile | None = DEFA
 
 def _serve_generate_with_executor(compiled: torch.nn.Module, model: torch.nn.Module, device, *,
                                   cuda_only: bool = True) -> None:
-    """On a GPU, greedy `compiled.generate` runs on the executor (planned, interleaved where it
-    pays); calls it does not serve (sampling, beams, ...) go to transformers' loop over the
-    stages. The executor prefills through `model`'s own forward, not the Dynamo-compiled one."""
+    """On a GPU, greedy `compiled.generate` runs on the engine (runtime/hf_generate.py); calls
+    it does not serve (sampling, beams, ...) go to transformers' loop over the stages. The
+    engine reads `model`'s own parameters, not the Dynamo-compiled forward."""
     from pipedecode.runtime.hf_generate import ExecutorGenerate
 
     serve = ExecutorGenerate(model, device=device, cuda_only=cuda_only)

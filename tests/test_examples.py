@@ -37,11 +37,7 @@ def test_example_runs_and_agrees(name, argv, capsys):
 def test_a_speedup_needs_two_different_modes_on_a_gpu():
     line = _module("generate_interleaved").speedup_line
 
-    class Result:
-        def __init__(self, tokens_per_s):
-            self.tokens_per_s = tokens_per_s
-
-    results = {"sequential": Result(100.0), "planned": Result(125.0)}
+    results = {"sequential": 100.0, "planned": 125.0}       # decode tokens/s
     interleaved = {"sequential": ("sequential", None), "planned": ("interleaved", None)}
     assert line(results, interleaved, cuda=True) == \
         "speedup of interleaved over sequential: 1.25x (both measured on this GPU)"
@@ -53,12 +49,24 @@ def test_a_speedup_needs_two_different_modes_on_a_gpu():
 
 
 def _readme_snippet(which: str) -> str:
-    """The Python block after 'On a CPU' / 'On a GPU' in the README's 'Using it' section."""
+    """The Python block after a line starting with `which` ('Requests in, tokens out', 'On a
+    CPU', 'On a GPU') in the README's 'Using it' section."""
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(rf"\n{which}\b.*?```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1, f"README 'Using it' has no single Python block after {which!r}"
     return blocks[0]
+
+
+def test_readme_engine_snippet_runs_as_written(capsys):
+    exec(compile(_readme_snippet("Requests in, tokens out"), "README.md (engine snippet)",
+                 "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    for line in lines[:3]:          # tokens and why each request ended
+        count, reason = line.split()
+        assert 1 <= int(count) <= 12 and reason in ("stop", "length")
+    assert lines[3].startswith("3 requests, 18 prompt + ") and "preemptions" in lines[3]
 
 
 def test_readme_cpu_snippet_runs_as_written(capsys):

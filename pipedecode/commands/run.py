@@ -1,9 +1,11 @@
 """`pipedecode run`: the whole pipeline once, on built-in defaults, saying what it did.
 
 Capture and classify the decode step (passes), plan it for a device profile (planner), then
-generate with the executor that runs the schedule (runtime) and with `pipedecode.compile`, each
-compared token for token with transformers' eager generation. On a CPU this runs the tiny
-preset in float32; on a GPU it runs in bfloat16 and interleaves where the plan says it pays.
+serve a handful of ragged requests (some with stop ids, so they end mid-batch) through the
+engine (`LLM` on the paged model runner: continuous batching, the temporal policy) and generate
+with `pipedecode.compile`, each compared token for token with transformers' own generation. On
+a CPU this runs the tiny preset in float32; on a GPU it runs in bfloat16 and interleaves where
+the plan says it pays.
 A model directory's own weights are loaded (presets, and `--random-weights`, build random
 ones). Before any weight is made, the memory the run needs is compared with what the device has
 free: too little stops the run in one line; enough, for a large model, prints how long the run
@@ -59,8 +61,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run_bytes(shape, batch: int, max_context: int) -> dict[str, int]:
-    """What the run holds at its peak, by part: the weights, the executor's fused q/k/v and
-    gate/up copies, and two KV caches of the batch (the executor's, and transformers' static
+    """What the run holds at its peak, by part: the weights, the runner's fused q/k/v and
+    gate/up copies, and two KV caches of the batch (the engine's, and transformers' static
     cache under pipedecode.compile). Activations are a few rows of the batch: left out."""
     fused = sum(s.n * s.k for s in shape.linears() if s.name in ("qkv_proj", "gate_up_proj"))
     return {"weights": shape.weight_bytes(),
@@ -126,15 +128,16 @@ def expected_seconds(shape, device: str, batch: int, new_tokens: int) -> float |
     """A rough wall time for a model of a GiB or more (None below: it takes seconds).
 
     Decode steps read every weight once, so each forward costs about the weights' bytes at
-    the probed read rate: transformers' eager reference runs prompt by prompt (a prefill and
-    new_tokens - 1 steps each), the executor prefills each prompt then steps the batch, and
-    pipedecode.compile prefills the batch once then steps it. Building the weights costs one
-    random fill. Dynamo's captures and the planner are not counted."""
+    the probed read rate: transformers' references run prompt by prompt (a prefill and
+    new_tokens - 1 steps each), twice (without stops, then with each request's stop ids), the
+    engine prefills the batch and steps it (about new_tokens forwards), and pipedecode.compile
+    does the same. Building the weights costs one random fill. Dynamo's captures and the
+    planner are not counted."""
     weights = shape.weight_bytes()
     if weights < 2 ** 30:
         return None
     fill, read = _probe_seconds_per_byte(device, _dtype(shape))
-    forwards = batch * new_tokens + (batch + new_tokens - 1) + new_tokens
+    forwards = 2 * batch * new_tokens + 2 * new_tokens
     return weights * (fill + forwards * read)
 
 
@@ -238,32 +241,84 @@ def _analyze_and_plan(args: argparse.Namespace, shape, profile):
     print(f"[2/4] planned in {1e3 * (time.perf_counter() - start):.0f} ms: {schedule.mode}, "
           f"memory/compute SMs {schedule.memory_sms}/{schedule.compute_sms}, "
           f"{len(schedule.micro_batches)} micro-batch(es); predicted step "
-          f"{schedule.predicted_step_us:.1f} us vs sequential {schedule.sequential_step_us:.1f} us, "
+          f"{schedule.predicted_step_us:.1f} us vs sequential "
+          f"{schedule.sequential_step_us:.1f} us, "
           f"roofline floor {schedule.roofline_floor_us:.1f} us on {profile.name}: "
           f"{speedup_words(schedule.speedup, provenance(profile))}")
     return schedule, prompts
 
 
+def _stop_ids(free, new_tokens: int) -> list[tuple[int, ...]]:
+    """Stop token ids for every other request (from the second): the token its greedy output
+    (`free`, [requests, new_tokens]) reaches half-way, so it stops mid-batch."""
+    return [(int(free[i, new_tokens // 2]),) if i % 2 and new_tokens > 2 else ()
+            for i in range(free.shape[0])]
+
+
+def _reference(model, prompts, new_tokens: int, stops) -> list[list[int]]:
+    """transformers' own greedy generate per request, stopping at the model's EOS and the
+    request's stop ids."""
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    rows = []
+    for prompt, stop in zip(prompts, stops):
+        ids = prompt[None].to(model.device)
+        out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                             eos_token_id=(eos + list(stop)) or None)
+        rows.append(out[0, ids.shape[1]:].tolist())
+    return rows
+
+
+def _engine(args: argparse.Namespace, model, prompts, free) -> bool:
+    """Step 3: the requests through the engine (LLM, paged runner), against transformers."""
+    from pipedecode.engine import LLM, SamplingParams
+    from pipedecode.models import model_shape
+    from pipedecode.runtime.kv_cache import PagedKVCache
+
+    stops = _stop_ids(free, args.new_tokens)
+    reference = _reference(model, prompts, args.new_tokens, stops)
+    block = 16
+    per_block = PagedKVCache.bytes_per_block(model_shape(model), block,
+                                             next(model.parameters()).dtype)
+    blocks = 1 + sum(-(-(p.numel() + args.new_tokens) // block) for p in prompts)
+    llm = LLM(model, device=args.device, kv_cache_memory=blocks * per_block, block_size=block)
+    # (a pool for the batch at full length: the engine never preempts here)
+    params = [SamplingParams(max_tokens=args.new_tokens, temperature=0, stop_token_ids=stop)
+              for stop in stops]
+    outputs = llm.generate([p.tolist() for p in prompts], params, use_tqdm=False)
+    same = sum(list(o.outputs[0].token_ids) == r for o, r in zip(outputs, reference))
+    stats, stopped = llm.last_stats, sum(o.outputs[0].stop_reason is not None for o in outputs)
+    print(f"[3/4] engine: {len(prompts)} ragged requests ({sum(map(bool, stops))} with stop "
+          f"ids, {stopped} stopped by one) through LLM ({stats.policy} policy, paged KV cache "
+          f"of {llm.runner.num_blocks - 1} blocks, decode {_decode_how(llm.runner)}): "
+          f"{stats.output_tokens} tokens, {stats.output_tokens_per_s:.0f} output tokens/s; "
+          f"greedy tokens per request {'identical to' if same == len(prompts) else 'DIFFER from'}"
+          f" transformers generate ({same} of {len(prompts)})")
+    return same == len(prompts)
+
+
+def _decode_how(runner) -> str:
+    """How the runner's decode steps ran: per mode, the padded batch sizes, and why not
+    interleaved where it was planned but ran sequentially."""
+    modes: dict[str, list[int]] = {}
+    for info in runner.describe()["executors"].values():
+        modes.setdefault(info["mode"], []).append(info["rows"])
+    words = [f"{mode} on bucket(s) {', '.join(map(str, sorted(rows, reverse=True)))}"
+             for mode, rows in modes.items()]
+    return "; ".join(words) or "no decode steps"
+
+
 def _execute(args: argparse.Namespace, model, prompts, schedule) -> bool:
-    """Steps 3 and 4: the executor and pipedecode.compile, each against transformers eager."""
+    """Steps 3 and 4: the engine and pipedecode.compile, each against transformers."""
     import torch
 
-    from pipedecode.runtime.engine import build_executor, generate
-
-    context = max(p.numel() for p in prompts) + args.new_tokens
     reference = _eager_tokens(model, prompts, args.new_tokens)
-    executor = build_executor(model, batch_size=args.batch, max_context=context + 1,
-                              schedule=schedule)
-    result = generate(executor, [p.to(model.device) for p in prompts], args.new_tokens)
-    same = torch.equal(result.tokens, reference)
-    why = f" ({executor.fallback_reason})" if executor.fallback_reason else ""
-    print(f"[3/4] executor ran the schedule in {executor.mode} mode{why}: "
-          f"{result.tokens_per_s:.0f} tokens/s; greedy tokens "
-          f"{'identical to' if same else 'DIFFER from'} transformers eager")
-    del executor                # its KV cache and fused weights before compile makes its own
+    ok = _engine(args, model, prompts, reference)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()    # the engine's KV cache before compile makes its own
     compiled, how = _compiled_tokens(model, prompts, args.new_tokens, args.device)
     same_compiled = torch.equal(compiled, reference)
     print(f"[4/4] pipedecode.compile: generate ran on {how}; greedy tokens "
           f"{'identical to' if same_compiled else 'DIFFER from'} transformers eager")
     print(f"first request: {reference[0].tolist()}")
-    return same and same_compiled
+    return ok and same_compiled

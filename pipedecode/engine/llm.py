@@ -64,6 +64,8 @@ class LLM:
     max_num_seqs: most requests decoding at once. max_num_batched_tokens: most prompt tokens
         in one prefill batch (a longer prompt runs alone). kv_cache_memory: bytes for the KV
         pool (None: what the GPU has free). block_size: tokens per KV block.
+    interleave: let the runner's plan interleave micro-batches of a decode step on SM
+        partitions where it pays (False: always sequential).
     policy: "temporal" (TD-Pipe) or "prefill-first"; kv_threshold and switch_cost_us tune
         "temporal" (share of the pool its greedy prefill fills at the predicted peak; the
         bubble of a decode-to-prefill switch, default one prefill's launch cost).
@@ -78,14 +80,14 @@ class LLM:
                  policy: str = "temporal", block_size: int = DEFAULT_BLOCK_SIZE,
                  predictor: Any = None, kv_threshold: float = DEFAULT_KV_THRESHOLD,
                  switch_cost_us: float | None = None, seed: int = 0,
-                 runner: RunnerFactory | None = None) -> None:
+                 interleave: bool = True, runner: RunnerFactory | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
         self.model, self.tokenizer, self._why_no_tokenizer = load_model_and_tokenizer(
             model, tokenizer, dtype, seed)
         self.profile = resolve_profile(device)
         config = RunnerConfig(self.profile, block_size, kv_cache_memory, max_num_seqs,
-                              max_num_batched_tokens)
+                              max_num_batched_tokens, interleave)
         self.runner = check_runner((runner or default_runner)(self.model, config))
         self.max_model_len = min(self.runner.max_model_len,
                                  (self.runner.num_blocks - 1) * self.runner.block_size)

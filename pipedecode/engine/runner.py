@@ -35,19 +35,24 @@ class RunnerConfig:
     """block_size: tokens per KV block. kv_cache_memory_bytes: the pool's size (None: what the
     GPU has free after weights and activations). max_num_seqs / max_num_batched_tokens: the
     largest decode batch and prefill the runner must hold. profile: the device profile its
-    plan (micro-batches, SM split) is made for."""
+    plan (micro-batches, SM split) is made for. interleave: True lets the plan split decode
+    steps into micro-batches interleaved on SM partitions where it predicts a gain (and a
+    measurement confirms it); False runs every step sequentially."""
 
     profile: DeviceProfile
     block_size: int = DEFAULT_BLOCK_SIZE
     kv_cache_memory_bytes: int | None = None
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    interleave: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.interleave, bool):
+            raise ValueError(f"interleave must be True or False, got {self.interleave!r}")
         memory = self.kv_cache_memory_bytes
         if memory is not None and (not isinstance(memory, int) or memory <= 0):
             raise ValueError(f"kv_cache_memory must be a positive number of bytes or None, "

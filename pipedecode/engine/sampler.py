@@ -60,7 +60,7 @@ class Sampler:
         params: list[SamplingParams] = [s.params for s in seqs]
         logits = logits.float()
         greedy = logits.argmax(dim=-1)
-        if all(p.greedy for p in params):
+        if all([p.temperature == 0 for p in params]):          # all greedy (p.greedy)
             return greedy.tolist()
         rows = [i for i, p in enumerate(params) if not p.greedy]
         sampled = self._sample(logits[rows], [seqs[i] for i in rows])

@@ -161,15 +161,17 @@ class Scheduler:
                               self.step)
 
     def _decode(self) -> ScheduledBatch | None:
-        ready = [s for s in self.running if not s.in_flight]
+        # The per-step hot path (hundreds of sequences): plain attribute reads, no properties.
+        ready = [s for s in self.running if s.in_batch is None]
         if not ready:
             return None
         pending = deque(self._share(ready))
         scheduled: list[Sequence] = []
         bm = self.block_manager
+        block_size = bm.block_size
         while pending:
             seq = pending.popleft()
-            if bm.needs_block(seq):
+            if len(seq.block_table) * block_size < len(seq.token_ids):   # bm.needs_block
                 while not bm.num_free_blocks:
                     victim = self._victim(scheduled)
                     self._preempt(victim)
@@ -183,17 +185,21 @@ class Scheduler:
             scheduled.append(seq)
         if not scheduled:
             return None
-        kv_tokens = sum(s.num_tokens for s in scheduled)
+        kv_tokens = sum([len(s.token_ids) for s in scheduled])
         groups = group_micro_batches(scheduled, self.micro_batches_for(len(scheduled), kv_tokens))
-        seqs, micro, start = [], [], 0
-        for group in groups:
-            seqs.extend(scheduled[i] for i in group)
-            micro.append(tuple(range(start, start + len(group))))
-            start += len(group)
+        if len(groups) == 1:
+            seqs, micro = scheduled, groups
+        else:
+            seqs, micro, start = [], [], 0
+            for group in groups:
+                seqs.extend(scheduled[i] for i in group)
+                micro.append(tuple(range(start, start + len(group))))
+                start += len(group)
+        step = self.step
         for seq in seqs:
-            seq.in_batch = self.step
+            seq.in_batch = step
         self.decode_tokens += len(seqs)
-        return ScheduledBatch("decode", tuple(seqs), tuple(micro), self.step)
+        return ScheduledBatch("decode", tuple(seqs), tuple(micro), step)
 
     def _share(self, ready: list[Sequence]) -> list[Sequence]:
         """The ready sequences this decode batch takes, in admission order."""
@@ -224,18 +230,20 @@ class Scheduler:
         """Append each sequence's new token, finish those that stop; the finished ones."""
         if len(token_ids) != len(batch.seqs):
             raise ValueError(f"{len(token_ids)} tokens for a batch of {len(batch.seqs)}")
+        running, batch_id = SequenceStatus.RUNNING, batch.batch_id
         stale = [s.seq_id for s in batch.seqs
-                 if s.status is not SequenceStatus.RUNNING or s.in_batch != batch.batch_id]
+                 if s.status is not running or s.in_batch != batch_id]
         if stale:
             raise RuntimeError(f"sequences {stale} are not in flight in batch {batch.batch_id}")
-        now, finished = self.clock(), []
+        now, finished, step = self.clock(), [], self.step
+        eos, max_len, detokenize = (self.config.eos_token_ids, self.config.max_model_len,
+                                    self.detokenize)
         for seq, token in zip(batch.seqs, token_ids):
-            seq.in_batch, seq.ready_since = None, self.step
+            seq.in_batch, seq.ready_since = None, step
             seq.append(token)
             if seq.first_token_time_s is None:
                 seq.first_token_time_s = now
-            stop = stop_check(seq, self.config.eos_token_ids, self.config.max_model_len,
-                              self.detokenize)
+            stop = stop_check(seq, eos, max_len, detokenize)
             if stop is not None:
                 self._finish(seq, stop[0], stop[1], now)
                 finished.append(seq)

@@ -88,7 +88,7 @@ class Sequence:
 
     def append(self, token_id: int) -> None:
         """A sampled token; every token before it now has its KV computed."""
-        self.num_computed_tokens = self.num_tokens
+        self.num_computed_tokens = len(self.token_ids)
         self.token_ids.append(int(token_id))
 
     def reset_for_recompute(self) -> None:
@@ -107,16 +107,17 @@ def stop_check(seq: Sequence, eos_token_ids: frozenset[int], max_model_len: int,
     Checked in vLLM's order: EOS (unless ignore_eos), stop token ids, stop strings (through
     `detokenize` of the output so far), max_tokens, then the length limit of the model and
     the KV cache (`max_model_len`, prompt + output)."""
-    params, token = seq.params, seq.last_token_id
+    params, ids = seq.params, seq.token_ids
+    token = ids[-1]
     if token in eos_token_ids and not params.ignore_eos:
         return "stop", None
-    if token in params.stop_token_ids:
+    if params.stop_token_ids and token in params.stop_token_ids:
         return "stop", token
     if params.stop and detokenize is not None:
         found = first_stop_string(detokenize(seq.output_token_ids), params.stop)
         if found is not None:
             return "stop", found[1]
-    if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= max_model_len:
+    if len(ids) - seq.num_prompt_tokens >= params.max_tokens or len(ids) >= max_model_len:
         return "length", None
     return None
 

@@ -1,16 +1,21 @@
-"""transformers-style `generate` served by the executor: what `pipedecode.compile` uses on a GPU.
+"""transformers-style `generate` served by the engine: what `pipedecode.compile` uses on a GPU.
 
 Owns `ExecutorGenerate`, a callable that takes the arguments a transformers user passes to
 `model.generate` (left-padded `input_ids`, `attention_mask`, `max_new_tokens`, greedy settings),
-plans the batch, runs the executor (interleaved where the plan and a measurement say it pays,
-sequential otherwise) and returns what transformers would: the prompt ids followed by the new
-tokens, rows that reached EOS padded after it. Anything it does not serve (sampling, beams,
-streamers, logits processors) returns None so the caller falls back to transformers' own loop.
-Weights are packed once per model and kept, checked against the model's parameters at each call
-(repacked where they changed in place, packed anew where a parameter was replaced); the executor
-of the last call is kept and reused when the next call plans the same way for as many requests
-of no longer context, on the same packed weights. Prompts are prefilled in batched transformers
-forwards (bounded in tokens), their K/V copied into the executor's cache.
+runs the requests through the engine (`pipedecode.engine.LLM` on the paged model runner:
+continuous batching, prefill in varlen batches, decode steps on CUDA graphs, interleaved where
+the plan and a measurement say it pays) and returns what transformers would: the prompt ids
+followed by the new tokens, rows that reached EOS padded after it, the batch cut once every
+row is done. Anything it does not serve (sampling, beams, streamers, logits processors,
+`min_new_tokens` with an EOS, prompt + new tokens beyond the model's positions) returns None
+so the caller falls back to transformers' own loop.
+
+One LLM is kept per model and reused by every call it can hold: its KV pool is sized for the
+call that built it (each of `seats` requests at `tokens_per_request`, rounded up to
+CONTEXT_STEP so that calls of similar lengths share it) and it is built anew only for a call
+with more requests or longer ones. Before each call the packed weights are checked against the
+model's parameters (repacked in place where they changed in place; the LLM built anew where a
+parameter was replaced, since its runner reads the old tensors).
 """
 
 from __future__ import annotations
@@ -19,51 +24,45 @@ from typing import Any
 
 import torch
 
-# Keyword arguments of generate() that the executor path honours; others send the call back.
-CONTEXT_STEP = 256      # executor cache lengths are multiples of this
-PREFILL_TOKENS = 32768  # padded prompt tokens per transformers prefill forward
+CONTEXT_STEP = 256      # a kept LLM holds requests of a multiple of this many tokens
+PREFILL_TOKENS = 8192   # prompt tokens per prefill batch
 _SERVED = {"attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "num_beams",
            "pad_token_id", "eos_token_id", "use_cache", "return_dict_in_generate"}
 
 
 class ExecutorGenerate:
-    """`generate` for one transformers model through pipedecode's executor (GPU only)."""
+    """`generate` for one transformers model through pipedecode's engine (GPU only)."""
 
     def __init__(self, model: torch.nn.Module, *, device: Any = None,
                  cuda_only: bool = True) -> None:
-        """device: the profile to plan for (name, JSON path or DeviceProfile; None: the GPU this
-        runs on, see `engine.plan_for`). cuda_only=False also serves CPU tensors (tests)."""
+        """device: the profile the runner plans for (name, JSON path or DeviceProfile; None:
+        the GPU this runs on). cuda_only=False also serves CPU tensors (tests)."""
         self.model, self.device, self.cuda_only = model, device, cuda_only
-        self._packing = None              # weights.Packing of the model's parameters
-        self.last_executor = None         # the executor of the latest call (mode, fallback)
-        self.last_result = None           # its GenerationResult (decode_seconds, tokens_per_s)
+        self.llm = None                   # the engine of the latest call
+        self.last_stats = None            # its GenerateStats (decode_s, tokens, preemptions)
+        self._holds: tuple[int, int] = (0, 0)   # (seats, tokens per request) of self.llm
+
+    @property
+    def last_executor(self):
+        """The executor of the latest call's last decode step (its mode, fallback reason)."""
+        return None if self.llm is None else self.llm.runner.last_executor
 
     def release(self) -> None:
-        """Drop the kept executor (its KV cache, graphs) and the packed weights; the next call
+        """Drop the kept LLM (its KV cache, buffers, graphs, packed weights); the next call
         sets them up again."""
-        self.last_executor = self.last_result = self._packing = None
+        self.llm = self.last_stats = None
+        self._holds = (0, 0)
 
     def refresh(self) -> None:
         """Repack the model's weights now, whatever their version counters say (each call
         already repacks what changed in place or was replaced)."""
-        from pipedecode.runtime.weights import hf_packing, hf_sources
+        if self.llm is not None:
+            from pipedecode.runtime.weights import hf_sources
 
-        if self._packing is None:
-            self._packing = hf_packing(self.model)
-        else:
-            self._packing.refresh(self._packing.sources_of(hf_sources(self.model)))
-
-    def _weights(self):
-        """The model's packed weights as they are now; the kept executor is dropped where they
-        were packed anew (it reads the old tensors)."""
-        from pipedecode.runtime.weights import hf_packing, hf_sources
-
-        if self._packing is None:
-            self._packing = hf_packing(self.model)
-        weights = self._packing.current(self._packing.sources_of(hf_sources(self.model)))
-        if self.last_executor is not None and self.last_executor.step.weights is not weights:
-            self.last_executor = None
-        return weights
+            packing = self.llm.runner.packing
+            if packing.refresh(packing.sources_of(hf_sources(self.model))) \
+                    is not self.llm.runner.weights:
+                self.release()
 
     def _served(self, input_ids: Any, kwargs: dict[str, Any]) -> bool:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -74,67 +73,60 @@ class ExecutorGenerate:
         sample = kwargs.get("do_sample", config.do_sample) or False    # None: unset, greedy
         beams = kwargs.get("num_beams", config.num_beams) or 1
         if kwargs.get("min_new_tokens") and self._eos(kwargs):
-            return False                  # transformers masks EOS logits; the executor does not
-        return (input_ids.is_cuda or not self.cuda_only) and not sample and beams == 1 and \
-            kwargs.get("max_new_tokens") is not None
+            return False                  # transformers masks EOS logits; the engine does not
+        new = kwargs.get("max_new_tokens")
+        if new is None or input_ids.shape[1] + int(new) > \
+                self.model.config.max_position_embeddings:
+            return False
+        return (input_ids.is_cuda or not self.cuda_only) and not sample and beams == 1
 
     def __call__(self, input_ids: Any = None, **kwargs: Any) -> torch.Tensor | None:
         if not self._served(input_ids, kwargs):
             return None
-        from pipedecode.runtime.engine import build_executor, generate, plan_for, reusable
+        from pipedecode.engine.params import SamplingParams
 
         new_tokens = int(kwargs["max_new_tokens"])
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask
-        prompts = [ids[m.bool()] for ids, m in zip(input_ids, mask)]
-        longest = max(int(p.numel()) for p in prompts)
-        weights = self._weights()
-        # Rounded up so that calls of similar lengths share one executor (buffers, graphs).
-        max_context = -(-(longest + new_tokens + 1) // CONTEXT_STEP) * CONTEXT_STEP
-        lens = [int(p.numel()) + new_tokens for p in prompts]
-        schedule, reason = plan_for(weights, lens, self.device)
-        if not reusable(self.last_executor, schedule, len(prompts), max_context):
-            self.last_executor = None          # free the old KV cache before the new one
-            if input_ids.is_cuda:
-                torch.cuda.empty_cache()
-            self.last_executor = build_executor(weights, batch_size=len(prompts),
-                                                max_context=max_context, schedule=schedule)
-            self.last_executor.fallback_reason = self.last_executor.fallback_reason or reason
-        result = generate(self.last_executor, prompts, new_tokens, prefill=self._prefill)
-        self.last_result = result
-        tokens = result.tokens.to(input_ids.device)
-        tokens = _pad_after_eos(tokens, self._eos(kwargs), self._pad(kwargs))
+        prompts = [ids[m.bool()].tolist() for ids, m in zip(input_ids, mask)]
+        eos = self._eos(kwargs)
+        llm = self._llm(len(prompts), max(map(len, prompts)) + new_tokens)
+        params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True,
+                                stop_token_ids=tuple(eos))
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        self.last_stats = llm.last_stats
+        rows = [list(o.outputs[0].token_ids) for o in outputs]
+        tokens = as_transformers(rows, self._pad(kwargs)).to(input_ids.device)
         return torch.cat([input_ids, tokens], dim=1)
 
-    @torch.no_grad()
-    def _prefill(self, step, rows_prompts) -> torch.Tensor:
-        """The prompts in batched transformers forwards of at most PREFILL_TOKENS padded tokens
-        each (left-padded), K/V copied into the rows: a bounded transformers cache beside the
-        executor's, not a second copy of the whole batch's."""
-        longest = max(int(p.numel()) for _, p in rows_prompts)
-        per_chunk = max(1, PREFILL_TOKENS // longest)
-        return torch.cat([self._prefill_chunk(step, rows_prompts[i:i + per_chunk])
-                          for i in range(0, len(rows_prompts), per_chunk)])
+    def _llm(self, requests: int, tokens: int):
+        """The kept LLM if it holds `requests` of `tokens` each and its weights are current;
+        else a new one sized for them."""
+        seats = 1 << (requests - 1).bit_length()
+        per_request = -(-tokens // CONTEXT_STEP) * CONTEXT_STEP
+        if self.llm is not None and not self.llm.runner.sync_weights():
+            self.release()                # a parameter was replaced: pack anew
+        if self.llm is not None and self._holds[0] >= seats and self._holds[1] >= per_request:
+            return self.llm
+        from pipedecode.engine.llm import LLM
+        from pipedecode.models import model_shape
+        from pipedecode.runtime.kv_cache import PagedKVCache
+        from pipedecode.runtime.model_runner import PagedModelRunner
 
-    def _prefill_chunk(self, step, rows_prompts) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        longest = max(int(p.numel()) for _, p in rows_prompts)
-        device = rows_prompts[0][1].device
-        ids = torch.zeros(len(rows_prompts), longest, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, (_, prompt) in enumerate(rows_prompts):
-            ids[i, longest - prompt.numel():], mask[i, longest - prompt.numel():] = prompt, 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=DynamicCache(config=self.model.config), use_cache=True,
-                         logits_to_keep=1)
-        for layer, cached in enumerate(out.past_key_values.layers):
-            for i, (row, prompt) in enumerate(rows_prompts):
-                n = int(prompt.numel())            # [kv_heads, n, head_dim], real tokens only
-                step.k_cache[layer][row, :, :n] = cached.keys[i, :, longest - n:]
-                step.v_cache[layer][row, :, :n] = cached.values[i, :, longest - n:]
-        return out.logits[:, -1]
+        self.release()                    # the old pool goes before the new one comes
+        if next(self.model.parameters()).is_cuda:
+            torch.cuda.empty_cache()
+        block_size = 16
+        weight = next(self.model.parameters())
+        per_block = PagedKVCache.bytes_per_block(model_shape(self.model), block_size,
+                                                 weight.dtype)
+        blocks = 1 + seats * -(-per_request // block_size)
+        self.llm = LLM(self.model, device=self.device, policy="prefill-first",
+                       max_num_seqs=seats, max_num_batched_tokens=PREFILL_TOKENS,
+                       kv_cache_memory=blocks * per_block, block_size=block_size,
+                       runner=PagedModelRunner)
+        self._holds = (seats, per_request)
+        return self.llm
 
     def _eos(self, kwargs: dict[str, Any]) -> list[int]:
         eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
@@ -146,13 +138,12 @@ class ExecutorGenerate:
         return pad if pad is not None else (eos[0] if eos else 0)
 
 
-def _pad_after_eos(tokens: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
-    """What transformers returns: after a row's first EOS only padding; stop once all are done."""
-    if not eos:
-        return tokens
-    is_eos = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
-    finished_before = (is_eos.cumsum(1) - is_eos.long()) > 0   # strictly after the first EOS
-    tokens = tokens.masked_fill(finished_before, pad)
-    done = is_eos.cumsum(1) > 0
-    all_done = done.all(0).nonzero()
-    return tokens[:, :int(all_done[0]) + 1] if all_done.numel() else tokens
+def as_transformers(rows: list[list[int]], pad: int) -> torch.Tensor:
+    """New tokens [batch, longest row] int64 as transformers returns them: each row's tokens
+    (through its EOS where it stopped at one), then `pad`; the batch ends with its longest row
+    (transformers stops once every row is done)."""
+    longest = max(map(len, rows))
+    out = torch.full((len(rows), longest), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

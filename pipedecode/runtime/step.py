@@ -33,10 +33,13 @@ class DecodeStep:
     def __init__(self, weights: PackedWeights, batch_size: int, max_context: int, *,
                  kernels: KernelSet | None = None,
                  caches: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
-                 left_padded: bool = False, paged: PagedKVCache | None = None) -> None:
+                 left_padded: bool = False, paged: PagedKVCache | None = None,
+                 rows_of: "DecodeStep | None" = None) -> None:
         """caches: (keys, values), one [batch, kv_heads, max_context, head_dim] tensor per layer
         each, written in place (default: allocated here, zeros). paged: a block-pool cache
-        (excludes caches and left_padded)."""
+        (excludes caches and left_padded). rows_of: a larger paged step on the same weights,
+        cache and max_context whose buffers this step's are the first batch_size rows of
+        (steps of several batch sizes that never run at once then cost one set of buffers)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 < max_context <= weights.max_positions:
@@ -51,38 +54,52 @@ class DecodeStep:
         self.q_dim, self.kv_dim = q_dim, kv_dim
         inter = weights.layers[0].gate_up.shape[0] // 2
         b, h = batch_size, shape.hidden_size
+        self._check_rows_of(rows_of, paged)
 
-        def buf(*size: int, dtype: torch.dtype = dt) -> torch.Tensor:
+        def buf(name: str, *size: int, dtype: torch.dtype = dt) -> torch.Tensor:
+            if rows_of is not None:
+                return getattr(rows_of, name)[:b]
             return torch.zeros(size, dtype=dtype, device=dev)
 
-        self.tokens = buf(b, dtype=torch.long)
-        self.context_lens = buf(b, dtype=torch.int32)   # counts the current token
-        self.positions = buf(b, dtype=torch.int32)      # context_lens - 1: the cache slot written
+        self.tokens = buf("tokens", b, dtype=torch.long)
+        self.context_lens = buf("context_lens", b, dtype=torch.int32)   # incl. the current token
+        self.positions = buf("positions", b, dtype=torch.int32)   # context_lens - 1: slot written
         self.rope_positions = self.positions            # left_padded: its own buffer
         self.context_starts = None                      # left_padded: first attended position
         if left_padded:
-            self.rope_positions = buf(b, dtype=torch.int32)
-            self.context_starts = buf(b, dtype=torch.int32)
+            self.rope_positions = buf("rope_positions", b, dtype=torch.int32)
+            self.context_starts = buf("context_starts", b, dtype=torch.int32)
         # The residual stream stays float32 between layers (transformers keeps it in the model
         # dtype): one rounding per layer fewer; identical for float32 models. On CUDA the o_proj
         # and down projections add their float32 products into it in the GEMM's epilogue.
-        self.x = buf(b, h, dtype=torch.float32)
-        self.h, self.tmp = buf(b, h), buf(b, h)
-        self.qkv, self.q = buf(b, q_dim + 2 * kv_dim), buf(b, self.num_heads, self.head_dim)
-        self.attn = buf(b, q_dim)
-        self.gate_up, self.act = buf(b, 2 * inter), buf(b, inter)
-        self.cos, self.sin = buf(b, self.head_dim), buf(b, self.head_dim)
-        self.logits = buf(b, shape.vocab_size)
+        self.x = buf("x", b, h, dtype=torch.float32)
+        self.h, self.tmp = buf("h", b, h), buf("tmp", b, h)
+        self.qkv = buf("qkv", b, q_dim + 2 * kv_dim)
+        self.q = buf("q", b, self.num_heads, self.head_dim)
+        self.attn = buf("attn", b, q_dim)
+        self.gate_up, self.act = buf("gate_up", b, 2 * inter), buf("act", b, inter)
+        self.cos, self.sin = buf("cos", b, self.head_dim), buf("sin", b, self.head_dim)
+        self.logits = buf("logits", b, shape.vocab_size)
         self.block_tables: torch.Tensor | None = None      # paged: [batch, max_blocks] int32
         if paged is not None:
             if caches is not None or left_padded:
                 raise ValueError("a paged step takes neither caches nor left_padded")
             self._check_paged(paged)
-            self.block_tables = buf(b, paged.blocks_for_tokens(max_context), dtype=torch.int32)
+            self.block_tables = buf("block_tables", b, paged.blocks_for_tokens(max_context),
+                                    dtype=torch.int32)
             self.cache = paged
         else:
             self.cache = PagedKVCache.wrap(*self._static_caches(caches))
         self.k_cache, self.v_cache = self.cache.k, self.cache.v
+
+    def _check_rows_of(self, rows_of: "DecodeStep | None", paged: PagedKVCache | None) -> None:
+        if rows_of is None:
+            return
+        if paged is None or rows_of.cache is not paged or rows_of.weights is not self.weights \
+                or rows_of.max_context != self.max_context \
+                or rows_of.batch_size < self.batch_size:
+            raise ValueError(f"rows_of must be a paged step on the same weights, cache and "
+                             f"max_context with at least {self.batch_size} rows")
 
     def _static_caches(self, caches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         w = self.weights

@@ -68,7 +68,8 @@ def test_malformed_lines_are_all_reported_and_nothing_loads_or_is_written(tmp_pa
     ])
     assert main(_args(tmp_path, prompts)) == 2
     err = capsys.readouterr().err
-    reported = dict(x.split("in.jsonl line ")[1].split(": ", 1) for x in err.splitlines())
+    assert len(err.strip().splitlines()) == 1             # the CLI prints errors as one line
+    reported = dict(x.split(": ", 1) for x in err.split("in.jsonl line ")[1:])
     expected = {"2": "not JSON", "3": "expected a JSON object", "4": "give exactly one of",
                 "5": "non-empty list", "6": "unknown field(s) ['temprature']",
                 "7": "non-empty string", "8": '"id" must be'}

@@ -16,7 +16,10 @@ def test_run_checks_every_stage_against_eager(capsys, tmp_path):
     assert code == 0, text
     assert text.splitlines()[0].startswith("pipedecode run: tiny-llama (random weights, seed 1;")
     assert "profile h100 (measured profile)" in text.splitlines()[0]
-    assert text.count("identical to transformers eager") == 2
+    assert "[3/4] engine: 3 ragged requests (1 with stop ids, 1 stopped by one) through LLM " \
+           "(temporal policy, paged KV cache of 3 blocks" in text
+    assert "identical to transformers generate (3 of 3)" in text
+    assert text.count("identical to transformers eager") == 1 and "DIFFER" not in text
     assert "[2/4] planned" in text and "(measured profile)" in text.splitlines()[2]
     assert json.loads(out.read_text())["model"]["name"] == "tiny-llama"
 
@@ -77,8 +80,8 @@ def test_a_large_model_that_fits_says_how_long_it_will_take(monkeypatch, capsys)
     monkeypatch.setattr(run, "_analyze_and_plan", stop)
     assert main(["run", "--model", "llama-3-8b"]) == 2
     out = capsys.readouterr().out
-    # 32.1e9 bytes x (1e-9 to fill + 51 forwards x 1e-10 to read) = 196 s
-    assert "29.9 GiB of float32 weights on cpu: expect roughly 3 min" in out
+    # 32.1e9 bytes x (1e-9 to fill + 80 forwards x 1e-10 to read) = 289 s
+    assert "29.9 GiB of float32 weights on cpu: expect roughly 5 min" in out
     assert run.expected_seconds(models.model_shape("tiny-llama"), "cpu", 4, 8) is None
 
 

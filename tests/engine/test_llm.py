@@ -8,26 +8,9 @@ from pipedecode.engine.llm import LLM, GenerationError, RequestError
 from pipedecode.engine.params import SamplingParams
 from pipedecode.errors import PipedecodeError
 from pipedecode.models import build_model
-
-from tests.engine.helpers import FAMILIES, hf_greedy, ragged_prompts, tiny_model
+from tests.engine.helpers import (FAMILIES, GREEDY, PROMPTS, eos_case_of, expected, make_llm,
+                                  tiny_model)
 from tests.engine.reference_runner import ReferenceRunner
-
-GREEDY = SamplingParams(max_tokens=10, temperature=0)
-PROMPTS = ragged_prompts(8, 2, 12, seed=3)
-_EXPECTED: dict[str, list[list[int]]] = {}
-
-
-def make_llm(model, *, num_blocks=64, micro_batches=1, block_size=4, runner_cls=ReferenceRunner,
-             max_model_len=None, **options):
-    factory = runner_cls.factory(num_blocks=num_blocks, micro_batches=micro_batches,
-                                 max_model_len=max_model_len)
-    return LLM(model, device="h100", runner=factory, block_size=block_size, **options)
-
-
-def expected(family):
-    if family not in _EXPECTED:   # EOS 2 as the model's generation config says
-        _EXPECTED[family] = [hf_greedy(tiny_model(family), p, 10, eos=[2]) for p in PROMPTS]
-    return _EXPECTED[family]
 
 
 CONFIGS = {
@@ -66,20 +49,7 @@ def test_a_roomy_pool_never_preempts_and_batches_widely():
 
 @pytest.fixture(scope="module")
 def eos_case():
-    """tiny-llama whose EOS is a token its greedy output produces mid-way for PROMPTS[0];
-    request 1 also stops at a token of its own, request 2 ignores EOS. With the
-    transformers outputs for each (EOS, and request 1's stop token, as its eos_token_id)."""
-    model = build_model("tiny-llama", dtype=torch.float32, seed=0)
-    eos = hf_greedy(model, PROMPTS[0], 10)[3]
-    model.generation_config.eos_token_id = eos
-    stop = next(t for t in hf_greedy(model, PROMPTS[1], 10)[2:] if t != eos)
-    params = [GREEDY] * len(PROMPTS)
-    params[1] = SamplingParams(max_tokens=10, temperature=0, stop_token_ids=[stop])
-    params[2] = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
-    stops = [[eos]] * len(PROMPTS)
-    stops[1], stops[2] = [eos, stop], None
-    want = [hf_greedy(model, p, 10, eos=e) for p, e in zip(PROMPTS, stops)]
-    return model, eos, stop, params, want
+    return eos_case_of()
 
 
 @pytest.mark.parametrize("policy", ["prefill-first", "temporal"])

@@ -3,10 +3,11 @@ import torch
 
 from pipedecode.models import build_model, model_shape
 from pipedecode.planner.schedule import MicroBatch, Schedule, Slot
-from pipedecode.runtime.engine import generate
 from pipedecode.runtime.executor import Executor, run_serial
 from pipedecode.runtime.program import manual_schedule
 from pipedecode.runtime.weights import pack_hf_model
+
+from tests.runtime.static_steps import greedy_steps
 
 PRESETS = ["tiny-llama", "tiny-llama-mha", "tiny-qwen2"]
 
@@ -40,7 +41,7 @@ def test_sequential_matches_transformers_eager(preset, lengths):
     model = build_model(preset, attn_implementation="eager", seed=1)
     prompts = _prompts(lengths, seed=len(lengths))
     executor = Executor(pack_hf_model(model), len(prompts), max_context=32)
-    result = generate(executor, prompts, 6, keep_logits=True)
+    result = greedy_steps(executor, prompts, 6, keep_logits=True)
     assert executor.mode == "sequential"
     for i, prompt in enumerate(prompts):
         tokens, logits = _hf_greedy(model, prompt, 6)
@@ -60,9 +61,9 @@ def test_interleaved_order_on_one_stream_matches_sequential(preset, groups):
     inter = Executor(weights, 5, max_context=24, schedule=schedule)
     assert inter.layout.order == (3, 0, 4, 1, 2)
     prompts = _prompts(lens, seed=5)
-    a = generate(seq, prompts, 4, keep_logits=True)
+    a = greedy_steps(seq, prompts, 4, keep_logits=True)
     # the same prefill, then the interleaved program run serially on this stream
-    b = generate(inter, prompts, 1, keep_logits=True)
+    b = greedy_steps(inter, prompts, 1, keep_logits=True)
     tokens = b.tokens[:, 0][torch.tensor(inter.layout.order)]
     ctx = torch.tensor([lens[r] + 1 for r in inter.layout.order], dtype=torch.int32)
     for step in range(1, 4):
@@ -81,7 +82,7 @@ def test_interleaved_schedule_falls_back_to_sequential_without_partitions():
     assert executor.mode == "sequential"
     assert "GPU" in executor.fallback_reason or "CUDA" in executor.fallback_reason
     prompts = _prompts(lens, seed=7)
-    result = generate(executor, prompts, 3)
+    result = greedy_steps(executor, prompts, 3)
     for i, prompt in enumerate(prompts):
         assert result.tokens[i].tolist() == _hf_greedy(model, prompt, 3)[0].tolist()
 
@@ -92,9 +93,9 @@ def test_sequential_schedule_and_wrong_batch_are_handled():
                         schedule=_schedule("tiny-llama", [3, 3], [[1, 0]], mode="sequential"))
     assert executor.mode == "sequential" and executor.fallback_reason is None
     with pytest.raises(ValueError):
-        generate(executor, _prompts([3]), 2)
+        greedy_steps(executor, _prompts([3]), 2)
     with pytest.raises(ValueError):
-        generate(executor, _prompts([3, 15]), 4)
+        greedy_steps(executor, _prompts([3, 15]), 4)
 
 
 def test_step_writes_no_new_tensors_between_steps():
@@ -126,9 +127,9 @@ def test_gpu_interleaved_graph_matches_sequential(groups, graphs):
     lens = [5, 9, 3, 7]
     schedule = _schedule("tiny-llama", lens, groups)
     prompts = _prompts(lens, seed=8)
-    seq = generate(Executor(weights, 4, max_context=32), prompts, 8)
+    seq = greedy_steps(Executor(weights, 4, max_context=32), prompts, 8)
     inter_exec = Executor(weights, 4, max_context=32, schedule=schedule, graphs=graphs)
-    inter = generate(inter_exec, prompts, 8)
+    inter = greedy_steps(inter_exec, prompts, 8)
     assert inter_exec.mode == "interleaved", inter_exec.fallback_reason
     assert inter_exec.describe()["graph_mode"] == graphs
     if graphs == "per_partition":

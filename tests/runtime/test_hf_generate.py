@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipedecode.models import build_model
-from pipedecode.runtime.hf_generate import ExecutorGenerate, _pad_after_eos
+from pipedecode.runtime.hf_generate import ExecutorGenerate, as_transformers
 
 
 def _left_padded(lens, vocab, seed):
@@ -29,21 +29,35 @@ def test_served_generate_equals_transformers(preset, lens):
     assert served.last_executor.mode == "sequential"
 
 
-def test_prefill_in_chunks_of_requests_is_exact(monkeypatch):
+def test_prefill_runs_in_batches_of_bounded_tokens_and_is_exact(monkeypatch):
     from pipedecode.runtime import hf_generate
+    from pipedecode.runtime.model_runner import PagedModelRunner
 
     model = build_model("tiny-llama", seed=6)
     ids, mask = _left_padded([5, 9, 2, 7, 4], model.config.vocab_size, seed=6)
     kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
                   eos_token_id=None)
     calls = []
-    chunk = ExecutorGenerate._prefill_chunk
-    monkeypatch.setattr(ExecutorGenerate, "_prefill_chunk",
-                        lambda self, step, rp: calls.append(len(rp)) or chunk(self, step, rp))
-    monkeypatch.setattr(hf_generate, "PREFILL_TOKENS", 20)     # 2 requests of <= 9 tokens
+    prefill = PagedModelRunner.prefill
+    monkeypatch.setattr(PagedModelRunner, "prefill",
+                        lambda self, seqs: calls.append(len(seqs)) or prefill(self, seqs))
+    monkeypatch.setattr(hf_generate, "PREFILL_TOKENS", 20)     # 5 + 9 + 2, then 7 + 4
     got = ExecutorGenerate(model, cuda_only=False)(ids, **kwargs)
-    assert calls == [2, 2, 1]
+    assert calls == [3, 2]
     assert torch.equal(got, model.generate(ids, **kwargs))
+
+
+def test_eos_mid_batch_pads_rows_and_cuts_the_batch_as_transformers_does():
+    model = build_model("tiny-llama", seed=8)
+    ids, mask = _left_padded([6, 3, 8, 5], model.config.vocab_size, seed=8)
+    free = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)[:, 8:]
+    eos = [int(free[0, 2]), int(free[2, 5])]          # rows 0 and 2 stop part-way
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                  eos_token_id=eos)
+    expected = model.generate(ids, **kwargs)
+    got = ExecutorGenerate(model, cuda_only=False)(ids, **kwargs)
+    assert torch.equal(got, expected) and (got[:, 8:] == 0).any()
 
 
 def test_second_call_reuses_the_executor_and_stays_exact():
@@ -60,7 +74,7 @@ def test_second_call_reuses_the_executor_and_stays_exact():
     served(ids[:2], attention_mask=mask[:2], **kwargs)                     # another batch size
     assert served.last_executor is not executor
     served.release()
-    assert served.last_executor is None and served.last_result is None
+    assert served.last_executor is None and served.last_stats is None
     assert torch.equal(served(ids, attention_mask=mask, **kwargs), got)    # set up again
 
 
@@ -133,21 +147,21 @@ def test_unserved_calls_return_none():
     assert served(ids, max_new_tokens=2, num_beams=2) is None
     assert served(ids, max_new_tokens=2, min_new_tokens=2, eos_token_id=2) is None
     assert served(ids, max_new_tokens=2, streamer=object()) is None
+    positions = model.config.max_position_embeddings
+    assert served(ids, max_new_tokens=positions - 2) is None          # beyond the positions
 
 
-def test_pad_after_eos_matches_transformers_convention():
-    tokens = torch.tensor([[5, 2, 7, 8], [2, 9, 9, 9], [4, 4, 4, 4]])
-    out = _pad_after_eos(tokens, [2], pad=0)
+def test_rows_as_transformers_returns_them():
+    out = as_transformers([[5, 2], [2], [4, 4, 4, 4]], pad=0)
     assert out.tolist() == [[5, 2, 0, 0], [2, 0, 0, 0], [4, 4, 4, 4]]
-    done = _pad_after_eos(torch.tensor([[5, 2, 7], [2, 9, 9]]), [2], pad=0)
-    assert done.tolist() == [[5, 2], [2, 0]]      # every row finished at step 2: stop there
+    assert as_transformers([[5, 2], [2]], pad=9).tolist() == [[5, 2], [2, 9]]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compile_on_gpu_serves_generate_with_the_executor():
     import pipedecode
-    from pipedecode.runtime.engine import build_executor, generate
+    from pipedecode.engine import LLM, SamplingParams
 
     model = build_model("tiny-llama", dtype=torch.bfloat16, seed=2).cuda()
     ids, mask = _left_padded([6, 3, 8, 5], model.config.vocab_size, seed=9)
@@ -157,15 +171,14 @@ def test_compile_on_gpu_serves_generate_with_the_executor():
     compiled = pipedecode.compile(model)
     got = compiled.generate(ids, **kwargs)
     assert compiled.pipedecode_executor.last_executor is not None
-    prompts = [row[m.bool()] for row, m in zip(ids, mask)]
-    # the same prefill (transformers' bf16 forward): the serving plumbing (row order, padding,
-    # cache copies) adds nothing; a different prefill may flip a bf16 near-tie
-    direct = generate(build_executor(model, batch_size=4, max_context=17), prompts, 8,
-                      prefill=compiled.pipedecode_executor._prefill)
-    assert torch.equal(got[:, ids.shape[1]:].cpu(), direct.tokens)
-    # Against transformers' own bf16 loop, one near-tie flips a token and the rows diverge
-    # after it (seen: 72% of tokens equal on a 2-layer model), so that comparison lives in
-    # benchmarks/check_correctness.py, which measures logit error instead of token equality.
+    assert compiled.pipedecode_executor.last_executor.captured
+    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    # the engine itself on the same paged runner: the serving plumbing (rows, padding) adds
+    # nothing. Against transformers' own bf16 loop a near-tie may flip a token (seen: 72% of
+    # tokens equal on a 2-layer model); benchmarks/check_correctness.py measures logit error.
+    direct = LLM(model, policy="prefill-first").generate(
+        prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert got[:, ids.shape[1]:].tolist() == [list(o.outputs[0].token_ids) for o in direct]
 
 
 @pytest.mark.gpu

@@ -6,8 +6,10 @@ import weakref
 import torch
 
 from pipedecode.models import build_model, model_shape
-from pipedecode.runtime.engine import build_executor, generate
+from pipedecode.runtime.engine import build_executor
 from pipedecode.runtime.weights import hf_packing, hf_sources, pack_hf_model
+
+from tests.runtime.static_steps import greedy_steps
 
 
 def test_packing_fuses_projections_and_shares_the_rest():
@@ -24,7 +26,7 @@ def test_packing_fuses_projections_and_shares_the_rest():
     assert layer.down.data_ptr() == mlp.down_proj.weight.data_ptr()
     assert packed.shape == model_shape("tiny-qwen2")
     prompts = [torch.randint(0, 256, (n,)) for n in (3, 6)]
-    generate(build_executor(packed, batch_size=2, max_context=16), prompts, 4)
+    greedy_steps(build_executor(packed, batch_size=2, max_context=16), prompts, 4)
     for name, p in model.named_parameters():          # running it changed no weight
         assert torch.equal(p, before[name]), name
 

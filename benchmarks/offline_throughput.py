@@ -1,0 +1,281 @@
+"""Offline throughput on one GPU: pipedecode's engine against transformers' `generate`.
+
+Llama-3-8B with random weights (all layers, bf16; no EOS, so outputs end at max_tokens), the
+three workloads of offline_workloads.py (a: uniform 100..1024, b: ShareGPT-shaped lognormal,
+c: 1024/1024), each cell timed once, every request arriving at once. Columns: transformers
+`generate` in static batches (left-padded, max_new_tokens the batch's longest output, greedy;
+only the requested tokens count), pipedecode prefill-first and temporal, each with
+interleaving on (the planner decides per batch size, the executor's measurement guards) and
+off; under temporal on (b), also the oracle output-length predictor against the online
+estimator (on a and c, ignore_eos makes every length known exactly: the two coincide). Per
+cell: output and total tokens/s, peak GPU memory, preemptions, peak KV use, decode steps run
+interleaved and (interleave on) the planner's calls and their time, paid online within
+the cell (plans are kept per batch-size bucket and mean-context bin, and shared by later
+cells); per workload its roofline bound. Targets reported met or missed. Each request's
+max_tokens is its length (as in vLLM's throughput benchmark), so on (b) a predicted length
+above it is cut to it; the estimator learns from the requests that finish.
+
+Time: `--scale` keeps a fraction of each workload's requests (the distributions kept;
+default 0.25, which with the defaults fits about 8 minutes on an H200); transformers runs on
+the first `--hf-requests` of each workload (the table says so); cells run in priority order
+(transformers first, before pipedecode's pool takes the memory; then each workload's
+interleave-off cells; then the interleave-on cells) and a cell not started within `--budget-s`
+is reported as not run. One runner (one KV pool, its CUDA graphs) serves every pipedecode
+cell, warmed up first by a sweep of every batch-size bucket (untimed), so no cell pays for
+graph captures but an interleaved split's own.
+
+Usage: python benchmarks/offline_throughput.py [--scale 0.25] [--only a,b,c] [--budget-s 420]
+       [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import record  # noqa: E402  (benchmarks/record.py)
+from offline_report import markdown, short_table, targets  # noqa: E402
+from offline_workloads import SIZES, make_workload, roofline_bound  # noqa: E402
+
+GIB = 2 ** 30
+
+
+def _cells(keys: list[str]) -> list[dict]:
+    """Every cell, in the order they run."""
+    cells = [dict(workload=k, system="transformers") for k in keys]
+    for on in (False, True):
+        for k in keys:
+            cells.append(dict(workload=k, system="pipedecode", policy="temporal",
+                              interleave=on, predictor="online"))
+            cells.append(dict(workload=k, system="pipedecode", policy="prefill-first",
+                              interleave=on, predictor="online"))
+            if k == "b" and not on:
+                cells.append(dict(workload=k, system="pipedecode", policy="temporal",
+                                  interleave=on, predictor="oracle"))
+    return cells
+
+
+def _sync_time() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float:
+    """GPU memory allocated at the peak since `_reset_peak` (0 on a CPU dry run)."""
+    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+
+
+@torch.no_grad()
+def run_transformers(model, workload, prompts, args, deadline: float) -> dict:
+    """Static batches of the first hf_requests requests; stops between batches at deadline."""
+    n = min(args.hf_requests, workload.requests)
+    _reset_peak()
+    done, out_tokens, in_tokens, start = 0, 0, 0, _sync_time()
+    while done < n and time.perf_counter() < deadline:
+        batch = list(range(done, min(done + args.hf_batch, n)))
+        longest = max(len(prompts[i]) for i in batch)
+        ids = torch.zeros(len(batch), longest, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch):
+            ids[row, longest - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, longest - len(prompts[i]):] = 1
+        new = max(workload.output_lens[i] for i in batch)
+        model.generate(ids.to(model.device), attention_mask=mask.to(model.device),
+                       max_new_tokens=new,
+                       do_sample=False, pad_token_id=0, eos_token_id=None)
+        done += len(batch)
+        out_tokens += sum(workload.output_lens[i] for i in batch)
+        in_tokens += sum(workload.prompt_lens[i] for i in batch)
+    seconds = _sync_time() - start
+    return {"requests": done, "subset": done < workload.requests, "elapsed_s": seconds,
+            "output_tokens_per_s": out_tokens / seconds,
+            "total_tokens_per_s": (out_tokens + in_tokens) / seconds,
+            "peak_gpu_gib": _peak_gib()}
+
+
+def run_pipedecode(model, runner, workload, prompts, cell: dict) -> dict:
+    from pipedecode.engine import LLM, SamplingParams
+    from pipedecode.engine.predictor import OracleLengths
+
+    predictor = OracleLengths(prompts, workload.output_lens) \
+        if cell["predictor"] == "oracle" else None
+    cfg = runner.config
+    llm = LLM(model, device=cfg.profile, policy=cell["policy"], interleave=cell["interleave"],
+              predictor=predictor, max_num_seqs=cfg.max_num_seqs,
+              max_num_batched_tokens=cfg.max_num_batched_tokens,
+              kv_cache_memory=cfg.kv_cache_memory_bytes, block_size=cfg.block_size,
+              runner=runner.reuse)
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=workload.ignore_eos)
+              for n in workload.output_lens]
+    before = dict(runner.steps_by_executor)
+    plans_before = (runner.plans.num_plans, runner.plans.plan_seconds)
+    _reset_peak()
+    start = _sync_time()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = _sync_time() - start
+    short = sum(len(o.outputs[0].token_ids) != n for o, n in zip(outputs, workload.output_lens))
+    if short:
+        raise RuntimeError(f"{short} requests ended before their max_tokens")
+    steps = {k: n - before.get(k, 0) for k, n in runner.steps_by_executor.items()}
+    inter = sum(n for k, n in steps.items()
+                if k[0] == "interleaved" and runner.executors[k].mode == "interleaved")
+    s = llm.last_stats
+    decode_steps = sum(steps.values())
+    return {"requests": workload.requests, "elapsed_s": seconds,
+            "output_tokens_per_s": s.output_tokens / seconds,
+            "total_tokens_per_s": (s.output_tokens + s.prompt_tokens) / seconds,
+            "peak_gpu_gib": _peak_gib(),
+            "preemptions": s.preemptions, "peak_kv": s.peak_kv_usage,
+            "prefill_s": s.prefill_s, "decode_s": s.decode_s, "decode_steps": decode_steps,
+            "interleaved_steps": inter, "plans": runner.plans.num_plans - plans_before[0],
+            "plan_s": runner.plans.plan_seconds - plans_before[1],
+            "mean_decode_batch": s.decode_tokens / decode_steps if decode_steps else 0.0}
+
+
+def warm_up(model, runner) -> float:
+    """Every bucket's graph captured, untimed: max_num_seqs requests of 16 tokens whose
+    lengths make decode step j run exactly bucket j's rows (largest first)."""
+    from pipedecode.engine import LLM, SamplingParams
+
+    cfg = runner.config
+    sizes = sorted(runner.sizes, reverse=True) + [0]
+    lengths = [j + 2 for j in range(len(sizes) - 1) for _ in range(sizes[j] - sizes[j + 1])]
+    llm = LLM(model, device=cfg.profile, policy="prefill-first", interleave=False,
+              max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
+              kv_cache_memory=cfg.kv_cache_memory_bytes, block_size=cfg.block_size,
+              runner=runner.reuse)
+    start = _sync_time()
+    llm.generate([[5 + i % 1000] * 16 for i in range(len(lengths))],
+                 [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths],
+                 use_tqdm=False)
+    return _sync_time() - start
+
+
+def build_runner(model, profile, max_num_seqs: int):
+    from pipedecode.engine.runner import RunnerConfig
+    from pipedecode.runtime.model_runner import PagedModelRunner
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return PagedModelRunner(model, RunnerConfig(profile, max_num_seqs=max_num_seqs))
+
+
+def _pipedecode_cell(model, profile, w, prompts, cell, args, state: dict) -> dict:
+    """One pipedecode cell on the shared runner, built (and warmed up) by the first."""
+    if "error" in state:
+        raise RuntimeError(f"the runner could not be built: {state['error']}")
+    if "runner" not in state:
+        try:
+            runner = state["runner"] = build_runner(model, profile, args.max_num_seqs)
+            args.warmup_s = warm_up(model, runner)
+        except Exception as exc:
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        args.kv_pool_gib = sum(t.numel() * t.element_size()
+                               for t in runner.cache.k + runner.cache.v) / GIB
+    return run_pipedecode(model, state["runner"], w, prompts, cell)
+
+
+def _run_cells(model, shape, profile, workloads, args, start: float) -> list[dict]:
+    rows, state = [], {}
+    prompts = {k: w.prompts(shape.vocab_size) for k, w in workloads.items()}
+    deadline = start + args.budget_s
+    for cell in _cells(list(workloads)):
+        w = workloads[cell["workload"]]
+        row = dict(cell, status="ok")
+        if time.perf_counter() >= deadline:
+            rows.append(dict(row, status="not run (time budget)"))
+            continue
+        try:
+            if cell["system"] == "transformers":
+                row.update(run_transformers(model, w, prompts[w.key], args, deadline))
+            else:
+                row.update(_pipedecode_cell(model, profile, w, prompts[w.key], cell, args,
+                                            state))
+        except Exception as exc:  # noqa: BLE001 - one failed cell is reported, the rest run
+            row["status"] = f"error: {type(exc).__name__}: {exc}"[:200]
+        print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()},
+              flush=True)
+        rows.append(row)
+    args.runner_info = state["runner"].describe() if "runner" in state else None
+    return rows
+
+
+def run(args, model, profile, workloads: dict) -> dict:
+    """Every cell of `workloads` for `model` (EOS already removed), the bounds and targets."""
+    start = time.perf_counter()
+    from pipedecode.models import model_shape
+
+    shape = model_shape(model)
+    bounds = {k: roofline_bound(w, shape, profile) for k, w in workloads.items()}
+    args.warmup_s, args.kv_pool_gib = None, 0.0
+    rows = _run_cells(model, shape, profile, workloads, args, start)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    result = {**record.environment(), "model": args.model, "layers": shape.num_layers,
+              "dtype": dtype,
+              "profile": profile.name, "scale": args.scale, "workloads": list(workloads),
+              "requests": {k: w.requests for k, w in workloads.items()},
+              "hf_requests": args.hf_requests, "hf_batch": args.hf_batch,
+              "max_num_seqs": args.max_num_seqs, "kv_pool_gib": args.kv_pool_gib,
+              "budget_s": args.budget_s, "wall_s": time.perf_counter() - start,
+              "warmup_s": args.warmup_s, "bounds": bounds, "rows": rows,
+              "runner": args.runner_info}
+    result["notes"] = (f"Graph warm-up (every bucket, untimed): {args.warmup_s or 0:.0f} s; "
+                       f"the whole run: {result['wall_s']:.0f} s.")
+    result["targets"] = targets(result)
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama-3-8b")
+    parser.add_argument("--scale", type=float, default=0.25)
+    parser.add_argument("--only", default="a,b,c", help="workloads, e.g. a,c")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="no cell starts after this many seconds")
+    parser.add_argument("--hf-requests", type=int, default=64)
+    parser.add_argument("--hf-batch", type=int, default=64)
+    parser.add_argument("--max-num-seqs", type=int, default=1024)
+    parser.add_argument("--profile", default=None, help="device profile (default: this GPU's)")
+    parser.add_argument("--out", default=record.RESULTS)
+    args = parser.parse_args(argv)
+    args.only = [k for k in args.only.split(",") if k]
+    bad = [k for k in args.only if k not in SIZES]
+    if bad:
+        parser.error(f"--only: unknown workloads {bad}; use a, b, c")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("offline_throughput: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from pipedecode.engine.loading import resolve_profile
+    from pipedecode.models import build_model
+
+    workloads = {k: make_workload(k, args.scale) for k in args.only}
+    profile = resolve_profile(args.profile)
+    model = build_model(args.model, dtype=torch.bfloat16, seed=0, device="cuda")
+    model.generation_config.eos_token_id = model.config.eos_token_id = None
+    result = run(args, model, profile, workloads)
+    record.publish(args.out, "offline_throughput", result, markdown(result))
+    print(short_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The offline-throughput benchmark's workloads and each one's roofline bound (no GPU).
+
+Three workloads (offline: every request arrives at once), random prompt token ids:
+  a  256 requests, input and output lengths uniform in 100..1024, ignore_eos.
+  b  1000 requests with ShareGPT-shaped lengths: input and output each lognormal,
+     SHAREGPT_LOGNORMAL below, clipped to 4..1024 tokens (the filter of vLLM's throughput
+     benchmark: prompts of at most 1024 tokens, prompt + output at most 2048). Outputs end by
+     max_tokens, not EOS (random weights would stop them at random): the engine predicts them
+     with its online estimator, or an oracle.
+  c  1000 requests, 1024 in / 1024 out, ignore_eos.
+`scale` keeps a fraction of the requests, drawn from the same distributions (the same seed).
+
+The ShareGPT means (213 input and 214 output tokens per request) are vLLM's nightly serving
+benchmark of 200 ShareGPT V3 prompts on Llama-3.3-70B (Llama-3 tokenizer): 198.5 output
+and 396.4 total tokens/s at 0.928 requests/s. sigma = 1.0 (a coefficient of variation of 1.3)
+is chosen for ShareGPT's long tail, not fitted; mu = ln(mean) - sigma^2 / 2.
+
+The roofline bound of a workload: its requests under continuous batching at the largest batch
+the device's memory holds (every running request's whole prompt + output in the KV cache, the
+weights beside it), each prefill batch and each decode step at max(FLOPs / peak, bytes /
+bandwidth) of the device profile, the FLOPs and bytes from pipedecode.counts; requests join as
+others finish, each prefill's last logits giving the first output token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipedecode import counts
+from pipedecode.models import ModelShape
+from pipedecode.planner.cost import CostModel
+from pipedecode.profiles.schema import DeviceProfile
+
+SHAREGPT_MEAN_TOKENS = {"input": 213.0, "output": 214.0}
+SHAREGPT_SIGMA = 1.0
+SHAREGPT_LOGNORMAL = {k: (math.log(m) - SHAREGPT_SIGMA ** 2 / 2, SHAREGPT_SIGMA)
+                      for k, m in SHAREGPT_MEAN_TOKENS.items()}     # (mu, sigma) of ln(tokens)
+SHAREGPT_CLIP = (4, 1024)
+NAMES = {"a": "uniform 100..1024 in and out, ignore_eos",
+         "b": "ShareGPT-shaped lognormal lengths",
+         "c": "1024 in / 1024 out, ignore_eos"}
+SIZES = {"a": 256, "b": 1000, "c": 1000}
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    prompt_lens: tuple[int, ...]
+    output_lens: tuple[int, ...]
+    ignore_eos: bool
+
+    @property
+    def requests(self) -> int:
+        return len(self.prompt_lens)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.prompt_lens)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+    def prompts(self, vocab_size: int, seed: int = 0) -> list[list[int]]:
+        """Random token ids (distinct prompts, so an oracle can tell them apart)."""
+        rng = np.random.default_rng(seed + 1)
+        return [rng.integers(3, vocab_size, n).tolist() for n in self.prompt_lens]
+
+
+def make_workload(key: str, scale: float = 1.0, seed: int = 0) -> Workload:
+    """Workload `key` with round(scale * its size) requests (at least one)."""
+    if key not in SIZES:
+        raise ValueError(f"unknown workload {key!r}; use one of {', '.join(SIZES)}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    n = max(1, round(scale * SIZES[key]))
+    rng = np.random.default_rng(seed)
+    if key == "a":
+        lens = rng.integers(100, 1025, size=(2, n))
+        return Workload(key, tuple(lens[0].tolist()), tuple(lens[1].tolist()), True)
+    if key == "b":
+        low, high = SHAREGPT_CLIP
+        drawn = [np.clip(np.rint(rng.lognormal(*SHAREGPT_LOGNORMAL[k], size=n)), low, high)
+                 for k in ("input", "output")]
+        return Workload(key, tuple(int(x) for x in drawn[0]), tuple(int(x) for x in drawn[1]),
+                        False)
+    return Workload(key, (1024,) * n, (1024,) * n, True)
+
+
+def prefill_counts(shape: ModelShape, prompt_lens: list[int]) -> counts.Counts:
+    """One prefill batch: every layer's GEMMs over all prompt tokens (weights read once), the
+    causal attention within each prompt, and the LM head for each prompt's last token."""
+    tokens = sum(prompt_lens)
+    layer = counts.pre_attn(shape, tokens).counts() + counts.post_attn(shape, tokens).counts() \
+        + counts.prefill_attention(shape, prompt_lens)
+    head = counts.head_weights(shape)
+    return layer.times(shape.num_layers) + counts.Counts(2 * len(prompt_lens) * head,
+                                                         head * shape.dtype_bytes)
+
+
+def kv_capacity_tokens(shape: ModelShape, profile: DeviceProfile) -> int:
+    """KV tokens the device holds beside the weights (nothing else counted: a bound)."""
+    return int((profile.memory_bytes - shape.weight_bytes()) // shape.kv_bytes_per_token())
+
+
+def roofline_bound(workload: Workload, shape: ModelShape, profile: DeviceProfile,
+                   capacity_tokens: int | None = None) -> dict:
+    """The bound of `workload` (see the module docstring): seconds, output and total tokens/s,
+    the largest batch reached, decode steps and the prefill's share of the time."""
+    cost = CostModel(shape, profile)
+    capacity = kv_capacity_tokens(shape, profile) if capacity_tokens is None else capacity_tokens
+    need = [p + o for p, o in zip(workload.prompt_lens, workload.output_lens)]
+    if max(need) > capacity:
+        raise ValueError(f"a request of {max(need)} tokens exceeds the {capacity} KV tokens "
+                         f"the device holds")
+    waiting, running = list(range(workload.requests)), {}     # request -> tokens it holds now
+    held, prefill_s, decode_s, steps, widest = 0, 0.0, 0.0, 0, 0
+    while waiting or running:
+        joined = []
+        while waiting and held + need[waiting[0]] <= capacity:
+            r = waiting.pop(0)
+            joined.append(r)
+            held += need[r]                  # reserved at its full length
+        if joined:
+            prefill_s += cost.floor_us(prefill_counts(shape, [workload.prompt_lens[r]
+                                                              for r in joined])) * 1e-6
+            for r in joined:                 # the prefill gave each its first output token
+                running[r] = workload.prompt_lens[r] + 1
+        done = [r for r, n in running.items() if n - workload.prompt_lens[r] >=
+                workload.output_lens[r]]
+        for r in done:
+            del running[r]
+            held -= need[r]
+        if not running:
+            continue
+        widest = max(widest, len(running))
+        # feeding each running request's last token: context = tokens held so far
+        decode_s += cost.floor_us(counts.step(shape, len(running), sum(running.values()))) * 1e-6
+        steps += 1
+        for r in running:
+            running[r] += 1
+    seconds = prefill_s + decode_s
+    return {"seconds": seconds, "output_tokens_per_s": workload.output_tokens / seconds,
+            "total_tokens_per_s": (workload.output_tokens + workload.prompt_tokens) / seconds,
+            "largest_batch": widest, "decode_steps": steps, "prefill_share": prefill_s / seconds,
+            "capacity_tokens": capacity}
