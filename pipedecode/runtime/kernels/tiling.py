@@ -178,8 +178,9 @@ def tile_smem_bytes(tile: tuple, stages: int, pair: bool = False, elem_bytes: in
 
 
 def tile_registers(tile: tuple, pair: bool = False) -> int:
-    """Estimated registers per thread: float32 accumulators of the tile (two in PAIR mode) over
-    its threads, plus REGISTER_OVERHEAD (addresses, loop state, the epilogue)."""
+    """Estimated registers per thread as granted (in steps of 8): float32 accumulators of the
+    tile (two in PAIR mode) over its threads, plus REGISTER_OVERHEAD (addresses, loop state,
+    the epilogue)."""
     bm, bn, _, warps = tile[:4]
     acc = bm * bn * (2 if pair else 1) // (32 * warps)
     return min(MAX_REGISTERS, -(-(acc + REGISTER_OVERHEAD) // 8) * 8)
