@@ -153,8 +153,8 @@ def build_profile(facts: DeviceFacts, timer: Timer, spec: MeasureSpec,
             found[kind].append(AttentionPoint(*shape, timer.granted_sms(s),
                                               timer.attention_us(*args)))
         elif kind == "coresident":
-            found[kind].append(CoresidentSample(*args, *timer.coresident_us(spec.corun_model,
-                                                                           *args)))
+            found[kind].append(CoresidentSample(spec.corun_model, *args, *timer.coresident_us(
+                spec.corun_model, *args)))
         else:
             mem, comp = args
             alone_m, alone_c, both = timer.corun_us(mem, comp, spec.corun_model, spec.corun_tokens,

@@ -80,12 +80,14 @@ def _penalty(together_us: float, a_us: float, b_us: float) -> float:
 
 @dataclass(frozen=True)
 class CoresidentSample:
-    """One phase of co-resident mode, per decoder layer: the attention of `tokens` requests of
-    `context_len` keys (the TMA kernel within `attention_smem_bytes`, one program per SM) beside
-    post_attn + pre_attn of another `tokens`-row micro-batch (the persistent matmul within what
-    the attention leaves), both on every SM on two plain streams: each alone and together, and
-    the same ops as sequential mode runs them (the whole GPU, its default kernels)."""
+    """One phase of co-resident mode, per decoder layer of `model` (a preset name): the
+    attention of `tokens` requests of `context_len` keys (the TMA kernel within
+    `attention_smem_bytes`, one program per SM) beside post_attn + pre_attn of another
+    `tokens`-row micro-batch (the persistent matmul within what the attention leaves), both on
+    every SM on two plain streams: each alone and together, and the same ops as sequential mode
+    runs them (the whole GPU, its default kernels)."""
 
+    model: str
     tokens: int
     context_len: int
     attention_smem_bytes: int
@@ -96,6 +98,8 @@ class CoresidentSample:
     compute_sequential_us: float
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.model, str) and self.model):
+            raise ValueError(f"CoresidentSample.model must name a model, got {self.model!r}")
         for name in ("tokens", "context_len", "attention_smem_bytes"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise ValueError(f"CoresidentSample.{name} must be a positive integer, got "

@@ -10,8 +10,8 @@ from pipedecode.profiles.analytic import BUILTIN
 
 @pytest.fixture(scope="module")
 def schedule(llama8b) -> Schedule:
-    s = plan(llama8b, BUILTIN["h200"], [512] * 192 + [2048] * 64,
-             remaining_output_lens=[50] * 128 + [300] * 128, waiting=[(512, 100)] * 16)
+    s = plan(llama8b, BUILTIN["h200"], [512] * 384 + [2048] * 128,
+             remaining_output_lens=[50] * 256 + [300] * 256, waiting=[(512, 100)] * 16)
     assert s.mode == "interleaved" and s.switch is not None
     return s
 

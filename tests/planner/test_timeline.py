@@ -9,7 +9,7 @@ from pipedecode.profiles.analytic import BUILTIN
 
 @pytest.fixture(scope="module", params=["interleaved", "sequential"])
 def schedule(request, llama8b):
-    contexts = [512] * 192 + [2048] * 64 if request.param == "interleaved" else [512] * 4
+    contexts = [512] * 384 + [2048] * 128 if request.param == "interleaved" else [512] * 4
     s = plan(llama8b, BUILTIN["h200"], contexts)
     assert s.mode == request.param
     return s
