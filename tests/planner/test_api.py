@@ -93,33 +93,11 @@ def test_round_trip_of_a_planned_schedule(llama8b):
     assert Schedule.from_json(schedule.to_json()) == schedule
 
 
-# ---- co-resident mode: synthetic profiles with hand-made samples -------------------------------
-POINTS = ((256, 512), (512, 512), (1024, 256))
-
-
-def _with_samples(llama8b, penalty: float, speed: float = 1.0, budget: int = 65536):
-    """BUILTIN h200 with co-resident samples at POINTS: each side alone `speed` x the cost
-    model's whole-GPU stage time, together max + penalty x min."""
-    import dataclasses
-
-    from pipedecode.planner.cost import CostModel
-    from pipedecode.profiles import CoresidentSample
-
-    base = BUILTIN["h200"]
-    cost = CostModel(llama8b, base)
-    samples = []
-    for tokens, ctx in POINTS:
-        a = cost.attention_us(tokens, tokens * ctx, 132) * speed
-        c = cost.linear_us(tokens, 132) * speed
-        samples.append(CoresidentSample("llama-3-8b", tokens, ctx, budget, a, c,
-                                        max(a, c) + penalty * min(a, c), a / speed, c / speed))
-    return dataclasses.replace(base, coresident_samples=tuple(samples))
-
-
-def test_coresident_is_chosen_where_its_samples_say_it_is_faster(llama8b):
+# ---- co-resident mode: synthetic profiles with hand-made samples (conftest) ------------------
+def test_coresident_is_chosen_where_its_samples_say_it_is_faster(llama8b, coresident_profile):
     from pipedecode.runtime.program import pattern_mismatch
 
-    profile = _with_samples(llama8b, penalty=0.1)
+    profile = coresident_profile(0.1)
     schedule = plan(llama8b, profile, [512] * 1024, memory_sms_options=())
     assert schedule.mode == "coresident" and schedule.attention_smem_bytes == 65536
     assert schedule.memory_sms == schedule.compute_sms == 132
@@ -132,8 +110,8 @@ def test_coresident_is_chosen_where_its_samples_say_it_is_faster(llama8b):
     assert both.mode == "coresident" and both.predicted_step_us <= schedule.predicted_step_us
 
 
-def test_coresident_is_not_chosen_where_its_samples_say_it_is_slower(llama8b):
-    profile = _with_samples(llama8b, penalty=1.0, speed=1.3)
+def test_coresident_is_not_chosen_where_its_samples_say_it_is_slower(llama8b, coresident_profile):
+    profile = coresident_profile(1.0, speed=1.3)
     schedule = plan(llama8b, profile, [512] * 1024, memory_sms_options=())
     assert schedule.mode == "sequential"
     assert "no overlapped mode is predicted faster" in schedule.mode_reason
@@ -148,11 +126,11 @@ def test_without_samples_coresident_cannot_be_priced_and_the_schedule_says_so(ll
         build_problem(llama8b, BUILTIN["h200"], [512] * 8, coresident_options=(65536,))
 
 
-def test_micro_batches_too_small_to_stay_compute_bound_are_refused(llama8b):
+def test_micro_batches_too_small_to_stay_compute_bound_are_refused(llama8b, coresident_profile):
     from pipedecode.planner.cost import CostModel, min_micro_batch_tokens
     from pipedecode.planner.ilp import build_split_lp
 
-    profile = _with_samples(llama8b, penalty=0.0)
+    profile = coresident_profile(0.0)
     fewest = min_micro_batch_tokens(profile)
     assert fewest == 180                           # 2 x 790 TFLOP/s / (4.39 TB/s x 2 bytes)
     small = plan(llama8b, profile, [512] * (2 * fewest - 2))
