@@ -1,8 +1,9 @@
 """The Schedule: the one contract between `pipedecode plan` and the runtime, and its JSON.
 
 Owns `Schedule`, `MicroBatch`, `Slot`, `SwitchPoint`, the schema version and validation
-(every error names the field; version 1 files, which have no co-resident mode, still load). Knows nothing of solvers or GPUs; imports no solver, so the
-runtime can load a schedule on a machine without PuLP or OR-Tools. docs/schedule-schema.md
+(every error names the field; version 1 files, which have no co-resident mode, still load).
+Knows nothing of solvers or GPUs; imports no solver, so the runtime can load a schedule on a
+machine without PuLP or OR-Tools. docs/schedule-schema.md
 documents the JSON form.
 """
 

@@ -1,9 +1,10 @@
 """Latency of one op on a partition of n SMs, read from a DeviceProfile.
 
 Owns the interpolation rule, the co-run and co-resident interference read from measured
-samples, and the analytic model: the one model of how long a GEMM takes on a partition (`wave_compute_s`, the rates read from the profile), which the planner prices stages
-with and the persistent matmul's tile chooser (`runtime/kernels/tiling.py`) compares its
-candidates with. Knows nothing of models, stages or schedules: callers pass GEMM shapes and
+samples, and the analytic model: the one model of how long a GEMM takes on a partition
+(`wave_compute_s`, the rates read from the profile), which the planner prices stages with and
+the persistent matmul's tile chooser (`runtime/kernels/tiling.py`) compares its candidates
+with. Knows nothing of models, stages or schedules: callers pass GEMM shapes and
 attention sizes; FLOPs and bytes are counted in `pipedecode.counts`.
 
 Interpolation rule (the same for GEMMs and attention):

@@ -2,9 +2,10 @@
 
 Owns the frozen `DeviceProfile` (whole-chip rates, SM partition rules, the streaming
 bandwidth a partition of n SMs reaches, latency tables, the co-run slowdown, co-resident pairs)
-and its versioned JSON form (version 1, without co-resident samples, still loads). Knows nothing of models or schedules; `analytic.py` builds profiles
-for devices not yet measured, `measure.py` builds measured ones from a timer (the GPU's is
-`runtime/profile_gpu.py`), `latency.py` reads the tables (the interpolation rule lives there).
+and its versioned JSON form (version 1, without co-resident samples, still loads). Knows
+nothing of models or schedules; `analytic.py` builds profiles for devices not yet measured,
+`measure.py` builds measured ones from a timer (the GPU's is `runtime/profile_gpu.py`),
+`latency.py` reads the tables (the interpolation rule lives there).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ def _measured() -> DeviceProfile:
         gemm_latency=(GemmPoint(64, 4096, 4096, 132, 20.0),),
         attention_latency=(AttentionPoint(8, 1024, 32, 8, 128, 132, 15.0),),
         corun_slowdown=1.7, corun_samples=(CorunSample(64, 68, 800.0, 520.0, 1360.0),),
-        coresident_samples=(CoresidentSample("llama-3-8b", 256, 512, 65536, 300.0, 400.0, 520.0, 280.0, 330.0),))
+        coresident_samples=(CoresidentSample("llama-3-8b", 256, 512, 65536, 300.0, 400.0, 520.0,
+                                             280.0, 330.0),))
 
 
 def test_json_round_trip_keeps_every_field():
@@ -69,10 +70,12 @@ def test_validation_rejects_unsorted_bandwidth_table():
 
 
 def test_coresident_sample_penalty_and_speedup_by_hand():
-    sample = CoresidentSample("llama-3-8b", 256, 512, 65536, 300.0, 400.0, 520.0, 280.0, 330.0)
+    sample = CoresidentSample("llama-3-8b", 256, 512, 65536, 300.0, 400.0, 520.0, 280.0,
+                              330.0)
     assert sample.overlap_penalty == pytest.approx((520 - 400) / 300)
     assert sample.speedup == pytest.approx(610 / 520)
-    assert CoresidentSample("llama-3-8b", 256, 512, 65536, 300.0, 400.0, 900.0, 1.0, 1.0).overlap_penalty == 1.0
+    worst = CoresidentSample("llama-3-8b", 256, 512, 65536, 300.0, 400.0, 900.0, 1.0, 1.0)
+    assert worst.overlap_penalty == 1.0
 
 
 def test_a_version_1_profile_loads_without_coresident_samples():
