@@ -22,6 +22,13 @@ and never counts as its mode. decode_step_targets.py computes the targets. Write
 <out>/decode_step_<gpu>.json and .md (decode_step_report.py renders and merges them).
 
 Usage: python benchmarks/decode_step.py [--out DIR] [--models llama-3-8b,llama-2-7b] [--points ...]
+       [--quick: Llama-3-8B's points whose micro-batches can overlap, no interleaved splits]
+
+Re-measuring the grid with a fresh profile on one GPU (PuLP installed there, for plan_grid.py):
+    python -m pipedecode.cli profile --quick --out P.json
+    python benchmarks/plan_grid.py --device P.json --out SCHED --extra 2048x256,768x1024
+    python benchmarks/decode_step.py --schedules SCHED --profile P.json \
+        --extra 2048x256,768x1024 --splits "" --out DIR
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from decode_step_report import BENCHMARK, markdown  # noqa: E402
 from decode_step_targets import targets  # noqa: E402
 from pipedecode.runtime.timing import time_rounds, time_us  # noqa: E402
 
+# Llama-3-8B points with two micro-batches of at least min_micro_batch_tokens (157 on the H200)
+QUICK_POINTS = ("512x512", "1024x512", "2048x256", "768x1024")
 KERNELS_NOTE = ("hybrid: cuBLAS GEMMs on the whole GPU (sequential), the partition-aware Triton "
                 "matmul on partitions (interleaved) and within the attention's budget "
                 "(co-resident); the TMA decode attention on Hopper (Triton elsewhere), Triton "
@@ -285,7 +294,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "breakdowns: auto (hybrid on CUDA), triton, cublas (diagnostic)")
     p.add_argument("--kv-eviction", default="", choices=["", "evict_first"],
                    help="L2 eviction policy of the attention's K/V loads (diagnostic)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"only Llama-3-8B at {', '.join(QUICK_POINTS)} (the grid's points "
+                        f"whose micro-batches are large enough to overlap), no splits")
     args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.points, args.splits = "llama-3-8b", ",".join(QUICK_POINTS), ""
+        args.extra = ",".join(filter(None, [args.extra, "2048x256,768x1024"]))
     args.splits = [int(s) for s in args.splits.split(",") if s]
     args.coresident_kib = [int(k) for k in args.coresident_kib.split(",") if k]
     args.micro_batches = [int(n) for n in args.micro_batches.split(",") if n]

@@ -71,3 +71,11 @@ def test_summary_names_guarded_and_unguarded_and_drops_fallbacks():
                                                 lens))
     assert sequential["planner_guarded_us"] == sequential["planner_unguarded_us"] == 100.0
     assert "planner_fallback" in sequential       # planned interleaved, ran sequential
+
+
+def test_quick_takes_the_overlapping_points_only():
+    args = decode_step.parse_args(["--quick"])
+    assert args.models == "llama-3-8b" and args.splits == []
+    assert args.points == {"512x512", "1024x512", "2048x256", "768x1024"}
+    assert set(args.extra) == {(2048, 256), (768, 1024)}
+    assert decode_step.parse_args(["--splits", ""]).splits == []
