@@ -27,13 +27,14 @@ def evaluate(result: dict) -> tuple[list[float], list[tuple]]:
     profile = load_profile(result.get("profile") or profile_name_for_gpu(result["gpu"]))
     errors, rows = [], []
     for r in result["rows"]:
-        if "interleaved_by_split" not in r:
+        runs = r.get("runs", r.get("interleaved_by_split"))    # the older results' name
+        if runs is None:
             continue
         cost = CostModel(model_shape(r["model"]), profile)
         lens = context_lens_for(r["batch"], None, MIXED[r["model"]]) \
             if isinstance(r["context"], str) else [r["context"]] * r["batch"]
         sizes = [(len(g), sum(lens[i] for i in g)) for g in balanced_groups(lens)]
-        for name, measured in r["interleaved_by_split"].items():
+        for name, measured in runs.items():
             if not name.startswith("split") or not name[5:].isdigit():
                 continue
             predicted = cost.interleaved_step_us(sizes, int(name[5:]))

@@ -24,7 +24,10 @@ def with_kv_eviction(kernels, policy: str):
     cfg = AttentionConfig(kv_eviction=policy)
 
     def attention(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
-                  context_starts=None):
+                  context_starts=None, lane=None):
+        if lane is not None and lane.coresident:
+            raise ValueError("the KV-eviction diagnostic runs the Triton attention, which does "
+                             "not co-reside; leave co-resident runs out (--coresident-kib '')")
         return kmod.decode_attention(q, k_cache, v_cache, context_lens, out=out,
                                      sm_count=sm_count, scale=scale, config=cfg,
                                      context_starts=context_starts)

@@ -60,8 +60,9 @@ def balanced_groups(lens: list[int], n: int = 2) -> list[list[int]]:
 
 
 def floors_us(shape, lens: list[int], profile, micro_batches: int = 2) -> dict[str, float]:
-    """The least time of a step (`CostModel.floor_us` of `counts.step`: weights once) and of an
-    interleaved step of `micro_batches` balanced micro-batches (each reads the weights again)."""
+    """The least time of a step (`CostModel.floor_us` of `counts.step`: weights once), of an
+    overlapped step of `micro_batches` balanced micro-batches (each reads the weights again),
+    and the sequential step's own floor (`CostModel.op_floor_us`: the sum over its ops)."""
     from pipedecode import counts
     from pipedecode.planner.cost import CostModel
 
@@ -69,4 +70,5 @@ def floors_us(shape, lens: list[int], profile, micro_batches: int = 2) -> dict[s
     halves = counts.total(counts.step(shape, len(g), sum(lens[r] for r in g))
                           for g in balanced_groups(lens, micro_batches))
     return {"roofline_floor_us": cost.roofline_floor_us(len(lens), sum(lens)),
-            "interleaved_floor_us": cost.floor_us(halves)}
+            "interleaved_floor_us": cost.floor_us(halves),
+            "op_floor_us": cost.op_floor_us(len(lens), sum(lens))}

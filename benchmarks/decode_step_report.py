@@ -3,9 +3,10 @@
     python benchmarks/decode_step_report.py RESULT.json            # print the markdown
     python benchmarks/decode_step_report.py --merge A.json B.json [--merge-hf C.json] --out DIR
 
-Owns the table (`markdown`) and merging (`merge_results`: per point, later files win; from the
---merge-hf files only the transformers columns). Knows nothing of how the numbers were measured;
-no GPU needed.
+Owns the table (`markdown`: the grid, the targets met or not from decode_step_targets.py, each
+planner schedule's reason) and merging (`merge_results`: per point, later files win; from the
+--merge-hf files only the transformers columns; the targets recomputed). Knows nothing of how
+the numbers were measured; no GPU needed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import record  # noqa: E402  (benchmarks/record.py)
 from decode_step_points import in_grid  # noqa: E402
+from decode_step_targets import lines as target_lines, targets, timed  # noqa: E402
 
 BENCHMARK = "decode_step"
 COLUMNS = ("| model | batch | context | HF eager | HF static+compile | pd sequential | "
-           "pd planner | speedup | best split | max il speedup | predicted | pred. err | "
+           "seq / own floor | pd planner | speedup | planner unguarded | co-resident (planner's "
+           "mbs) | best co-resident | best split | max overlap speedup | predicted | pred. err | "
            "floor | floor/best |")
+MODES = {"interleaved": "il", "coresident": "co", "sequential": "seq"}
 
 
 def _ms(row: dict, key: str) -> str:
@@ -34,41 +38,56 @@ def _intro(result: dict) -> str:
     return (
         f"Milliseconds per decode step (all layers, bf16, random weights), median of CUDA-event "
         f"timings of graph replays, every column of a point timed in 6 rounds, the order rotated "
-        f"each round. planner = the executor running the planner's schedule for the "
-        f"{result.get('profile', '?')} profile (mode in brackets; 'seq' means it chose "
-        f"sequential; for 'il' the time shown includes the executor's guard, which times "
-        f"interleaved against sequential at set-up and keeps the faster, and the unguarded time "
-        f"follows); pred. err = planner predicted vs the unguarded measured time of its "
-        f"schedule; best split = fastest measured interleaved run over memory partitions of "
+        f"each round. pd planner = the executor running the planner's schedule for the "
+        f"{result.get('profile', '?')} profile with the executor's guard, as a user gets it (the "
+        f"guard times an overlapped graph against sequential at set-up and keeps the faster; the "
+        f"mode it kept in brackets: il interleaved, co co-resident, seq sequential); planner "
+        f"unguarded = the same schedule in its planned mode (in brackets); speedup = pd "
+        f"sequential / pd planner; pred. err = planner predicted vs the unguarded time. "
+        f"co-resident (planner's mbs) = the planner's micro-batches run co-resident (both "
+        f"streams on every SM); best co-resident = the fastest of the co-resident runs over "
+        f"attention budgets of {result.get('coresident_kib', '?')} KiB and balanced "
+        f"micro-batches; best split = the fastest interleaved run over memory partitions of "
         f"{result.get('splits')} SMs. floor = max(FLOPs / {result['peak_tflops']:.0f} TFLOP/s, "
         f"bytes / {result['hbm_tbs']:.2f} TB/s) of the step (pipedecode.counts, weights read "
-        f"once); max il speedup = pd sequential / the floor of an interleaved step (2 "
-        f"micro-batches, each reading the weights): the most interleaving could win here. "
-        f"Kernels: {result.get('kernels', 'triton')}; (cuBLAS x) or (Triton x) after pd "
-        f"sequential: the same step with that GEMM, where measured.")
+        f"once); seq / own floor = the sequential step's own floor (the sum over its ops of "
+        f"max(FLOPs / peak, bytes / bandwidth)) / pd sequential; max overlap speedup = pd "
+        f"sequential / the floor of a step of 2 micro-batches, each reading the weights: the "
+        f"most overlapping could win here. Kernels: {result.get('kernels', 'triton')}; "
+        f"(Triton attn x), (cuBLAS x) or (Triton x) after pd sequential: the same step with "
+        f"that kernel, where measured.")
+
+
+def _with_speedup(us: float | None, seq: float, label: str = "") -> str:
+    if not us:
+        return "-"
+    return f"{us / 1000:.2f} ({label}{', ' if label else ''}{seq / us:.3f}x)"
 
 
 def _row(r: dict) -> str:
     seq = r["sequential_us"]
-    raw = r.get("planner_us", seq)
-    chosen = r.get("planner_guard_us", raw)   # with the executor's measured fallback
-    mode = {"interleaved": "il", "sequential": "seq"}.get(r.get("planner_mode"), "none")
-    if "planner_guard_us" in r:
-        mode += f", unguarded {raw / 1000:.2f}"
+    guarded, unguarded = timed(r)
+    planned = MODES.get(r.get("planner_mode"), "none")
+    kept = MODES.get(r.get("planner_guard_kept", r.get("planner_mode")), planned)
     label = "" if in_grid(r["model"], r["batch"], r["context"]) else " (extra)"
-    split = r.get("interleaved_best_split_us")
+    split, co = r.get("interleaved_best_split_us"), r.get("coresident_best_us")
     pred = r.get("planner_predicted_us")
-    err = f"{(pred - raw) / raw:+.1%}" if pred else "-"
-    best = min(seq, chosen, split or seq)
+    err = f"{(pred - unguarded) / unguarded:+.1%}" if pred and unguarded else "-"
+    best = min(x for x in (seq, guarded, split, co, r.get("coresident_planner_us")) if x)
     il_floor = max(r["roofline_floor_us"], r.get("interleaved_floor_us") or 0.0)
     variants = "".join(f" ({name} {r[key] / 1000:.2f})" for name, key in
-                       (("cuBLAS", "sequential_cublas_us"), ("Triton", "sequential_triton_us"))
+                       (("Triton attn", "sequential_triton_attention_us"),
+                        ("cuBLAS", "sequential_cublas_us"), ("Triton", "sequential_triton_us"))
                        if key in r)
-    split_cell = (f"{split / 1000:.2f} ({r['interleaved_best_split']}, {seq / split:.3f}x)"
-                  if split else "-")
+    own = f"{r['op_floor_us'] / seq:.0%}" if r.get("op_floor_us") else "-"
     cells = [r["model"], r["batch"], f"{r['context']}{label}", _ms(r, "hf_eager_us"),
-             _ms(r, "hf_compile_us"), f"{seq / 1000:.2f}{variants}",
-             f"{chosen / 1000:.2f} ({mode})", f"{seq / chosen:.3f}", split_cell,
+             _ms(r, "hf_compile_us"), f"{seq / 1000:.2f}{variants}", own,
+             f"{guarded / 1000:.2f} ({kept})" if guarded else "-",
+             f"{seq / guarded:.3f}" if guarded else "-",
+             f"{unguarded / 1000:.2f} ({planned})" if unguarded else "-",
+             _with_speedup(r.get("coresident_planner_us"), seq),
+             _with_speedup(co, seq, r.get("coresident_best", "")),
+             _with_speedup(split, seq, r.get("interleaved_best_split", "")),
              f"{seq / il_floor:.2f}", _ms(r, "planner_predicted_us"), err,
              _ms(r, "roofline_floor_us"), f"{r['roofline_floor_us'] / best:.2f}"]
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -76,14 +95,19 @@ def _row(r: dict) -> str:
 
 def markdown(result: dict) -> str:
     lines = record.heading("Decode step", result) + [_intro(result), "", COLUMNS,
-                                                      "|---" * 14 + "|"]
+                                                      "|---" * 18 + "|"]
     for r in result["rows"]:
         if r.get("skipped"):
             lines.append(f"| {r['model']} | {r['batch']} | {r['context']} | skipped: "
-                         f"{r['skipped']} |" + " |" * 10)
+                         f"{r['skipped']} |" + " |" * 14)
         else:
             lines.append(_row(r))
-    return "\n".join(lines) + "\n"
+    reasons = [f"- {r['name']}: {r['planner_reason']}" for r in result["rows"]
+               if r.get("planner_reason")]
+    lines += [""] + target_lines(result)
+    if reasons:
+        lines += ["## Why the planner chose each mode", ""] + reasons + [""]
+    return "\n".join(lines)
 
 
 def merge_results(paths: list[str], hf_paths: list[str] = ()) -> dict:
@@ -108,6 +132,7 @@ def merge_results(paths: list[str], hf_paths: list[str] = ()) -> dict:
         raise ValueError("merge_results needs at least one file of pipedecode measurements")
     result["rows"] = [r for r in merged.values() if "model" in r and "roofline_floor_us" in r
                       and ("sequential_us" in r or r.get("skipped"))]
+    result["targets"] = targets(result["rows"])
     result["merged_from"] = [os.path.basename(p) for p in paths]
     result["hf_columns_from"] = [os.path.basename(p) for p in hf_paths]
     return result

@@ -196,14 +196,18 @@ def summary(schedule, source: str) -> str:
     """A few lines: the split, the micro-batches, the predictions (with `source`, where the
     profile's numbers come from), the switch point."""
     s = schedule
-    split = (f"{s.memory_sms} memory + {s.compute_sms} compute SMs" if s.mode == "interleaved"
-             else f"no split ({s.compute_sms} SMs)")
+    split = {"interleaved": f"{s.memory_sms} memory + {s.compute_sms} compute SMs",
+             "coresident": f"both sides on all {s.compute_sms} SMs (attention within "
+                           f"{s.attention_smem_bytes // 1024} KiB per SM)"
+             }.get(s.mode, f"no split ({s.compute_sms} SMs)")
     sizes = ", ".join(f"{m.tokens} req/{m.kv_tokens} ctx" for m in s.micro_batches)
     lines = [f"{s.model.name} on {s.device}: {s.mode}, {split}",
              f"  micro-batches: {sizes}",
              f"  predicted step {s.predicted_step_us / 1e3:.3f} ms | sequential "
              f"{s.sequential_step_us / 1e3:.3f} ms | roofline floor "
              f"{s.roofline_floor_us / 1e3:.3f} ms | {speedup_words(s.speedup, source)}"]
+    if s.mode_reason:
+        lines.append(f"  why: {s.mode_reason}")
     if s.switch is not None:
         w = s.switch
         lines.append(f"  switch to prefill after {w.step} decode steps, admitting "

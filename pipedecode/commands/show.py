@@ -61,8 +61,10 @@ def _run(args: argparse.Namespace) -> int:
 def table(schedule) -> str:
     """Plain-text tables of a schedule."""
     s = schedule
-    split = f"memory {s.memory_sms} SMs | compute {s.compute_sms} SMs" if s.mode == "interleaved" \
-        else f"all {s.compute_sms} SMs"
+    split = {"interleaved": f"memory {s.memory_sms} SMs | compute {s.compute_sms} SMs",
+             "coresident": f"memory and compute streams on all {s.compute_sms} SMs, attention "
+                           f"within {s.attention_smem_bytes // 1024} KiB per SM"
+             }.get(s.mode, f"all {s.compute_sms} SMs")
     source = provenance_of(s.device)
     out = [f"schedule v{s.version}: {s.model.name} ({s.model.num_layers} layers) on {s.device} "
            f"({source}), {s.mode}, {split}, solver {s.solver or '-'}", "",
@@ -83,6 +85,8 @@ def table(schedule) -> str:
             f"sequential step  {s.sequential_step_us / 1e3:9.3f} ms  "
             f"({speedup_words(s.speedup, source)})",
             f"roofline floor   {s.roofline_floor_us / 1e3:9.3f} ms"]
+    if s.mode_reason:
+        out.append(f"why {s.mode}: {s.mode_reason}")
     if s.switch is not None:
         w = s.switch
         out += ["", f"switch to prefill after {w.step} of {w.horizon_steps} decode steps, "
@@ -102,7 +106,7 @@ def draw(schedule, path: str, layers: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lanes = ["memory", "compute", "all"] if schedule.mode == "interleaved" else ["all"]
+    lanes = ["memory", "compute", "all"] if schedule.mode != "sequential" else ["all"]
     fig, ax = plt.subplots(figsize=(12, 1.6 + 0.9 * len(lanes)), layout="constrained")
     _boxes(ax, schedule, lanes, layers)
     _phase_lines(ax, schedule, layers)
@@ -144,13 +148,13 @@ def _phase_lines(ax, schedule, layers: int) -> None:
 def _decorate(fig, ax, schedule, lanes: list[str], layers: int) -> None:
     from matplotlib.patches import Patch
 
-    labels = {"memory": f"memory\n{schedule.memory_sms} SMs",
-              "compute": f"compute\n{schedule.compute_sms} SMs",
-              "all": f"all\n{schedule.memory_sms + schedule.compute_sms} SMs"}
+    from pipedecode.planner.timeline import lane_names
+
+    labels = {lane: name.replace(" (", "\n(", 1) for lane, name in lane_names(schedule).items()}
     ax.set_yticks(range(len(lanes)), [labels[lane] for lane in lanes])
     ax.set_ylim(len(lanes) - 0.5, -0.5)
     ax.set_xlabel("time (ms, predicted; dotted lines: phases, each as long as its slower side "
-                  "after co-run slowdown and shared-HBM floor)" if schedule.mode == "interleaved"
+                  "after co-run slowdown and shared-HBM floor)" if schedule.mode != "sequential"
                   else "time (ms, predicted; dotted lines: phases)")
     shown = "prologue + first" if schedule.prologue else "first"
     ax.set_title(f"{schedule.model.name} on {schedule.device}: {schedule.mode}, {shown} "

@@ -1,10 +1,11 @@
 """The planning problem: model, device, workload, options; built and checked, never solved here.
 
 Owns `Problem`, `Bucket`, `WaitingPrompt` and `build_problem` (resolving names, bucketing requests
-by context length so the ILP stays small) and the checks every input passes before anything the
-size of the batch is allocated: the weights fit the device, the KV budget fits beside them, the
-request count is bounded by what the budget holds, contexts stay within the model's positions.
-Knows nothing of solvers.
+by context length so the ILP stays small, the overlapped modes' options: memory-partition sizes,
+the co-resident attention budgets the profile's samples price, the fewest tokens a micro-batch
+may hold) and the checks every input passes before anything the size of the batch is allocated:
+the weights fit the device, the KV budget fits beside them, the request count is bounded by what
+the budget holds, contexts stay within the model's positions. Knows nothing of solvers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from pipedecode.errors import PlanningError
 from pipedecode.models import ModelShape, check_positions, gib, max_positions, model_shape
+from pipedecode.planner import cost as _cost
+from pipedecode.profiles.latency import coresident_budgets
 from pipedecode.profiles.registry import load_profile
 from pipedecode.profiles.schema import DeviceProfile
 
@@ -69,6 +72,8 @@ class Problem:
     waiting: tuple[WaitingPrompt, ...] = ()
     horizon_steps: int = 0
     switch_cost_us: float = DEFAULT_SWITCH_COST_US
+    coresident_options: tuple[int, ...] = ()   # attention shared-memory budgets, bytes
+    min_micro_batch_tokens: int = 0            # fewest tokens per micro-batch when overlapped
 
     def __post_init__(self) -> None:
         if not self.request_ids or len(self.request_ids) != len(self.context_lens):
@@ -171,11 +176,15 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
                   max_buckets: int = DEFAULT_MAX_BUCKETS, kv_budget_bytes: int | None = None,
                   horizon_steps: int | None = None,
                   switch_cost_us: float = DEFAULT_SWITCH_COST_US,
-                  positions: int | None = None) -> Problem:
+                  positions: int | None = None, coresident_options=None,
+                  min_micro_batch_tokens: int | None = None) -> Problem:
     """A checked Problem; PlanningError (or WorkloadError) naming the first bad input.
 
     `positions`: the model's max positions; by default looked up from `model` when it is a
-    name, path or config (a bare ModelShape does not carry it, and contexts go unchecked)."""
+    name, path or config (a bare ModelShape does not carry it, and contexts go unchecked).
+    `coresident_options`: attention budgets (bytes) co-resident mode may use, default every
+    budget the profile has samples at (none: co-resident mode is not priced); `()` turns it
+    off. `min_micro_batch_tokens`: default `cost.min_micro_batch_tokens` of the profile."""
     shape, profile = resolve_model(model), load_profile(device)
     budget = kv_budget(shape, profile, kv_budget_bytes)
     if hasattr(context_lens, "__len__"):       # bound the batch before copying it
@@ -188,6 +197,11 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
     if len(set(ids)) != len(ids) or len(ids) != len(lens):
         raise PlanningError("request_ids must be distinct, one per context length")
     options = _memory_sms(profile, memory_sms_options)
+    budgets = _coresident(profile, coresident_options)
+    fewest = _cost.min_micro_batch_tokens(profile, shape.dtype_bytes) \
+        if min_micro_batch_tokens is None else int(min_micro_batch_tokens)
+    if fewest < 0:
+        raise PlanningError(f"min_micro_batch_tokens must be >= 0, got {min_micro_batch_tokens}")
     if not 2 <= num_micro_batches <= MAX_MICRO_BATCHES:
         raise PlanningError(f"num_micro_batches must be >= 2 and at most {MAX_MICRO_BATCHES}, "
                             f"got {num_micro_batches}")
@@ -203,7 +217,7 @@ def build_problem(model: ModelShape | str, device: DeviceProfile | str, context_
                         for w in waiting or ())
         problem = Problem(shape, profile, ids, lens, make_buckets(ids, lens, max_buckets),
                           num_micro_batches, options, budget, remaining, prompts,
-                          int(horizon), float(switch_cost_us))
+                          int(horizon), float(switch_cost_us), budgets, fewest)
     except (TypeError, ValueError) as exc:
         raise PlanningError(f"bad planning input: {exc}") from None
     _check_positions(problem, max_positions(model) if positions is None else positions)
@@ -221,6 +235,19 @@ def _memory_sms(profile: DeviceProfile, memory_sms_options) -> tuple[int, ...]:
     if bad:
         raise PlanningError(f"memory partition sizes {bad} are not allowed on {profile.name}; "
                             f"allowed: {profile.partition_sizes()}")
+    return options
+
+
+def _coresident(profile: DeviceProfile, coresident_options) -> tuple[int, ...]:
+    measured = coresident_budgets(profile)
+    if coresident_options is None:
+        return measured
+    options = tuple(int(b) for b in coresident_options)
+    bad = [b for b in options if b not in measured]
+    if bad:
+        raise PlanningError(f"the {profile.name} profile has no co-resident samples at "
+                            f"{bad} bytes, so those budgets cannot be priced; measured: "
+                            f"{list(measured) or 'none (pipedecode profile measures them)'}")
     return options
 
 

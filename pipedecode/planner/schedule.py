@@ -1,8 +1,9 @@
 """The Schedule: the one contract between `pipedecode plan` and the runtime, and its JSON.
 
 Owns `Schedule`, `MicroBatch`, `Slot`, `SwitchPoint`, the schema version and validation
-(every error names the field). Knows nothing of solvers or GPUs; imports no solver, so the
-runtime can load a schedule on a machine without PuLP or OR-Tools. docs/schedule-schema.md
+(every error names the field; version 1 files, which have no co-resident mode, still load).
+Knows nothing of solvers or GPUs; imports no solver, so the runtime can load a schedule on a
+machine without PuLP or OR-Tools. docs/schedule-schema.md
 documents the JSON form.
 """
 
@@ -17,10 +18,12 @@ from typing import Any
 from pipedecode.errors import ScheduleError
 from pipedecode.models import ModelShape
 
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = 2
+READS_VERSIONS = (1, 2)          # version 1: no co-resident mode, attention_smem_bytes, reason
 STAGES = ("pre_attn", "attention", "post_attn")
 PARTITIONS = ("memory", "compute", "all")
-MODES = ("interleaved", "sequential")
+MODES = ("interleaved", "coresident", "sequential")
+OVERLAPPED_MODES = ("interleaved", "coresident")
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,9 @@ class Slot:
 
 
 def interleaved_pattern(num_micro_batches: int) -> tuple[Slot, ...]:
-    """The per-layer slots of an interleaved step, unpriced: phase j runs attention of
-    micro-batch j on the memory partition beside post_attn + pre_attn of micro-batch
-    (j + 1) % n on the compute partition (the last phase's partner is already one layer on)."""
+    """The per-layer slots of an interleaved or co-resident step, unpriced: phase j runs
+    attention of micro-batch j on the memory side beside post_attn + pre_attn of micro-batch
+    (j + 1) % n on the compute side (the last phase's partner is already one layer on)."""
     n = num_micro_batches
     if n < 2:
         raise ValueError(f"an interleaved step needs two or more micro-batches, got {n}")
@@ -112,7 +115,13 @@ class SwitchPoint:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How one decode step runs: SM split, micro-batches, the slots of a layer, predictions."""
+    """How one decode step runs: SM split, micro-batches, the slots of a layer, predictions.
+
+    Modes: "interleaved" (the memory and compute sides on two SM partitions of memory_sms and
+    compute_sms SMs), "coresident" (both sides on every SM: memory_sms = compute_sms = the GPU's
+    SMs; the attention's persistent CTAs within attention_smem_bytes of shared memory each),
+    "sequential" (one micro-batch, every op on all SMs). `mode_reason` says why this mode and
+    not another (an overlapped mode not priced or refused, or the predicted times)."""
 
     model: ModelShape
     device: str
@@ -129,6 +138,8 @@ class Schedule:
     prologue: tuple[Slot, ...] = ()         # before layer 0: pre_attn(layer 0) of micro-batch 0
     epilogue: tuple[Slot, ...] = ()         # after the last layer: its post_attn of mbs 1..n-1
     solver: str = ""
+    attention_smem_bytes: int = 0           # co-resident: the attention's shared memory per CTA
+    mode_reason: str = ""
     version: int = SCHEDULE_VERSION
 
     def __post_init__(self) -> None:
@@ -138,8 +149,17 @@ class Schedule:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "sequential" and self.memory_sms != 0:
             raise ValueError("memory_sms must be 0 in sequential mode")
-        if self.mode == "interleaved" and (self.memory_sms <= 0 or len(self.micro_batches) < 2):
-            raise ValueError("interleaved mode needs memory_sms > 0 and two or more micro_batches")
+        if self.mode in OVERLAPPED_MODES and (self.memory_sms <= 0
+                                              or len(self.micro_batches) < 2):
+            raise ValueError(f"{self.mode} mode needs memory_sms > 0 and two or more "
+                             f"micro_batches")
+        if self.mode == "coresident" and (self.memory_sms != self.compute_sms
+                                          or self.attention_smem_bytes <= 0):
+            raise ValueError("coresident mode runs both sides on every SM (memory_sms == "
+                             "compute_sms, the GPU's SM count) and needs attention_smem_bytes > 0")
+        if self.mode != "coresident" and self.attention_smem_bytes != 0:
+            raise ValueError(f"attention_smem_bytes is for coresident mode; it must be 0 in "
+                             f"{self.mode} mode")
         for name in ("memory_sms", "compute_sms"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, "
@@ -161,9 +181,10 @@ class Schedule:
         self._check_slots()
 
     def _check_slots(self) -> None:
-        """Interleaved: each micro-batch runs each stage once per layer; sequential: the layer
-        has every stage. Each on the partition its mode implies."""
-        groups = [mb.index for mb in self.micro_batches] if self.mode == "interleaved" else [None]
+        """Interleaved and co-resident: each micro-batch runs each stage once per layer;
+        sequential: the layer has every stage. Each on the side its mode implies."""
+        overlapped = self.mode in OVERLAPPED_MODES
+        groups = [mb.index for mb in self.micro_batches] if overlapped else [None]
         for index in groups:
             stages = sorted(s.stage for s in self.slots if index in (None, s.micro_batch))
             if stages != sorted(STAGES):
@@ -242,10 +263,17 @@ def check_model(schedule: Schedule, model: ModelShape | str, where: str = "sched
 def _parse_schedule(data: Any, where: str) -> Schedule:
     if not isinstance(data, dict):
         raise ScheduleError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    if data.get("version") != SCHEDULE_VERSION:
+    if data.get("version") not in READS_VERSIONS:
         raise ScheduleError(f"{where}: field 'version' is {data.get('version')!r}, this "
-                            f"pipedecode reads version {SCHEDULE_VERSION}; plan again")
+                            f"pipedecode reads versions {READS_VERSIONS}; plan again")
     kwargs = _fields(Schedule, data, where)
+    if kwargs["version"] == 1:
+        if {"attention_smem_bytes", "mode_reason"} & set(kwargs) or \
+                kwargs.get("mode") == "coresident":
+            raise ScheduleError(f"{where}: a version 1 schedule has no co-resident mode, "
+                                f"attention_smem_bytes or mode_reason; set version "
+                                f"{SCHEDULE_VERSION}")
+        kwargs["version"] = SCHEDULE_VERSION
     kwargs["model"] = _build(ModelShape, kwargs["model"], f"{where}: field 'model'")
     kwargs["micro_batches"] = _build_list(MicroBatch, kwargs["micro_batches"], where,
                                           "micro_batches")

@@ -1,4 +1,5 @@
-"""A Schedule laid out in time: which op of which micro-batch runs on which partition when.
+"""A Schedule laid out in time: which op of which micro-batch runs on which partition (or, in
+co-resident mode, which stream) when.
 
 Owns the layout (phases back to back, the compute side's ops back to back inside a phase) and
 its Chrome/Perfetto trace form. Knows nothing of drawing or files; `pipedecode show` renders it.
@@ -78,12 +79,23 @@ def timeline(schedule: Schedule, layers: int | None = None) -> list[Event]:
     return events
 
 
+def lane_names(schedule: Schedule) -> dict[str, str]:
+    """What each lane is: two partitions (interleaved), two streams on every SM (co-resident),
+    or all SMs."""
+    if schedule.mode == "coresident":
+        sms = schedule.compute_sms
+        return {"memory": f"memory stream (all {sms} SMs, attention within "
+                          f"{schedule.attention_smem_bytes // 1024} KiB)",
+                "compute": f"compute stream (all {sms} SMs)", "all": f"all SMs ({sms})"}
+    return {"memory": f"memory partition ({schedule.memory_sms} SMs)",
+            "compute": f"compute partition ({schedule.compute_sms} SMs)",
+            "all": f"all SMs ({schedule.memory_sms + schedule.compute_sms})"}
+
+
 def chrome_trace(schedule: Schedule, layers: int | None = None) -> dict:
     """Chrome / Perfetto trace-event JSON: one process, one thread per partition."""
     lanes = {lane: i + 1 for i, lane in enumerate(LANES)}
-    names = {"memory": f"memory partition ({schedule.memory_sms} SMs)",
-             "compute": f"compute partition ({schedule.compute_sms} SMs)",
-             "all": f"all SMs ({schedule.memory_sms + schedule.compute_sms})"}
+    names = lane_names(schedule)
     meta = [{"ph": "M", "name": "process_name", "pid": 1,
              "args": {"name": f"pipedecode {schedule.model.name} on {schedule.device}"}}]
     meta += [{"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": names[lane]}}

@@ -1,9 +1,10 @@
 """Latency of one op on a partition of n SMs, read from a DeviceProfile.
 
-Owns the interpolation rule and the analytic model: the one model of how long a GEMM takes on a
-partition (`wave_compute_s`, the rates read from the profile), which the planner prices stages
-with and the persistent matmul's tile chooser (`runtime/kernels/tiling.py`) compares its
-candidates with. Knows nothing of models, stages or schedules: callers pass GEMM shapes and
+Owns the interpolation rule, the co-run and co-resident interference read from measured
+samples, and the analytic model: the one model of how long a GEMM takes on a partition
+(`wave_compute_s`, the rates read from the profile), which the planner prices stages with and
+the persistent matmul's tile chooser (`runtime/kernels/tiling.py`) compares its candidates
+with. Knows nothing of models, stages or schedules: callers pass GEMM shapes and
 attention sizes; FLOPs and bytes are counted in `pipedecode.counts`.
 
 Interpolation rule (the same for GEMMs and attention):
@@ -57,19 +58,40 @@ def bandwidth_bytes_per_s(profile: DeviceProfile, sm_count: float) -> float:
     return (linear ** -p + profile.hbm_bytes_per_s ** -p) ** (-1 / p)
 
 
-def _by_memory_sms(samples: list[tuple[int, float]], memory_sms: float) -> float:
-    """A co-run quantity at `memory_sms`: samples at one SM count averaged, piecewise-linear
-    between SM counts, the nearest SM count's value outside their range."""
-    by_sms: dict[int, list[float]] = {}
-    for sms, value in samples:
-        by_sms.setdefault(sms, []).append(value)
-    xs = sorted(by_sms)
-    ys = [sum(by_sms[x]) / len(by_sms[x]) for x in xs]
-    if memory_sms <= xs[0]:
+def piecewise(samples: list[tuple[float, float]], x: float) -> float:
+    """A sampled quantity at `x`: samples at one coordinate averaged, piecewise-linear between
+    coordinates, the nearest coordinate's value outside their range (co-run samples by memory
+    SMs, co-resident samples by micro-batch tokens)."""
+    by_x: dict[float, list[float]] = {}
+    for at, value in samples:
+        by_x.setdefault(at, []).append(value)
+    xs = sorted(by_x)
+    ys = [sum(by_x[v]) / len(by_x[v]) for v in xs]
+    if x <= xs[0]:
         return ys[0]
-    if memory_sms >= xs[-1]:
+    if x >= xs[-1]:
         return ys[-1]
-    return _linear(xs, ys, memory_sms)
+    return _linear(xs, ys, x)
+
+
+_by_memory_sms = piecewise
+
+
+def coresident_budgets(profile: DeviceProfile) -> tuple[int, ...]:
+    """The attention shared-memory budgets the profile's co-resident samples were measured at
+    (empty: co-resident mode cannot be priced on this profile)."""
+    return tuple(sorted({s.attention_smem_bytes for s in profile.coresident_samples}))
+
+
+def coresident_penalty(profile: DeviceProfile, smem_bytes: int, tokens: float) -> float:
+    """The measured interference of a co-resident phase (`CoresidentSample.overlap_penalty`):
+    the extra time per unit of the shorter side, piecewise-linear in the micro-batch's tokens
+    among the samples of this budget. KeyError where the profile has none of this budget."""
+    samples = [(s.tokens, s.overlap_penalty) for s in profile.coresident_samples
+               if s.attention_smem_bytes == smem_bytes]
+    if not samples:
+        raise KeyError(f"{profile.name} has no co-resident samples at {smem_bytes} bytes")
+    return piecewise(samples, tokens)
 
 
 def corun_weights(profile: DeviceProfile, memory_sms: float) -> tuple[float, float]:
@@ -84,6 +106,7 @@ def corun_weights(profile: DeviceProfile, memory_sms: float) -> tuple[float, flo
         return profile.corun_slowdown, 0.0
     return 1.0, _by_memory_sms([(s.memory_sms, s.overlap_penalty)
                                 for s in profile.corun_samples], memory_sms)
+
 
 def corun_us(profile: DeviceProfile, memory_sms: float, memory_us: float,
              compute_us: float) -> float:

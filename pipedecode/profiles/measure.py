@@ -3,7 +3,11 @@
 Owns the measurement plan (`MeasureSpec`), the facts read off a device (`DeviceFacts`), the
 `Timer` protocol of everything measured, and the table building (`build_profile`, pure: it asks
 a timer for every number, so a fake timer unit-tests it on the CPU). The GPU side of `Timer`,
-which launches the runtime's kernels on SM partitions, is `pipedecode.runtime.profile_gpu`.
+which launches the runtime's kernels on SM partitions and co-resident on two plain streams, is
+`pipedecode.runtime.profile_gpu`. The co-resident pairs are measured at the micro-batch sizes
+the decode grid's overlapped points run (two micro-batches of 256 x 512, 384 x 1024, 512 x 512
+and 1024 x 256: Llama-3-8B at batch 512 x 512, 768 x 1024, 1024 x 512, 2048 x 256), where a
+device facts' `coresident_unavailable` does not say why they cannot be.
 Knows nothing of kernels, GPUs or the planner beyond the profile schema.
 """
 
@@ -14,7 +18,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 from pipedecode.models import model_shape
-from pipedecode.profiles.schema import AttentionPoint, CorunSample, DeviceProfile, GemmPoint
+from pipedecode.profiles.schema import (AttentionPoint, CoresidentSample, CorunSample,
+                                        DeviceProfile, GemmPoint)
+
+# (tokens per micro-batch, context) of the decode grid's points with micro-batches large enough
+# for the planner to overlap (`planner.cost.min_micro_batch_tokens`)
+CORESIDENT_POINTS = ((256, 512), (384, 1024), (512, 512), (1024, 256))
 
 
 @dataclass(frozen=True)
@@ -32,12 +41,18 @@ class MeasureSpec:
     corun_model: str = "llama-3-8b"
     corun_tokens: int = 256                    # micro-batch size on each side
     corun_context: int = 1024
+    coresident_points: tuple[tuple[int, int], ...] = CORESIDENT_POINTS
+    coresident_smem_bytes: tuple[int, ...] = (64 * 1024,)   # the attention's budgets
 
     @classmethod
     def quick(cls) -> "MeasureSpec":
-        return cls(models=("llama-3-8b",), tokens=(64, 512, 2048), sm_counts=(32, 64, 96, 132),
-                   attention_batches=(64, 256), attention_contexts=(1024,),
-                   bandwidth_sm_counts=(16, 32, 64, 132), corun_memory_sms=(48, 64))
+        """The decode grid's models and micro-batch sizes on the whole GPU and one partition
+        size (interleaved mode measured slower than sequential at every grid point on the
+        H200), and the co-resident pairs."""
+        return cls(models=("llama-3-8b", "llama-2-7b"), tokens=(64, 128, 256, 512, 1024, 2048),
+                   sm_counts=(48, 132), attention_batches=(64, 256, 1024),
+                   attention_contexts=(512, 2048), bandwidth_sm_counts=(16, 32, 48, 64, 132),
+                   corun_memory_sms=(48,))
 
     def __post_init__(self) -> None:
         for name in ("models", "tokens", "sm_counts", "attention_batches", "attention_contexts",
@@ -56,6 +71,7 @@ class DeviceFacts:
     sm_granularity: int
     min_partition_sms: int
     memory_bytes: int
+    coresident_unavailable: str | None = None    # why co-resident pairs cannot be measured
 
 
 class Timer(Protocol):
@@ -67,6 +83,8 @@ class Timer(Protocol):
                      sm_count: int) -> float: ...
     def corun_us(self, memory_sms: int, compute_sms: int, model: str, tokens: int,
                  context: int) -> tuple[float, float, float]: ...
+    def coresident_us(self, model: str, tokens: int, context: int, smem_bytes: int
+                      ) -> tuple[float, float, float, float, float]: ...
     def stream_bytes_per_s(self, sm_count: int) -> float: ...
     def peak_flops_per_s(self) -> float: ...
     def copy_bytes_per_s(self) -> float: ...
@@ -108,13 +126,17 @@ def plan_steps(spec: MeasureSpec, facts: DeviceFacts) -> list[tuple]:
     for mem in spec.corun_memory_sms:
         if mem + facts.min_partition_sms <= facts.sm_count:
             steps.append(("corun", mem, facts.sm_count - mem))
+    if facts.coresident_unavailable is None:
+        steps += [("coresident", tokens, ctx, smem) for smem in spec.coresident_smem_bytes
+                  for tokens, ctx in spec.coresident_points]
     return steps
 
 
 def build_profile(facts: DeviceFacts, timer: Timer, spec: MeasureSpec,
                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> DeviceProfile:
     """Run every step of `plan_steps` through `timer` and assemble a measured DeviceProfile."""
-    found: dict[str, list] = {"gemm": [], "attention": [], "corun": [], "bandwidth": []}
+    found: dict[str, list] = {"gemm": [], "attention": [], "corun": [], "coresident": [],
+                              "bandwidth": []}
     rates: dict[str, float] = {}
     for step in progress(plan_steps(spec, facts)):
         kind, args = step[0], step[1:]
@@ -130,6 +152,9 @@ def build_profile(facts: DeviceFacts, timer: Timer, spec: MeasureSpec,
             *shape, s = args
             found[kind].append(AttentionPoint(*shape, timer.granted_sms(s),
                                               timer.attention_us(*args)))
+        elif kind == "coresident":
+            found[kind].append(CoresidentSample(spec.corun_model, *args, *timer.coresident_us(
+                spec.corun_model, *args)))
         else:
             mem, comp = args
             alone_m, alone_c, both = timer.corun_us(mem, comp, spec.corun_model, spec.corun_tokens,
@@ -149,5 +174,8 @@ def build_profile(facts: DeviceFacts, timer: Timer, spec: MeasureSpec,
         bandwidth_by_sms=tuple(bandwidth), per_sm_bytes_per_s=lowest_bw / lowest_sms,
         gemm_latency=tuple(found["gemm"]), attention_latency=tuple(found["attention"]),
         corun_slowdown=max(1.0, statistics.median(slowdowns)) if slowdowns else 1.0,
-        corun_samples=tuple(found["corun"]), launch_overhead_us=rates["launch"],
-        description=facts.description)
+        corun_samples=tuple(found["corun"]), coresident_samples=tuple(found["coresident"]),
+        launch_overhead_us=rates["launch"],
+        description=facts.description + ("" if facts.coresident_unavailable is None else
+                                         f"; no co-resident samples: "
+                                         f"{facts.coresident_unavailable}"))

@@ -1,10 +1,11 @@
 """Device profiles: what the planner and the classification pass know about a GPU.
 
 Owns the frozen `DeviceProfile` (whole-chip rates, SM partition rules, the streaming
-bandwidth a partition of n SMs reaches, latency tables, the co-run slowdown) and its
-versioned JSON form. Knows nothing of models or schedules; `analytic.py` builds profiles
-for devices not yet measured, `measure.py` builds measured ones from a timer (the GPU's is
-`runtime/profile_gpu.py`), `latency.py` reads the tables (the interpolation rule lives there).
+bandwidth a partition of n SMs reaches, latency tables, the co-run slowdown, co-resident pairs)
+and its versioned JSON form (version 1, without co-resident samples, still loads). Knows
+nothing of models or schedules; `analytic.py` builds profiles for devices not yet measured,
+`measure.py` builds measured ones from a timer (the GPU's is `runtime/profile_gpu.py`),
+`latency.py` reads the tables (the interpolation rule lives there).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from pipedecode.errors import ProfileError
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+READS_VERSIONS = (1, 2)      # version 1: no coresident_samples
 
 
 @dataclass(frozen=True)
@@ -65,16 +67,64 @@ class CorunSample:
 
         Unlike `slowdown`, it does not depend on how balanced the two sides were when measured:
         a short side beside a long one costs little, two equal sides cost the most."""
-        longer = max(self.memory_alone_us, self.compute_alone_us)
-        shorter = min(self.memory_alone_us, self.compute_alone_us)
-        if shorter <= 0:
-            return 0.0
-        # Clamped to [0, 1]: at worst the two sides take as long as one after the other.
-        return min(1.0, max(0.0, (self.together_us - longer) / shorter))
+        return _penalty(self.together_us, self.memory_alone_us, self.compute_alone_us)
+
+
+def _penalty(together_us: float, a_us: float, b_us: float) -> float:
+    """(together - max) / min of two sides' alone times, clamped to [0, 1]: the extra time per
+    unit of overlapped work (at worst the two sides take as long as one after the other)."""
+    longer, shorter = max(a_us, b_us), min(a_us, b_us)
+    if shorter <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (together_us - longer) / shorter))
+
+
+@dataclass(frozen=True)
+class CoresidentSample:
+    """One phase of co-resident mode, per decoder layer of `model` (a preset name): the
+    attention of `tokens` requests of `context_len` keys (the TMA kernel within
+    `attention_smem_bytes`, one program per SM) beside post_attn + pre_attn of another
+    `tokens`-row micro-batch (the persistent matmul within what the attention leaves), both on
+    every SM on two plain streams: each alone and together, and the same ops as sequential mode
+    runs them (the whole GPU, its default kernels)."""
+
+    model: str
+    tokens: int
+    context_len: int
+    attention_smem_bytes: int
+    attention_alone_us: float
+    compute_alone_us: float
+    together_us: float
+    attention_sequential_us: float
+    compute_sequential_us: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.model, str) and self.model):
+            raise ValueError(f"CoresidentSample.model must name a model, got {self.model!r}")
+        for name in ("tokens", "context_len", "attention_smem_bytes"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ValueError(f"CoresidentSample.{name} must be a positive integer, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("attention_alone_us", "compute_alone_us", "together_us",
+                     "attention_sequential_us", "compute_sequential_us"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"CoresidentSample.{name} must be a positive number of "
+                                 f"microseconds, got {value!r}")
+
+    @property
+    def overlap_penalty(self) -> float:
+        """(together - max(alone)) / min(alone), clamped to [0, 1], as `CorunSample`'s."""
+        return _penalty(self.together_us, self.attention_alone_us, self.compute_alone_us)
+
+    @property
+    def speedup(self) -> float:
+        """The two sides as sequential mode runs them, one after the other, over together."""
+        return (self.attention_sequential_us + self.compute_sequential_us) / self.together_us
 
 
 _TABLES = {"gemm_latency": GemmPoint, "attention_latency": AttentionPoint,
-           "corun_samples": CorunSample}
+           "corun_samples": CorunSample, "coresident_samples": CoresidentSample}
 
 
 @dataclass(frozen=True)
@@ -101,6 +151,9 @@ class DeviceProfile:
     # and answers when there are none.
     corun_slowdown: float = 1.0
     corun_samples: tuple[CorunSample, ...] = ()
+    # Co-resident phases (both sides on every SM, two plain streams): without them the planner
+    # cannot price co-resident mode and says so.
+    coresident_samples: tuple[CoresidentSample, ...] = ()
     launch_overhead_us: float = 4.0   # fixed cost per kernel in the analytic model
     description: str = ""
 
@@ -154,10 +207,13 @@ class DeviceProfile:
         """A validated profile; any problem raises ProfileError naming the field."""
         if not isinstance(data, dict):
             raise ProfileError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        if data.get("version") != PROFILE_VERSION:
+        if data.get("version") not in READS_VERSIONS:
             raise ProfileError(f"{where}: field 'version' is {data.get('version')!r}, this "
-                               f"pipedecode reads version {PROFILE_VERSION}; re-measure or "
+                               f"pipedecode reads versions {READS_VERSIONS}; re-measure or "
                                f"convert it")
+        if data["version"] == 1 and "coresident_samples" in data:
+            raise ProfileError(f"{where}: field 'coresident_samples' is not in version 1; set "
+                               f"version {PROFILE_VERSION}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields) - {"version"})
         if unknown:
@@ -194,7 +250,10 @@ def _points(rows: Any, point_cls: type, where: str) -> tuple:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or set(row) != set(names):
             raise ProfileError(f"{where}[{i}] must have exactly the keys {names}")
-        out.append(point_cls(**row))
+        try:
+            out.append(point_cls(**row))
+        except ValueError as exc:
+            raise ProfileError(f"{where}[{i}]: {exc}") from None
     return tuple(out)
 
 

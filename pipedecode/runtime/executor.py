@@ -1,10 +1,17 @@
-"""The executor: runs a Schedule's decode step, interleaved on two SM partitions or sequentially.
+"""The executor: runs a Schedule's decode step, interleaved on two SM partitions, co-resident
+on two streams sharing every SM, or sequentially.
 
 Owns `Executor`: set-up once (static buffers and KV cache through `DecodeStep`, the slot program,
-partition streams, CUDA graphs), then a cheap `run()` per step that replays the graphs (or launches
-the program). Interleaved mode puts each micro-batch's attention on the memory partition's stream
-and pre/post_attn on the compute partition's stream, with a dependency for every cross-stream edge
-(attention k after pre_attn k: `ready[k]`; post_attn k after attention k: `done[k]`).
+the two sides' streams, CUDA graphs), then a cheap `run()` per step that replays the graphs (or
+launches the program). Interleaved and co-resident mode run the same slot program: each
+micro-batch's attention on the memory side's stream and pre/post_attn on the compute side's,
+with a dependency for every cross-stream edge (attention k after pre_attn k: `ready[k]`;
+post_attn k after attention k: `done[k]`). Interleaved: the sides are two SM partitions (green
+contexts), each stage told its partition's SM count. Co-resident (`coresident.py`): two plain
+streams, every SM shared, the attention the persistent TMA kernel within the schedule's
+`attention_smem_bytes` (one program per SM) and the GEMMs the persistent Triton matmul with tiles
+within what it leaves (each stage told its `lane.Lane`); where the TMA kernel cannot run (CPU, a
+GPU other than Hopper) the executor says why and runs sequentially.
 
 Graphs (`graphs=`): "one" (the default) captures both partitions' streams as one graph, forked
 and joined by CUDA events; each kernel node keeps its stream's green context. "per_partition"
@@ -12,18 +19,25 @@ captures each partition's stream as its own graph, replayed side by side; their 
 are flags in GPU memory (`stream_flags.StreamFlags`), since an event wait in one graph cannot see
 a record in a graph launched after it. Measured on an H100 (Llama-3-8B, 32/100 SMs), the flags'
 waits make per-partition graphs 1.2-3.4% slower than one graph, hence the default. Eager launches
-use events. Sequential mode (the baseline and the fallback) runs the same kernels
-for the whole batch on one stream, one graph. Knows nothing of how a Schedule is planned: it reads
-mode, memory_sms, compute_sms and micro_batches (request_ids) and the stages' partitions.
+use events. Co-resident mode captures "one" graph the same way (both plain streams, forked and
+joined by events). Sequential mode (the baseline and the fallback) runs the same kernels
+for the whole batch on one stream, one graph. `autotune` (the guard) times the interleaved or
+co-resident graph against a sequential one and keeps the faster. Knows nothing of how a Schedule
+is planned: it reads mode, memory_sms, compute_sms, attention_smem_bytes and micro_batches
+(request_ids) and the stages' partitions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from pipedecode.errors import PartitionUnavailableError
+from pipedecode.runtime.coresident import (CoresidentStreams, CoresidentUnavailable,
+                                           open_coresident_streams)
+from pipedecode.runtime.lane import DEFAULT_ATTENTION_SMEM_BYTES, Lane
 from pipedecode.runtime.ops import KernelSet
 from pipedecode.runtime.partition_streams import PartitionStreams, open_partition_streams
 from pipedecode.runtime.program import (COMPUTE, Op, RowLayout, Slot, build_program,
@@ -34,19 +48,23 @@ from pipedecode.runtime.timing import capture, replay_together, time_us
 from pipedecode.runtime.weights import PackedWeights
 
 
-def run_op(step: DecodeStep, op: Op, layout: RowLayout, sm_count: int | None = None) -> None:
-    """Launch one stage of one micro-batch on the current stream."""
+def run_op(step: DecodeStep, op: Op, layout: RowLayout, lane: Lane | int | None = None) -> None:
+    """Launch one stage of one micro-batch on the current stream, its kernels in `lane` (an SM
+    count, or a `Lane`)."""
     rows = layout.rows(op.micro_batch)
     if op.stage in ("embed", "head"):
-        getattr(step, op.stage)(rows, sm_count)
+        getattr(step, op.stage)(rows, lane)
     else:
-        getattr(step, op.stage)(op.layer, rows, sm_count)
+        getattr(step, op.stage)(op.layer, rows, lane)
 
 
-def run_serial(step: DecodeStep, program: tuple[Slot, ...], layout: RowLayout) -> torch.Tensor:
-    """The interleaved program on the current stream in a valid serial order (a CPU dry run)."""
+def run_serial(step: DecodeStep, program: tuple[Slot, ...], layout: RowLayout,
+               lanes: dict[str, Lane] | None = None) -> torch.Tensor:
+    """The program on the current stream in a valid serial order (a CPU dry run; on a GPU with
+    `lanes` {"memory": ..., "compute": ...} the same kernels as the two streams launch)."""
+    lanes = lanes or {}
     for op in serial_order(program):
-        run_op(step, op, layout)
+        run_op(step, op, layout, lanes.get("memory" if op.stage == "attention" else "compute"))
     return step.logits
 
 
@@ -61,6 +79,7 @@ def layout_of(schedule: Any, batch_size: int) -> RowLayout:
 
 
 GRAPH_MODES = ("one", "per_partition")   # the first is the default
+OVERLAPPED = ("interleaved", "coresident")
 
 
 class Executor:
@@ -72,9 +91,10 @@ class Executor:
                  step: DecodeStep | None = None, autotune: bool = False,
                  graphs: str = GRAPH_MODES[0]) -> None:
         """`step`: share another executor's buffers and KV cache (benchmarks, A/B checks).
-        `autotune`: at the first step, time the interleaved graphs against a sequential graph of
-        the same step and keep the faster (the guard against a plan that cannot pay here).
-        `graphs`: "one" or "per_partition" (see the module docstring)."""
+        `autotune`: at the first step, time the interleaved or co-resident graphs against a
+        sequential graph of the same step and keep the faster (the guard against a plan that
+        cannot pay here). `graphs`: "one" or "per_partition" (see the module docstring;
+        co-resident mode always captures one graph)."""
         if graphs not in GRAPH_MODES:
             raise ValueError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
         self.step = step or DecodeStep(weights, batch_size, max_context, kernels=kernels)
@@ -84,6 +104,7 @@ class Executor:
         self.program = build_program(len(self.layout.bounds), self.step.num_layers)
         self.fallback_reason: str | None = None
         self.streams: PartitionStreams | None = None
+        self.coresident: CoresidentStreams | None = None
         self.placement = {"pre_attn": COMPUTE, "attention": "memory", "post_attn": COMPUTE}
         self.mode = self._choose_mode(streams)
         cuda = weights.device.type == "cuda"
@@ -95,18 +116,19 @@ class Executor:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._side_graphs: tuple | None = None      # ((graph, stream), ...) per partition
         self.flags: StreamFlags | None = None
-        self.autotune = bool(autotune and self.mode == "interleaved" and self.use_graphs)
+        self.autotune = bool(autotune and self.mode in OVERLAPPED and self.use_graphs)
         self.measured_us: dict[str, float] = {}
 
     # Set-up ---------------------------------------------------------------------------------
     def _choose_mode(self, streams: PartitionStreams | None) -> str:
         schedule = self.schedule
-        if schedule is None or getattr(schedule, "mode", "sequential") != "interleaved":
+        mode = getattr(schedule, "mode", "sequential") if schedule is not None else "sequential"
+        if mode not in OVERLAPPED:
             return "sequential"
         if len(self.layout.bounds) < 2:
             self.fallback_reason = "the schedule has fewer than two micro-batches"
             return "sequential"
-        if self.step.weights.device.type != "cuda":
+        if mode == "interleaved" and self.step.weights.device.type != "cuda":
             self.fallback_reason = "no CUDA device: SM partitions need a GPU"
             return "sequential"
         self.placement = stage_partitions(schedule)
@@ -116,35 +138,51 @@ class Executor:
                                    f"{mismatch}"
             return "sequential"
         try:
-            self.streams = streams or open_partition_streams(
-                int(schedule.memory_sms), int(schedule.compute_sms),
-                self.step.weights.device)
-        except PartitionUnavailableError as exc:
+            if mode == "coresident":
+                budget = getattr(schedule, "attention_smem_bytes", 0) or \
+                    DEFAULT_ATTENTION_SMEM_BYTES
+                self.coresident = open_coresident_streams(self.step, budget)
+            else:
+                self.streams = streams or open_partition_streams(
+                    int(schedule.memory_sms), int(schedule.compute_sms),
+                    self.step.weights.device)
+        except (PartitionUnavailableError, CoresidentUnavailable) as exc:
             self.fallback_reason = str(exc)
             return "sequential"
-        return "interleaved"
+        return mode
 
-    def _attention_side(self) -> tuple[torch.cuda.Stream, int]:
+    def _attention_side(self) -> tuple[torch.cuda.Stream, Lane]:
+        if self.coresident is not None:
+            return self.coresident.memory_stream, self.coresident.attention_lane
         s = self.streams
         if self.placement["attention"] == COMPUTE:
-            return s.compute_stream, s.compute_sms
-        return s.memory_stream, s.memory_sms
+            return s.compute_stream, Lane(s.compute_sms)
+        return s.memory_stream, Lane(s.memory_sms)
 
-    def _compute_side(self) -> tuple[torch.cuda.Stream, int]:
+    def _compute_side(self) -> tuple[torch.cuda.Stream, Lane]:
+        if self.coresident is not None:
+            return self.coresident.compute_stream, self.coresident.compute_lane
         s = self.streams
         if self.placement["attention"] == COMPUTE:
-            return s.memory_stream, s.memory_sms
-        return s.compute_stream, s.compute_sms
+            return s.memory_stream, Lane(s.memory_sms)
+        return s.compute_stream, Lane(s.compute_sms)
+
+    @property
+    def lanes(self) -> dict[str, Lane]:
+        """Where each side's kernels run ({} in sequential mode): `run_serial`'s lanes."""
+        if self.mode == "sequential":
+            return {}
+        return {"memory": self._attention_side()[1], "compute": self._compute_side()[1]}
 
     # Launch ---------------------------------------------------------------------------------
     def _launch(self) -> None:
         if self.mode == "sequential":
             self.step.run_sequential()
         else:
-            self._launch_interleaved()
+            self._launch_overlapped()
 
-    def _launch_interleaved(self) -> None:
-        """Both partitions' streams, forked from and joined to the current stream, with events."""
+    def _launch_overlapped(self) -> None:
+        """Both sides' streams, forked from and joined to the current stream, with events."""
         main = torch.cuda.current_stream()
         mem, comp = self._attention_side()[0], self._compute_side()[0]
         mem.wait_stream(main)
@@ -157,15 +195,15 @@ class Executor:
         """The program's ops of `sides` on their streams, in slot order (an event's record is
         enqueued before its wait). Attention k waits for ready[k] (pre_attn k); post_attn k waits
         for done[k] (attention k)."""
-        mem, mem_sms = self._attention_side()
-        comp, comp_sms = self._compute_side()
+        mem, mem_lane = self._attention_side()
+        comp, comp_lane = self._compute_side()
         n = len(self.layout.bounds)
         for j, slot in enumerate(self.program):
             if slot.memory is not None and "memory" in sides:
                 k = j - 1
                 with torch.cuda.stream(mem):
                     sync.wait("ready", k, mem)
-                    run_op(self.step, slot.memory, self.layout, mem_sms)
+                    run_op(self.step, slot.memory, self.layout, mem_lane)
                     sync.signal("done", k, mem)
             if "compute" not in sides:
                 continue
@@ -173,7 +211,7 @@ class Executor:
                 for op in slot.compute:
                     if op.stage == "post_attn":
                         sync.wait("done", op.layer * n + op.micro_batch, comp)
-                    run_op(self.step, op, self.layout, comp_sms)
+                    run_op(self.step, op, self.layout, comp_lane)
                     if op.stage == "pre_attn":
                         sync.signal("ready", op.layer * n + op.micro_batch, comp)
 
@@ -181,8 +219,8 @@ class Executor:
         """Warm up (Triton compiles, cuBLAS handles) and capture the step as CUDA graphs.
 
         Every kernel node keeps the green context of the stream it was captured from. "one":
-        captured from the compute partition's stream with the memory partition's stream forked
-        in by events. "per_partition": each partition's stream captured alone, with flags.
+        captured from the compute side's stream with the memory side's stream forked in by
+        events. "per_partition": each partition's stream captured alone, with flags.
         """
         if not self.use_graphs:
             return
@@ -193,7 +231,7 @@ class Executor:
             self._capture_per_partition()
             return
         graph = torch.cuda.CUDAGraph()
-        capture_stream = self._compute_side()[0] if self.mode == "interleaved" else None
+        capture_stream = self._compute_side()[0] if self.mode in OVERLAPPED else None
         with torch.cuda.graph(graph, stream=capture_stream):
             self._launch()
         torch.cuda.synchronize()
@@ -242,17 +280,17 @@ class Executor:
         return self.step.logits
 
     def _choose_by_measurement(self, replays: int = 4) -> None:
-        """Keep the interleaved graph only if it beats sequential on this GPU, inputs and batch.
-        Replays rewrite the same KV positions, so timing them moves no state."""
+        """Keep the interleaved or co-resident graph only if it beats sequential on this GPU,
+        inputs and batch. Replays rewrite the same KV positions, so timing them moves no state."""
         sequential = capture(self.step.run_sequential)
-        inter_us = time_us(self._replay, repeats=replays)
+        planned_us = time_us(self._replay, repeats=replays)
         seq_us = time_us(sequential.replay, repeats=replays)
-        self.measured_us = {"interleaved": inter_us, "sequential": seq_us}
-        if inter_us >= seq_us:
+        self.measured_us = {self.mode: planned_us, "sequential": seq_us}
+        if planned_us >= seq_us:
+            self.fallback_reason = (f"measured {self.mode} {planned_us:.0f} us >= sequential "
+                                    f"{seq_us:.0f} us for this batch on this GPU")
             self.mode, self._graph, self._side_graphs = "sequential", sequential, None
             self.graph_mode = "one"
-            self.fallback_reason = (f"measured interleaved {inter_us:.0f} us >= sequential "
-                                    f"{seq_us:.0f} us for this batch on this GPU")
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"mode": self.mode, "graphs": self.use_graphs,
@@ -263,6 +301,11 @@ class Executor:
         if self.streams is not None:
             info.update(memory_sms=self.streams.memory_sms, compute_sms=self.streams.compute_sms,
                         partition_source=self.streams.source)
+        if self.coresident is not None:
+            co = self.coresident
+            info.update(attention_smem_bytes=co.attention_smem_bytes,
+                        attention_lane=dataclasses.asdict(co.attention_lane),
+                        compute_lane=dataclasses.asdict(co.compute_lane))
         if self.measured_us:
             info["measured_us"] = self.measured_us
         if self.fallback_reason:

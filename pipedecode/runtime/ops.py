@@ -6,8 +6,12 @@ CPU runs match it), graph-capturable but for the prefill attention (no host sync
 given buffers). "triton" takes the partition-aware kernels of `pipedecode.runtime.kernels`;
 "cublas" is "triton" with torch GEMMs; "hybrid" (the CUDA default) uses cuBLAS GEMMs for
 whole-GPU calls and the Triton matmul for calls on a partition. Every op that reads or writes
-the KV cache takes an optional `block_tables` (a paged cache). Knows nothing of schedules,
-streams or micro-batches: callers pass `sm_count`.
+the KV cache takes an optional `block_tables` (a paged cache). The GEMM and attention ops take
+`sm_count` and, in co-resident mode, a `lane` (`runtime.lane.Lane`): "triton", "cublas" and
+"hybrid" then launch the persistent Triton matmul with a tile within the lane's budget
+(`tiling.choose_config(budget=)`) and the persistent TMA attention within the lane's shared
+memory, one program per SM; "torch" computes the same products wherever it is told. Knows
+nothing of schedules, streams or micro-batches: callers pass `sm_count` or a lane.
 """
 
 from __future__ import annotations
@@ -29,15 +33,15 @@ def torch_rms_norm(x, weight, eps, *, out):
     return reference.rms_norm(x, weight, eps, out=out)
 
 
-def torch_linear(x, weight, *, bias=None, out, sm_count=None):
+def torch_linear(x, weight, *, bias=None, out, sm_count=None, lane=None):
     return reference.linear(x, weight, bias=bias, out=out)
 
 
-def torch_linear_add(x, weight, *, out, scratch, sm_count=None):
+def torch_linear_add(x, weight, *, out, scratch, sm_count=None, lane=None):
     return reference.linear_add(x, weight, out=out, scratch=scratch)
 
 
-def torch_gate_up_silu(x, w_gate_up, *, scratch, out, sm_count=None):
+def torch_gate_up_silu(x, w_gate_up, *, scratch, out, sm_count=None, lane=None):
     return reference.gate_up_silu(x, w_gate_up, scratch=scratch, out=out)
 
 
@@ -48,7 +52,7 @@ def torch_rope_kv_write(q, k, v, cos, sin, k_cache, v_cache, positions, *, q_out
 
 
 def torch_decode_attention(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
-                           context_starts=None, block_tables=None):
+                           context_starts=None, block_tables=None, lane=None):
     """Masked attention over the whole cache (reads padding; the Triton kernel does not)."""
     return reference.decode_attention(q, k_cache, v_cache, context_lens, out=out, scale=scale,
                                       context_starts=context_starts, block_tables=block_tables)
@@ -63,7 +67,8 @@ def torch_prefill_attention(q, k, v, cu_seqlens, *, max_seqlen, out, scale=None,
 
 
 def cublas_linear_add(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor,
-                      scratch: torch.Tensor, sm_count: int | None = None) -> torch.Tensor:
+                      scratch: torch.Tensor, sm_count: int | None = None,
+                      lane=None) -> torch.Tensor:
     """out += x @ weight.T in one cuBLAS call (beta = 1: the residual add in the GEMM's epilogue,
     rounded once, to out's dtype). A float32 out beside bf16/fp16 x (the step's residual
     stream) takes cuBLAS's float32 output on CUDA (torch's `out_dtype`); where torch has no
@@ -97,26 +102,51 @@ TORCH_KERNELS = KernelSet("torch", rms_norm=torch_rms_norm, linear=torch_linear,
                           write_kv=torch_write_kv, prefill_attention=torch_prefill_attention)
 
 
+def coresident_gemm(lane, m: int, n: int, k: int, pair: bool = False) -> dict:
+    """The matmul's launch arguments in a lane: {} outside co-resident mode, else the Triton
+    path with the tile chosen within the lane's budget, on the lane's SMs."""
+    if lane is None or not lane.coresident:
+        return {}
+    from pipedecode.runtime.kernels.tiling import choose_config
+
+    return {"impl": "triton", "sm_count": lane.sm_count,
+            "config": choose_config(m, n, k, lane.sm_count, pair=pair, budget=lane.tile_budget)}
+
+
+def coresident_attention(lane) -> dict:
+    """The attention's launch arguments in a lane: {} outside co-resident mode, else the TMA
+    kernel within the lane's shared memory, one persistent program per SM."""
+    if lane is None or not lane.coresident:
+        return {}
+    return {"sm_count": lane.sm_count, "smem_budget_bytes": lane.smem_bytes,
+            "num_ctas": lane.sm_count}
+
+
 def triton_kernel_set() -> KernelSet:
     """The partition-aware ops of `pipedecode.runtime.kernels` (each runs its torch reference
     where Triton cannot run: no triton, or CPU tensors without the interpreter)."""
     mod = importlib.import_module("pipedecode.runtime.kernels")
 
-    def lin(x, weight, *, bias=None, out, sm_count=None):
-        return mod.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
+    def lin(x, weight, *, bias=None, out, sm_count=None, lane=None):
+        where = {"sm_count": sm_count, **coresident_gemm(lane, x.shape[0], *weight.shape)}
+        return mod.linear(x, weight, bias=bias, out=out, **where)
 
-    def lin_add(x, weight, *, out, scratch, sm_count=None):
+    def lin_add(x, weight, *, out, scratch, sm_count=None, lane=None):
         # the add in the epilogue, rounded once to out's dtype (as cuBLAS's)
-        return mod.linear(x, weight, out=out, sm_count=sm_count, accumulate=True)
+        where = {"sm_count": sm_count, **coresident_gemm(lane, x.shape[0], *weight.shape)}
+        return mod.linear(x, weight, out=out, accumulate=True, **where)
 
     def att(q, k_cache, v_cache, context_lens, *, out, sm_count=None, scale=None,
-            context_starts=None, block_tables=None):
-        return mod.decode_attention(q, k_cache, v_cache, context_lens, out=out,
-                                    sm_count=sm_count, scale=scale, context_starts=context_starts,
-                                    block_tables=block_tables)
+            context_starts=None, block_tables=None, lane=None):
+        where = {"sm_count": sm_count, **coresident_attention(lane)}
+        return mod.decode_attention(q, k_cache, v_cache, context_lens, out=out, scale=scale,
+                                    context_starts=context_starts, block_tables=block_tables,
+                                    **where)
 
-    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
-        return mod.gate_up_silu(x, w_gate_up, out=out, sm_count=sm_count)
+    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None, lane=None):
+        where = {"sm_count": sm_count, **coresident_gemm(lane, x.shape[0], w_gate_up.shape[0]
+                                                         // 2, x.shape[1], pair=True)}
+        return mod.gate_up_silu(x, w_gate_up, out=out, **where)
 
     def norm(x, weight, eps, *, out):
         return mod.rms_norm(x, weight, eps, out=out)
@@ -143,31 +173,46 @@ def cublas_kernel_set() -> KernelSet:
     fast = triton_kernel_set()
     mod = importlib.import_module("pipedecode.runtime.kernels")
 
-    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
+    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None, lane=None):
+        if lane is not None and lane.coresident:
+            return fast.gate_up_silu(x, w_gate_up, scratch=scratch, out=out, lane=lane)
         return mod.gate_up_silu(x, w_gate_up, out=out, impl="cublas", scratch=scratch)
 
+    def lin(x, weight, *, bias=None, out, sm_count=None, lane=None):
+        if lane is not None and lane.coresident:
+            return fast.linear(x, weight, bias=bias, out=out, lane=lane)
+        return torch_linear(x, weight, bias=bias, out=out)
+
+    def lin_add(x, weight, *, out, scratch, sm_count=None, lane=None):
+        if lane is not None and lane.coresident:
+            return fast.linear_add(x, weight, out=out, scratch=scratch, lane=lane)
+        return cublas_linear_add(x, weight, out=out, scratch=scratch)
+
     return dataclasses.replace(
-        fast, name="cublas", linear=torch_linear, gate_up_silu=gate_up,
-        linear_add=cublas_linear_add,
+        fast, name="cublas", linear=lin, gate_up_silu=gate_up, linear_add=lin_add,
         provided=tuple(n for n in fast.provided if n not in ("linear", "gate_up_silu")))
 
 
 def hybrid_kernel_set() -> KernelSet:
     """GEMMs through cuBLAS on the whole GPU (sm_count None: measured faster there on the H100)
-    and through the partition-aware Triton matmul on a partition; Triton for the other ops."""
+    and through the partition-aware Triton matmul on a partition and in a co-resident lane;
+    Triton for the other ops."""
     fast, blas = triton_kernel_set(), cublas_kernel_set()
 
-    def lin(x, weight, *, bias=None, out, sm_count=None):
-        pick = blas if sm_count is None else fast
-        return pick.linear(x, weight, bias=bias, out=out, sm_count=sm_count)
+    def _pick(sm_count, lane) -> KernelSet:
+        return blas if sm_count is None and (lane is None or not lane.coresident) else fast
 
-    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None):
-        pick = blas if sm_count is None else fast
-        return pick.gate_up_silu(x, w_gate_up, scratch=scratch, out=out, sm_count=sm_count)
+    def lin(x, weight, *, bias=None, out, sm_count=None, lane=None):
+        return _pick(sm_count, lane).linear(x, weight, bias=bias, out=out, sm_count=sm_count,
+                                            lane=lane)
 
-    def lin_add(x, weight, *, out, scratch, sm_count=None):
-        pick = blas if sm_count is None else fast
-        return pick.linear_add(x, weight, out=out, scratch=scratch, sm_count=sm_count)
+    def gate_up(x, w_gate_up, *, scratch, out, sm_count=None, lane=None):
+        return _pick(sm_count, lane).gate_up_silu(x, w_gate_up, scratch=scratch, out=out,
+                                                  sm_count=sm_count, lane=lane)
+
+    def lin_add(x, weight, *, out, scratch, sm_count=None, lane=None):
+        return _pick(sm_count, lane).linear_add(x, weight, out=out, scratch=scratch,
+                                                sm_count=sm_count, lane=lane)
 
     return dataclasses.replace(fast, name="hybrid", linear=lin, gate_up_silu=gate_up,
                                linear_add=lin_add)

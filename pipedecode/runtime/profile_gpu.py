@@ -3,7 +3,10 @@
 Owns `CudaTimer`: pipedecode's own kernels (GEMMs, decode attention, a streaming read, RMSNorm)
 launched on green-context partitions of the requested SM counts, each measurement one CUDA graph
 of at least `timing.MIN_CALLS` calls cycling through enough copies of its inputs that L2 cannot
-hold them, timed by `runtime.timing` (warm-up, CUDA events, median of repeats). What to measure
+hold them, timed by `runtime.timing` (warm-up, CUDA events, median of repeats). Co-resident pairs
+are a `DecodeStep`'s own stages in the lanes the executor gives them (`runtime.coresident`): one
+micro-batch's attention on one plain stream beside another's post_attn + pre_attn on a second,
+every SM shared, for CORESIDENT_LAYERS layers. What to measure
 and how the tables are built is `profiles.measure` (`MeasureSpec`, `build_profile`). Needs CUDA.
 """
 
@@ -19,6 +22,9 @@ from pipedecode.profiles.registry import gpu_key
 from pipedecode.runtime import kernels, partitions, timing
 
 
+CORESIDENT_LAYERS = 4       # layers per co-resident graph: each side runs a few milliseconds
+
+
 class CudaTimer:
     """`profiles.measure.Timer` on a CUDA GPU: the runtime's kernels on SM partitions."""
 
@@ -32,15 +38,20 @@ class CudaTimer:
         self._parts: dict[int, object] = {}
         self._pairs: dict[int, object] = {}
         self._inputs: tuple = (None, None)
+        self._weights: tuple = (None, None)     # (model, random weights) of co-resident pairs
 
     def facts(self) -> DeviceFacts:
+        from pipedecode.runtime.kernels._attention_tma import tma_attention_support
+
         smallest, step = 8, 8
         if self.support:
             part = self.partition(1)
             smallest, step = part.min_sms, part.granularity
+        ok, why = tma_attention_support(self.index)
         return DeviceFacts(gpu_key(self.props.name), f"{self.props.name}, measured by "
                            f"pipedecode profile (partitions: {self.route})", self.total, step,
-                           smallest, int(self.props.total_memory))
+                           smallest, int(self.props.total_memory),
+                           coresident_unavailable=None if ok else why)
 
     # ---- partitions and timing --------------------------------------------------------
     def partition(self, sm_count: int):
@@ -137,6 +148,60 @@ class CudaTimer:
         alone_g = self.replay_us([graph_g], 1)
         together = self.replay_us([graph_a, graph_g], 1)
         return alone_a, alone_g, together
+
+    def coresident_us(self, model, tokens, context, smem_bytes):
+        """Per decoder layer, microseconds: (attention alone, post_attn + pre_attn alone, both at
+        once) co-resident, then (attention, post_attn + pre_attn) as sequential mode runs them
+        (the whole GPU, the default kernels): micro-batch A's attention over `tokens` requests of
+        `context` keys beside micro-batch B's compute stages on `tokens` rows, one phase of the
+        executor's program, of a random-weight `model` step of CORESIDENT_LAYERS layers."""
+        from pipedecode.runtime.coresident import open_coresident_streams
+
+        step = self._coresident_step(model, tokens, context)
+        sides = open_coresident_streams(step, smem_bytes)
+        a, b, layers = slice(0, tokens), slice(tokens, 2 * tokens), range(step.num_layers)
+
+        def attention(lane):
+            return [lambda layer=layer: step.attention(layer, a, lane) for layer in layers]
+
+        def compute(lane):
+            return [lambda layer=layer: (step.post_attn(layer, b, lane),
+                                         step.pre_attn(layer, b, lane)) for layer in layers]
+
+        mem, comp, seq = sides.memory_stream, sides.compute_stream, self.partition(self.total)
+        runs = {"attention": (self.graph(attention(sides.attention_lane), mem), mem),
+                "compute": (self.graph(compute(sides.compute_lane), comp), comp),
+                "attention_seq": (self.graph(attention(None), seq.stream), seq.stream),
+                "compute_seq": (self.graph(compute(None), seq.stream), seq.stream)}
+        n = step.num_layers
+        times = [self.replay_us([runs["attention"]], n), self.replay_us([runs["compute"]], n),
+                 self.replay_us([runs["attention"], runs["compute"]], n),
+                 self.replay_us([runs["attention_seq"]], n),
+                 self.replay_us([runs["compute_seq"]], n)]
+        del runs, step
+        torch.cuda.empty_cache()
+        return tuple(times)
+
+    def _coresident_step(self, model: str, tokens: int, context: int):
+        """A DecodeStep of two micro-batches of `tokens` rows (random caches, every request at
+        `context` keys) on random CORESIDENT_LAYERS-layer weights of `model`, kept per model."""
+        from pipedecode.runtime.step import DecodeStep
+        from pipedecode.runtime.weights import random_weights
+
+        held = self._weights[1]
+        if self._weights[0] != model or held.max_positions < context + 16:
+            self._inputs = self._weights = (None, None)
+            torch.cuda.empty_cache()
+            self._weights = (model, random_weights(
+                model_shape(model), max_positions=max(4096, context + 16),
+                device=f"cuda:{self.index}", num_layers=CORESIDENT_LAYERS))
+        step = DecodeStep(self._weights[1], 2 * tokens, context + 16)
+        for cache in step.k_cache + step.v_cache:
+            cache.normal_()
+        step.set_inputs(torch.zeros(2 * tokens, dtype=torch.long, device=step.tokens.device),
+                        torch.full((2 * tokens,), context, dtype=torch.int32,
+                                   device=step.tokens.device))
+        return step
 
     def stream_bytes_per_s(self, sm_count: int) -> float:
         from pipedecode.runtime.kernels import _elementwise

@@ -1,11 +1,12 @@
-"""The order a decode step's stages run in: micro-batch layout and the interleaved slot program.
+"""The order a decode step's stages run in: micro-batch layout and the overlapped slot program.
 
 Owns `RowLayout` (the permutation that makes every micro-batch a contiguous row range of the
 static buffers) and `build_program`, which turns (micro-batches, layers, stage placement) into
 slots: in each slot one micro-batch's attention runs on the memory partition while the next
 compute group (post_attn of layer l-1 + pre_attn of layer l of another micro-batch) runs on the
-compute partition. `dependency_graph` is the program's dependency DAG (networkx): which op must
-finish before which, within a partition's stream and across the two; `serial_order` is a
+compute partition (interleaved mode), or on the two streams that share every SM (co-resident
+mode: the same program). `dependency_graph` is the program's dependency DAG (networkx): which op
+must finish before which, within a side's stream and across the two; `serial_order` is a
 topological order of it. Pure Python: knows nothing of tensors, streams or GPUs.
 """
 
@@ -194,16 +195,19 @@ def pattern_mismatch(schedule: Any) -> str | None:
 
 
 def manual_schedule(shape: Any, context_lens: Sequence[int], groups: Sequence[Sequence[int]],
-                    memory_sms: int, compute_sms: int, *, step_us: float = 1.0) -> Any:
-    """An interleaved Schedule of two or more micro-batches with a fixed SM split, not planned
-    (benchmarks, tests): the layer pattern the executor runs, in the planner's slot form (phase
-    j: attention of micro-batch j beside post_attn + pre_attn of micro-batch (j + 1) % n)."""
+                    memory_sms: int, compute_sms: int, *, step_us: float = 1.0,
+                    mode: str = "interleaved", attention_smem_bytes: int = 0) -> Any:
+    """An interleaved (or co-resident) Schedule of two or more micro-batches with a fixed SM
+    split (co-resident: memory_sms = compute_sms = the GPU's SMs, and the attention's shared
+    memory), not planned (benchmarks, tests): the layer pattern the executor runs, in the
+    planner's slot form (phase j: attention of micro-batch j beside post_attn + pre_attn of
+    micro-batch (j + 1) % n)."""
     from pipedecode.planner.schedule import MicroBatch, Schedule, interleaved_pattern
 
     mbs = tuple(MicroBatch(i, tuple(g), tuple(context_lens[r] for r in g))
                 for i, g in enumerate(groups))
     slots = interleaved_pattern(len(groups))
-    return Schedule(model=shape, device="manual", mode="interleaved", memory_sms=memory_sms,
+    return Schedule(model=shape, device="manual", mode=mode, memory_sms=memory_sms,
                     compute_sms=compute_sms, micro_batches=mbs, slots=slots,
                     predicted_step_us=step_us, sequential_step_us=step_us,
-                    roofline_floor_us=step_us)
+                    roofline_floor_us=step_us, attention_smem_bytes=attention_smem_bytes)

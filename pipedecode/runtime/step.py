@@ -13,7 +13,8 @@ attended positions. Each stage works on a contiguous row range of the batch (a m
 writes only that range of the buffers (and, paged, only the cache slots its rows' tables name),
 so two micro-batches never share a buffer and stages of different micro-batches can run on
 different streams. Knows nothing of streams, graphs or schedules: it is told which rows, which
-layer and how many SMs the kernel may plan for.
+layer and where the kernels run (a `lane.Lane`: the SMs they plan for and, co-resident, what
+each persistent CTA may hold; a bare SM count or None, the whole GPU, also do).
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ from __future__ import annotations
 import torch
 
 from pipedecode.runtime.kv_cache import PagedKVCache
+from pipedecode.runtime.lane import Lane
 from pipedecode.runtime.ops import KernelSet, kernel_set
 from pipedecode.runtime.weights import PackedWeights
 
 STAGES = ("pre_attn", "attention", "post_attn")
+
+
+def kernel_where(lane: Lane | int | None) -> dict:
+    """Where-arguments of a GEMM or attention launch: the SM count, and the lane itself in
+    co-resident mode (kernel sets that take no lane then never see one)."""
+    lane = Lane.of(lane)
+    return {"sm_count": lane.sm_count, "lane": lane} if lane.coresident else \
+        {"sm_count": lane.sm_count}
 
 
 class DecodeStep:
@@ -168,21 +178,21 @@ class DecodeStep:
             return self.k_cache[layer][rows], self.v_cache[layer][rows], {}
         return self.k_cache[layer], self.v_cache[layer], {"block_tables": self.block_tables[rows]}
 
-    # Stages. `rows` is a contiguous slice of the batch; `sm_count` is the partition's SMs.
-    def embed(self, rows: slice, sm_count: int | None = None) -> None:
+    # Stages. `rows` is a contiguous slice of the batch; `lane` where the kernels run.
+    def embed(self, rows: slice, lane: Lane | int | None = None) -> None:
         w = self.weights
         torch.index_select(w.embed, 0, self.tokens[rows], out=self.h[rows])
         self.x[rows].copy_(self.h[rows])
         torch.index_select(w.rope_cos, 0, self.rope_positions[rows], out=self.cos[rows])
         torch.index_select(w.rope_sin, 0, self.rope_positions[rows], out=self.sin[rows])
 
-    def pre_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
+    def pre_attn(self, layer: int, rows: slice, lane: Lane | int | None = None) -> None:
         """RMSNorm, fused q/k/v projection, RoPE, and the KV-cache write of this token."""
         k, lw = self.kernels, self.weights.layers[layer]
         n = rows.stop - rows.start
         k.rms_norm(self.x[rows], lw.input_norm, self.eps, out=self.h[rows])
         qkv = k.linear(self.h[rows], lw.qkv, bias=lw.qkv_bias, out=self.qkv[rows],
-                       sm_count=sm_count)
+                       **kernel_where(lane))
         q = qkv[:, :self.q_dim].view(n, self.num_heads, self.head_dim)
         key = qkv[:, self.q_dim:self.q_dim + self.kv_dim].view(n, self.num_kv_heads, self.head_dim)
         val = qkv[:, self.q_dim + self.kv_dim:].view(n, self.num_kv_heads, self.head_dim)
@@ -190,29 +200,30 @@ class DecodeStep:
         k.rope_kv_write(q, key, val, self.cos[rows], self.sin[rows], keys, values,
                         self.positions[rows], q_out=self.q[rows], **paged)
 
-    def attention(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
+    def attention(self, layer: int, rows: slice, lane: Lane | int | None = None) -> None:
         n = rows.stop - rows.start
         keys, values, extra = self._cache_args(layer, rows)
         if self.context_starts is not None:
             extra["context_starts"] = self.context_starts[rows]
         self.kernels.decode_attention(
             self.q[rows], keys, values, self.context_lens[rows],
-            out=self.attn[rows].view(n, self.num_heads, self.head_dim), sm_count=sm_count, **extra)
+            out=self.attn[rows].view(n, self.num_heads, self.head_dim), **kernel_where(lane),
+            **extra)
 
-    def post_attn(self, layer: int, rows: slice, sm_count: int | None = None) -> None:
+    def post_attn(self, layer: int, rows: slice, lane: Lane | int | None = None) -> None:
         """Output projection + residual, RMSNorm, gate/up + SiLU, down projection + residual."""
-        k, lw = self.kernels, self.weights.layers[layer]
+        k, lw, where = self.kernels, self.weights.layers[layer], kernel_where(lane)
         x, tmp = self.x[rows], self.tmp[rows]
-        k.linear_add(self.attn[rows], lw.o_proj, out=x, scratch=tmp, sm_count=sm_count)
+        k.linear_add(self.attn[rows], lw.o_proj, out=x, scratch=tmp, **where)
         k.rms_norm(x, lw.post_norm, self.eps, out=self.h[rows])
         k.gate_up_silu(self.h[rows], lw.gate_up, scratch=self.gate_up[rows],
-                       out=self.act[rows], sm_count=sm_count)
-        k.linear_add(self.act[rows], lw.down, out=x, scratch=tmp, sm_count=sm_count)
+                       out=self.act[rows], **where)
+        k.linear_add(self.act[rows], lw.down, out=x, scratch=tmp, **where)
 
-    def head(self, rows: slice, sm_count: int | None = None) -> None:
+    def head(self, rows: slice, lane: Lane | int | None = None) -> None:
         w = self.weights
         self.kernels.rms_norm(self.x[rows], w.final_norm, self.eps, out=self.h[rows])
-        self.kernels.linear(self.h[rows], w.lm_head, out=self.logits[rows], sm_count=sm_count)
+        self.kernels.linear(self.h[rows], w.lm_head, out=self.logits[rows], **kernel_where(lane))
 
     def run_sequential(self) -> torch.Tensor:
         """Every stage of the whole batch in order on the current stream; returns the logits."""

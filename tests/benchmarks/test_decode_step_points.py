@@ -40,5 +40,7 @@ def test_floors_are_the_cost_model_floors():
     # two micro-batches read the weights twice: memory-bound at 64 tokens, about twice the floor
     assert floors["interleaved_floor_us"] == pytest.approx(1.9 * floors["roofline_floor_us"],
                                                            rel=0.1)
+    assert floors["op_floor_us"] == CostModel(LLAMA3, profile).op_floor_us(64, 64 * 512)
+    assert floors["op_floor_us"] >= floors["roofline_floor_us"]
     groups = points.balanced_groups([5, 1, 4, 2], 2)
     assert sorted(len(g) for g in groups) == [2, 2] and sorted(sum(groups, [])) == [0, 1, 2, 3]

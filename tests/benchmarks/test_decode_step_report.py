@@ -12,9 +12,12 @@ RESULT = {"gpu": "NVIDIA H200", "gpu_key": "h200", "date": "2030-01-02T03:04+00:
           "kernels": "hybrid",
           "rows": [{"model": "llama-3-8b", "batch": 64, "context": 512, "kv_tokens": 32768,
                     "name": "llama-3-8b_b64_c512", "roofline_floor_us": 4000.0,
-                    "interleaved_floor_us": 8000.0, "sequential_us": 10000.0,
-                    "planner_us": 9000.0, "planner_guard_us": 9500.0,
-                    "planner_mode": "interleaved", "planner_predicted_us": 9900.0,
+                    "interleaved_floor_us": 8000.0, "op_floor_us": 8800.0,
+                    "sequential_us": 10000.0, "planner_unguarded_us": 9000.0,
+                    "planner_guarded_us": 9500.0, "planner_guard_kept": "coresident",
+                    "planner_mode": "coresident", "planner_predicted_us": 9900.0,
+                    "planner_reason": "coresident: predicted 9.90 ms, sequential 10.40 ms",
+                    "coresident_best": "co64", "coresident_best_us": 8000.0,
                     "interleaved_best_split": "split48", "interleaved_best_split_us": 8500.0,
                     "hf_eager_us": 30000.0},
                    {"model": "llama-3-8b", "batch": 1000, "context": 700, "kv_tokens": 700000,
@@ -41,12 +44,29 @@ def test_markdown_names_gpu_date_commit_and_nothing_of_runs():
 def test_a_measured_row_shows_times_ratios_and_floors():
     cells = _cells(report.markdown(RESULT), "| llama-3-8b | 64 |")
     assert cells[3:6] == ["30.00", "-", "10.00"]                 # HF eager, compile, sequential
-    assert cells[6] == "9.50 (il, unguarded 9.00)"
-    assert cells[7] == f"{10000 / 9500:.3f}"
-    assert cells[8] == "8.50 (split48, 1.176x)"
-    assert cells[9] == "1.25"                                    # 10 ms / the 8 ms il floor
-    assert cells[11] == f"{(9900 - 9000) / 9000:+.1%}"
-    assert cells[12:] == ["4.00", f"{4000 / 8500:.2f}"]
+    assert cells[6] == "88%"                                     # own floor 8.8 ms / 10 ms
+    assert cells[7:10] == ["9.50 (co)", f"{10000 / 9500:.3f}", "9.00 (co)"]
+    assert cells[10:13] == ["-", "8.00 (co64, 1.250x)", "8.50 (split48, 1.176x)"]
+    assert cells[13] == "1.25"                                   # 10 ms / the 8 ms il floor
+    assert cells[15] == f"{(9900 - 9000) / 9000:+.1%}"
+    assert cells[16:] == ["4.00", f"{4000 / 8000:.2f}"]
+
+
+def test_results_that_named_the_planner_times_before_still_render():
+    old = dict(RESULT["rows"][0], planner_mode="interleaved")
+    for key in ("planner_unguarded_us", "planner_guarded_us", "planner_guard_kept"):
+        old.pop(key)
+    old.update(planner_us=9000.0, planner_guard_us=9500.0)
+    cells = _cells(report.markdown(dict(RESULT, rows=[old])), "| llama-3-8b | 64 |")
+    assert cells[7:10] == ["9.50 (il)", f"{10000 / 9500:.3f}", "9.00 (il)"]
+
+
+def test_the_markdown_reports_each_target_and_each_reason():
+    md = report.markdown(RESULT)
+    assert "## Targets (2 measured points)" in md
+    assert "at the best point: 1.053x at llama-3-8b_b64_c512: **not met**" in md
+    assert "worst 88.0% at llama-3-8b_b64_c512: **met**" in md
+    assert "- llama-3-8b_b64_c512: coresident: predicted 9.90 ms" in md
 
 
 def test_skipped_and_extra_points():

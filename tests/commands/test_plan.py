@@ -101,9 +101,12 @@ def test_a_failed_plan_keeps_the_previous_file(tmp_path, capsys):
 def test_predictions_say_whether_the_profile_was_measured(tmp_path, capsys, device, source):
     assert main(["plan", "--model", "llama-3-8b", "--device", device, "--batch", "256",
                  "--context", "1024", "--out", str(tmp_path / "s.json")]) == 0
-    predicted = [line for line in capsys.readouterr().out.splitlines() if "predicted" in line]
+    lines = capsys.readouterr().out.splitlines()
+    predicted = [line for line in lines if "predicted step" in line]
     assert len(predicted) == 1 and predicted[0].endswith(source)
     assert "faster than sequential" in predicted[0]
+    (why,) = [line for line in lines if line.startswith("  why: ")]
+    assert why.startswith("  why: sequential: predicted")      # 128-request micro-batches
 
 
 def test_the_installed_script_runs_plan(tmp_path):

@@ -69,3 +69,25 @@ def test_one_bad_output_path_leaves_no_file_at_all(schedule_file, tmp_path, caps
 def test_bad_layer_count_is_refused_before_reading(schedule_file, capsys):
     assert main(["show", str(schedule_file), "--layers", "0"]) == 2
     assert "--layers must be positive" in capsys.readouterr().err
+
+
+def test_show_draws_a_coresident_schedule_on_both_streams(tmp_path, capsys):
+    import dataclasses
+
+    from pipedecode.models import model_shape
+    from pipedecode.planner.schedule import Schedule
+    from pipedecode.runtime.program import manual_schedule
+
+    base = manual_schedule(model_shape("llama-3-8b"), [512] * 4, [[0, 2], [1, 3]], 132, 132,
+                           mode="coresident", attention_smem_bytes=65536, step_us=900.0)
+    slots = tuple(dataclasses.replace(s, predicted_us=10.0) for s in base.slots)
+    schedule = Schedule(**{**base.__dict__, "slots": slots, "phase_us": (12.0, 12.0),
+                           "mode_reason": "coresident: predicted faster"})
+    path, png = tmp_path / "co.json", tmp_path / "co.png"
+    path.write_text(schedule.to_json())
+    assert main(["show", str(path), "--png", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "coresident, memory and compute streams on all 132 SMs, attention within 64 KiB" \
+        in text.splitlines()[0]
+    assert "why coresident: coresident: predicted faster" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,12 +9,12 @@ from pipedecode.profiles.analytic import BUILTIN
 
 
 def test_interleaved_plan_is_consistent(llama8b):
-    schedule = plan(llama8b, BUILTIN["h200"], [512] * 192 + [2048] * 64)
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 384 + [2048] * 128)
     assert schedule.mode == "interleaved"
     assert schedule.memory_sms + schedule.compute_sms == 132
     assert schedule.memory_sms in BUILTIN["h200"].partition_sizes()
     ids = sorted(i for m in schedule.micro_batches for i in m.request_ids)
-    assert ids == list(range(256))
+    assert ids == list(range(512))
     assert schedule.roofline_floor_us < schedule.predicted_step_us < schedule.sequential_step_us
     # phase j: attention of j on the memory partition beside post/pre_attn of j-1
     phase0 = [(s.stage, s.micro_batch, s.partition) for s in schedule.slots if s.phase == 0]
@@ -25,7 +25,8 @@ def test_interleaved_plan_is_consistent(llama8b):
 
 
 def test_three_micro_batches_cycle(llama8b):
-    schedule = plan(llama8b, BUILTIN["h200"], [512] * 288 + [2048] * 96, num_micro_batches=3)
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 432 + [2048] * 144,
+                    num_micro_batches=3)
     assert schedule.mode == "interleaved" and len(schedule.micro_batches) == 3
     # phase j: attention of j beside post/pre_attn of (j + 1) % 3, as the executor runs it
     pairs = [(s.phase, s.micro_batch, s.layer_offset) for s in schedule.slots
@@ -40,7 +41,7 @@ def test_three_micro_batches_cycle(llama8b):
 def test_the_runtime_accepts_the_slot_pattern(llama8b, micro_batches):
     from pipedecode.runtime.program import pattern_mismatch, stage_partitions
 
-    schedule = plan(llama8b, BUILTIN["h200"], [512] * 288 + [2048] * 96,
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 432 + [2048] * 144,
                     num_micro_batches=micro_batches)
     assert schedule.mode == "interleaved"
     assert pattern_mismatch(schedule) is None
@@ -60,7 +61,7 @@ def test_never_slower_than_sequential(llama8b):
 
 def test_a_big_corun_slowdown_forces_sequential(llama8b):
     slow = DeviceProfile(**{**BUILTIN["h200"].__dict__, "corun_slowdown": 3.0})
-    schedule = plan(llama8b, slow, [512] * 192 + [2048] * 64)
+    schedule = plan(llama8b, slow, [512] * 384 + [2048] * 128)   # interleaved on BUILTIN h200
     assert schedule.mode == "sequential" and schedule.memory_sms == 0
     assert schedule.compute_sms == 132 and len(schedule.micro_batches) == 1
     assert schedule.predicted_step_us == schedule.sequential_step_us
@@ -73,7 +74,7 @@ def test_same_input_same_output(llama8b):
 
 
 def test_both_solvers_give_equally_good_schedules(llama8b):
-    contexts = [512] * 192 + [2048] * 64
+    contexts = [512] * 384 + [2048] * 128
     a = plan(llama8b, BUILTIN["h200"], contexts)
     b = plan(llama8b, BUILTIN["h200"], contexts, solver="ortools")
     # the ILP optimum is shared (test_ilp); its ties may be broken differently, and the exact
@@ -90,3 +91,53 @@ def test_kv_cache_that_does_not_fit_is_a_planning_error(llama8b):
 def test_round_trip_of_a_planned_schedule(llama8b):
     schedule = plan(llama8b, BUILTIN["h100"], [300, 900, 2000, 4000] * 32)
     assert Schedule.from_json(schedule.to_json()) == schedule
+
+
+# ---- co-resident mode: synthetic profiles with hand-made samples (conftest) ------------------
+def test_coresident_is_chosen_where_its_samples_say_it_is_faster(llama8b, coresident_profile):
+    from pipedecode.runtime.program import pattern_mismatch
+
+    profile = coresident_profile(0.1)
+    schedule = plan(llama8b, profile, [512] * 1024, memory_sms_options=())
+    assert schedule.mode == "coresident" and schedule.attention_smem_bytes == 65536
+    assert schedule.memory_sms == schedule.compute_sms == 132
+    assert schedule.predicted_step_us < schedule.sequential_step_us
+    assert schedule.mode_reason.startswith("coresident (attention within 64 KiB per SM)")
+    assert pattern_mismatch(schedule) is None
+    assert Schedule.from_json(schedule.to_json()) == schedule
+    # against interleaved on the same profile, the faster prediction wins
+    both = plan(llama8b, profile, [512] * 1024)
+    assert both.mode == "coresident" and both.predicted_step_us <= schedule.predicted_step_us
+
+
+def test_coresident_is_not_chosen_where_its_samples_say_it_is_slower(llama8b, coresident_profile):
+    profile = coresident_profile(1.0, speed=1.3)
+    schedule = plan(llama8b, profile, [512] * 1024, memory_sms_options=())
+    assert schedule.mode == "sequential"
+    assert "no overlapped mode is predicted faster" in schedule.mode_reason
+
+
+def test_without_samples_coresident_cannot_be_priced_and_the_schedule_says_so(llama8b):
+    schedule = plan(llama8b, BUILTIN["h200"], [512] * 1024, memory_sms_options=())
+    assert schedule.mode == "sequential"
+    assert "coresident not priced: the h200 profile has no co-resident samples" in \
+        schedule.mode_reason
+    with pytest.raises(PlanningError, match="no co-resident samples at"):
+        build_problem(llama8b, BUILTIN["h200"], [512] * 8, coresident_options=(65536,))
+
+
+def test_micro_batches_too_small_to_stay_compute_bound_are_refused(llama8b, coresident_profile):
+    from pipedecode.planner.cost import CostModel, min_micro_batch_tokens
+    from pipedecode.planner.ilp import build_split_lp
+
+    profile = coresident_profile(0.0)
+    fewest = min_micro_batch_tokens(profile)
+    assert fewest == 180                           # 2 x 790 TFLOP/s / (4.39 TB/s x 2 bytes)
+    small = plan(llama8b, profile, [512] * (2 * fewest - 2))
+    assert small.mode == "sequential"
+    assert f"fewer than {fewest}" in small.mode_reason and "compute_bound" in small.mode_reason
+    problem = build_problem(llama8b, profile, [512] * 400, memory_sms_options=(48,))
+    names = {c.name for c in build_split_lp(problem, CostModel(llama8b, profile)).constraints}
+    assert {"compute_bound_mb0_co65536", "compute_bound_mb1_s48"} <= names
+    big = plan(llama8b, profile, [512] * (2 * fewest + 2), memory_sms_options=())
+    assert big.mode == "coresident" and min(mb.tokens for mb in big.micro_batches) >= fewest

@@ -10,8 +10,8 @@ from pipedecode.profiles.analytic import BUILTIN
 
 @pytest.fixture(scope="module")
 def schedule(llama8b) -> Schedule:
-    s = plan(llama8b, BUILTIN["h200"], [512] * 192 + [2048] * 64,
-             remaining_output_lens=[50] * 128 + [300] * 128, waiting=[(512, 100)] * 16)
+    s = plan(llama8b, BUILTIN["h200"], [512] * 384 + [2048] * 128,
+             remaining_output_lens=[50] * 256 + [300] * 256, waiting=[(512, 100)] * 16)
     assert s.mode == "interleaved" and s.switch is not None
     return s
 
@@ -22,7 +22,7 @@ def test_round_trip_through_a_file(schedule, tmp_path):
     again = load_schedule(path)
     assert again == schedule
     assert isinstance(again.switch, SwitchPoint) and isinstance(again.slots[0], Slot)
-    assert json.loads(schedule.to_json())["version"] == 1
+    assert json.loads(schedule.to_json())["version"] == 2
 
 
 def _broken(schedule, tmp_path, mutate):
@@ -34,7 +34,8 @@ def _broken(schedule, tmp_path, mutate):
 
 
 @pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.update(version=2), "'version'"),
+    (lambda d: d.update(version=99), "'version'"),
+    (lambda d: d.update(version=1), "version 1 schedule"),      # it has mode_reason
     (lambda d: d.pop("slots"), "'slots'"),
     (lambda d: d.update(extra=1), "'extra'"),
     (lambda d: d["micro_batches"][0].pop("request_ids"), r"micro_batches\[0\]"),
@@ -113,3 +114,45 @@ def test_interleaved_pattern_runs_each_stage_once_per_micro_batch(n):
         [("post_attn", 0), ("pre_attn", 1)]
     with pytest.raises(ValueError, match="two or more"):
         interleaved_pattern(1)
+
+
+def _coresident(model, **changes):
+    from pipedecode.runtime.program import manual_schedule
+
+    base = manual_schedule(model, [512] * 4, [[0, 2], [1, 3]], 132, 132, mode="coresident",
+                           attention_smem_bytes=65536)
+    return Schedule(**{**base.__dict__, "mode_reason": "coresident: predicted faster",
+                       **changes})
+
+
+def test_a_coresident_schedule_round_trips_and_keeps_its_budget(schedule, tmp_path):
+    co = _coresident(schedule.model)
+    path = tmp_path / "co.json"
+    path.write_text(co.to_json())
+    again = load_schedule(path)
+    assert again == co and again.mode == "coresident" and again.attention_smem_bytes == 65536
+    assert json.loads(co.to_json())["mode_reason"] == "coresident: predicted faster"
+
+
+def test_coresident_invariants(schedule):
+    with pytest.raises(ValueError, match="every SM"):
+        _coresident(schedule.model, compute_sms=100)
+    with pytest.raises(ValueError, match="every SM"):
+        _coresident(schedule.model, attention_smem_bytes=0)
+    with pytest.raises(ValueError, match="attention_smem_bytes is for coresident"):
+        Schedule(**{**schedule.__dict__, "attention_smem_bytes": 4096})
+
+
+def test_a_version_1_file_still_loads_and_may_not_claim_coresident(tmp_path):
+    import glob
+    import os
+
+    shipped = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks",
+                                            "results", "decode_step_schedules_h200", "*.json")))
+    data = json.loads(open(shipped[0]).read())
+    assert data["version"] == 1 and "mode_reason" not in data
+    old = Schedule.from_dict(data)
+    assert old.version == 2 and old.mode_reason == "" and old.attention_smem_bytes == 0
+    data["mode"] = "coresident"
+    with pytest.raises(ScheduleError, match="version 1 schedule has no co-resident"):
+        Schedule.from_dict(data)

@@ -7,10 +7,13 @@ from pipedecode.planner.timeline import chrome_trace, timeline
 from pipedecode.profiles.analytic import BUILTIN
 
 
-@pytest.fixture(scope="module", params=["interleaved", "sequential"])
-def schedule(request, llama8b):
-    contexts = [512] * 192 + [2048] * 64 if request.param == "interleaved" else [512] * 4
-    s = plan(llama8b, BUILTIN["h200"], contexts)
+@pytest.fixture(scope="module", params=["interleaved", "coresident", "sequential"])
+def schedule(request, llama8b, coresident_profile):
+    contexts = [512] * 384 + [2048] * 128 if request.param != "sequential" else [512] * 4
+    if request.param == "coresident":
+        s = plan(llama8b, coresident_profile(0.1), [512] * 1024, memory_sms_options=())
+    else:
+        s = plan(llama8b, BUILTIN["h200"], contexts)
     assert s.mode == request.param
     return s
 
@@ -52,3 +55,11 @@ def test_chrome_trace_is_trace_event_json(schedule):
     assert {e["tid"] for e in spans} <= {1, 2, 3}
     assert any(e["ph"] == "M" and e["name"] == "thread_name" for e in trace["traceEvents"])
 
+
+
+def test_coresident_lanes_name_both_streams_on_every_sm(llama8b, coresident_profile):
+    s = plan(llama8b, coresident_profile(0.1), [512] * 1024, memory_sms_options=())
+    names = {e["args"]["name"] for e in chrome_trace(s)["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {"memory stream (all 132 SMs, attention within 64 KiB)",
+                     "compute stream (all 132 SMs)", "all SMs (132)"}

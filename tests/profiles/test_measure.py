@@ -8,7 +8,9 @@ from pipedecode.profiles.schema import DeviceProfile
 FACTS = measure.DeviceFacts("fakegpu", "a fake GPU", 132, 8, 8, 80 * 2 ** 30)
 SPEC = measure.MeasureSpec(models=("llama-3-8b",), tokens=(64, 512), sm_counts=(30, 64, 200),
                            attention_batches=(8,), attention_contexts=(256,),
-                           bandwidth_sm_counts=(16, 132), corun_memory_sms=(48, 128))
+                           bandwidth_sm_counts=(16, 132), corun_memory_sms=(48, 128),
+                           coresident_points=((256, 512), (512, 256)),
+                           coresident_smem_bytes=(49152, 65536))
 
 
 class FakeTimer:
@@ -29,6 +31,11 @@ class FakeTimer:
 
     def corun_us(self, memory_sms, compute_sms, model, tokens, context):
         return 100.0, 80.0, 150.0
+
+    def coresident_us(self, model, tokens, context, smem_bytes):
+        self.calls.append(("coresident", model, tokens, context, smem_bytes))
+        attention = tokens * context / 1000.0
+        return attention, 2.0 * tokens, 1.5 * tokens + attention, attention * 0.9, 1.5 * tokens
 
     def stream_bytes_per_s(self, sms):
         return min(3.0e12, 75e9 * self.granted_sms(sms))
@@ -88,3 +95,31 @@ def test_attention_steps_skip_caches_over_the_byte_cap():
 def test_spec_must_measure_something():
     with pytest.raises(ValueError):
         measure.MeasureSpec(tokens=())
+
+
+def test_coresident_pairs_are_measured_at_each_point_and_budget():
+    timer = FakeTimer()
+    profile = measure.build_profile(FACTS, timer, SPEC)
+    assert [c[1:] for c in timer.calls if c[0] == "coresident"] == [
+        ("llama-3-8b", 256, 512, 49152), ("llama-3-8b", 512, 256, 49152),
+        ("llama-3-8b", 256, 512, 65536), ("llama-3-8b", 512, 256, 65536)]
+    first = profile.coresident_samples[0]
+    assert (first.tokens, first.context_len, first.attention_smem_bytes) == (256, 512, 49152)
+    assert (first.attention_alone_us, first.compute_alone_us, first.together_us) == \
+        (131.072, 512.0, 384 + 131.072)
+    assert first.attention_sequential_us == pytest.approx(0.9 * 131.072)
+
+
+def test_a_gpu_that_cannot_run_coresident_mode_gets_no_samples_and_says_why():
+    import dataclasses
+
+    facts = dataclasses.replace(FACTS, coresident_unavailable="not a Hopper GPU")
+    timer = FakeTimer()
+    profile = measure.build_profile(facts, timer, SPEC)
+    assert profile.coresident_samples == () and "not a Hopper GPU" in profile.description
+    assert not [c for c in timer.calls if c[0] == "coresident"]
+
+
+def test_the_default_points_are_the_grids_overlapped_micro_batches():
+    assert measure.MeasureSpec().coresident_points == measure.MeasureSpec.quick().coresident_points
+    assert min(t for t, _ in measure.CORESIDENT_POINTS) >= 157   # the H200's fewest (cost.py)

@@ -87,6 +87,76 @@ def test_interleaved_schedule_falls_back_to_sequential_without_partitions():
         assert result.tokens[i].tolist() == _hf_greedy(model, prompt, 3)[0].tolist()
 
 
+def _coresident(preset, lens, groups, budget=64 * 1024):
+    return manual_schedule(model_shape(preset), lens, groups, 132, 132, mode="coresident",
+                           attention_smem_bytes=budget)
+
+
+def test_coresident_schedule_is_refused_on_cpu_with_the_reason_and_runs_sequential():
+    model = build_model("tiny-llama", seed=3)
+    lens = [4, 4, 4]
+    executor = Executor(pack_hf_model(model), 3, max_context=16,
+                        schedule=_coresident("tiny-llama", lens, [[0, 2], [1]]))
+    assert executor.mode == "sequential" and executor.coresident is None
+    assert "no CUDA device" in executor.fallback_reason
+    assert "TMA" in executor.describe()["fallback_reason"]
+    prompts = _prompts(lens, seed=7)
+    result = generate(executor, prompts, 3)
+    for i, prompt in enumerate(prompts):
+        assert result.tokens[i].tolist() == _hf_greedy(model, prompt, 3)[0].tolist()
+    with pytest.raises(ValueError, match="two or more"):      # the schedule itself refuses one
+        _coresident("tiny-llama", lens, [[0, 1, 2]])
+
+
+class _Recorder:
+    """EventSync's interface, recording each record and wait in the order they are enqueued."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def signal(self, kind, k, stream):
+        self.log.append(("signal", kind, k))
+
+    def wait(self, kind, k, stream):
+        self.log.append(("wait", kind, k))
+
+
+@pytest.mark.parametrize("groups", [[[0, 2], [1, 3]], [[0], [2, 3], [1]]])
+def test_coresident_issue_order_is_a_topological_order_of_the_slot_dag(groups, monkeypatch):
+    """The co-resident path issues the slot program's ops (each in its side's lane) in an order
+    that respects every edge of the program's DAG, each wait after the record it waits for."""
+    import networkx as nx
+
+    from pipedecode.runtime import executor as ex_module
+    from pipedecode.runtime.coresident import CoresidentStreams
+    from pipedecode.runtime.lane import coresident_lanes
+    from pipedecode.runtime.program import build_program, dependency_graph
+
+    model = build_model("tiny-llama", seed=6)
+    ex = Executor(pack_hf_model(model), 4, max_context=16,
+                  schedule=_coresident("tiny-llama", [5] * 4, groups))
+    assert ex.program == build_program(len(groups), model.config.num_hidden_layers)
+    attention, compute = coresident_lanes(132, 64 * 1024, 128, 4)
+    ex.coresident, ex.mode = CoresidentStreams(None, None, attention, compute, 65536), "coresident"
+    assert ex.lanes == {"memory": attention, "compute": compute}
+    log = []
+    monkeypatch.setattr(ex_module, "run_op",
+                        lambda step, op, layout, lane: log.append(("op", op, lane)))
+    ex._issue(_Recorder(log), ("memory", "compute"))
+    ops = [entry[1] for entry in log if entry[0] == "op"]
+    graph = dependency_graph(ex.program)
+    assert sorted(ops, key=str) == sorted(graph.nodes, key=str)
+    position = {op: i for i, op in enumerate(ops)}
+    assert all(position[u] < position[v] for u, v in graph.edges)
+    assert nx.is_directed_acyclic_graph(graph)
+    for entry in log:
+        if entry[0] == "op":
+            assert entry[2] == (attention if entry[1].stage == "attention" else compute)
+    for i, entry in enumerate(log):
+        if entry[0] == "wait":
+            assert ("signal", entry[1], entry[2]) in log[:i]
+
+
 def test_sequential_schedule_and_wrong_batch_are_handled():
     model = build_model("tiny-llama", seed=4)
     executor = Executor(pack_hf_model(model), 2, max_context=16,
@@ -135,3 +205,76 @@ def test_gpu_interleaved_graph_matches_sequential(groups, graphs):
     if graphs == "per_partition":
         assert inter_exec.flags is not None and int(inter_exec.flags.values.abs().sum()) == 0
     assert torch.equal(seq.tokens, inter.tokens)
+
+
+def _llama3_two_layers():
+    """Llama-3-8B's shape with 2 layers, random bf16 weights on the GPU."""
+    import dataclasses
+
+    from pipedecode.runtime.weights import random_weights
+
+    shape = dataclasses.replace(model_shape("llama-3-8b"), num_layers=2)
+    return random_weights(shape, max_positions=1100, device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("micro_batches", [2, 3])
+def test_gpu_coresident_matches_its_serial_order_bitwise_and_sequential_closely(micro_batches):
+    """Llama-3-8B (2 layers, random bf16 weights), 384 requests of 300-1000 keys, co-resident.
+
+    Bitwise: the co-resident graph against the same program run on one stream with the same
+    lanes (`run_serial`): the same kernels, tiles and rows, so only the two streams' overlap
+    differs. Against sequential (cuBLAS GEMMs, the TMA attention without a budget): not bitwise,
+    since the GEMMs' tiles and the attention's splits sum in another order, so the logits within
+    3% of their largest magnitude and the greedy tokens equal wherever the sequential top two
+    logits are more than that apart. Graph replays repeat the step exactly."""
+    from pipedecode.runtime.executor import run_serial
+    from pipedecode.runtime.step import DecodeStep
+
+    weights = _llama3_two_layers()
+    gen = torch.Generator().manual_seed(0)
+    lens = [int(x) for x in torch.randint(300, 1000, (384,), generator=gen)]
+    groups = [list(range(i, 384, micro_batches)) for i in range(micro_batches)]
+    step = DecodeStep(weights, 384, 1024)
+    for cache in step.k_cache + step.v_cache:
+        cache.normal_()
+    co = Executor(weights, 384, 1024, step=step,
+                  schedule=_coresident("llama-3-8b", lens, groups))
+    assert co.mode == "coresident", co.fallback_reason
+    tokens = torch.randint(0, weights.shape.vocab_size, (384,), device="cuda")
+    ctx = torch.tensor([lens[r] for r in co.layout.order], dtype=torch.int32, device="cuda")
+    co.set_inputs(tokens, ctx)
+    first = co.run().clone()
+    again = co.run().clone()
+    assert torch.equal(first, again)              # the graph replays the same step
+    serial = run_serial(step, co.program, co.layout, co.lanes).clone()
+    assert torch.equal(first, serial)
+    seq = Executor(weights, 384, 1024, step=step)
+    seq.set_inputs(tokens, ctx)
+    expected = seq.run().float()
+    got = first.float()
+    scale = expected.abs().max().item()
+    assert (got - expected).abs().max().item() <= 0.03 * scale
+    top2 = expected.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.03 * scale
+    assert clear.sum() > 0
+    assert torch.equal(got.argmax(-1)[clear], expected.argmax(-1)[clear])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_coresident_guard_times_both_and_says_which_it_kept():
+    weights = _llama3_two_layers()
+    lens = [512] * 256
+    ex = Executor(weights, 256, 520, autotune=True,
+                  schedule=_coresident("llama-3-8b", lens, [list(range(128)),
+                                                            list(range(128, 256))]))
+    ex.set_inputs(torch.zeros(256, dtype=torch.long, device="cuda"),
+                  torch.tensor(lens, dtype=torch.int32, device="cuda"))
+    ex.run()
+    info = ex.describe()
+    assert set(info["measured_us"]) == {"coresident", "sequential"}
+    kept = min(info["measured_us"], key=info["measured_us"].get)
+    assert info["mode"] == kept
+    assert ("fallback_reason" in info) == (kept == "sequential")

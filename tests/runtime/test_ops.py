@@ -127,6 +127,89 @@ def test_gpu_linear_add_into_a_wider_residual_adds_the_float32_product(name, sm_
     assert (out - exact).abs().max().item() < tol
 
 
+def _lanes():
+    from pipedecode.runtime.lane import coresident_lanes
+
+    return coresident_lanes(132, 64 * 1024, 128, 4)
+
+
+@pytest.mark.parametrize("name", ["triton", "cublas", "hybrid"])
+def test_a_coresident_lane_takes_the_persistent_matmul_within_its_budget(name, monkeypatch):
+    """Every GEMM op in a co-resident lane launches the Triton matmul on the lane's SMs with a
+    tile the lane's budget holds (the interpreter computes it: the products match float32)."""
+    import pipedecode.runtime.kernels as mod
+
+    _, compute = _lanes()
+    calls, real = [], mod.linear
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "linear", spy)
+    kernels = ops.kernel_set(name)
+    x, w = _rand(5, 32, seed=30), _rand(40, 32, seed=31)
+    out, scratch = torch.empty(5, 40), torch.empty(5, 40)
+    kernels.linear(x, w, out=out, lane=compute)
+    torch.testing.assert_close(out, reference.linear(x, w), rtol=1e-5, atol=1e-5)
+    residual = _rand(5, 40, seed=32)
+    total = residual.clone()
+    kernels.linear_add(x, w, out=total, scratch=scratch, lane=compute)
+    torch.testing.assert_close(total, residual + reference.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
+    for kw in calls:
+        assert kw["impl"] == "triton" and kw["sm_count"] == 132
+        assert kw["config"].maxnreg is not None
+        assert kw["config"].maxnreg * 32 * kw["config"].num_warps <= compute.registers
+    act = torch.empty(5, 20)
+    kernels.gate_up_silu(x, w, scratch=scratch, out=act, lane=compute)
+    torch.testing.assert_close(act, reference.gate_up_silu(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["triton", "cublas", "hybrid"])
+def test_a_coresident_lane_gives_the_attention_its_budget_and_one_program_per_sm(name,
+                                                                                 monkeypatch):
+    import pipedecode.runtime.kernels as mod
+
+    attention, _ = _lanes()
+    seen = {}
+    monkeypatch.setattr(mod, "decode_attention", lambda *a, **kw: seen.update(kw))
+    c = _paged_case(4)
+    ops.kernel_set(name).decode_attention(c["q"], *c["pools"], c["positions"] + 1,
+                                          out=torch.empty_like(c["q"]),
+                                          block_tables=c["tables"], lane=attention)
+    assert (seen["sm_count"], seen["num_ctas"], seen["smem_budget_bytes"]) == (132, 132, 65536)
+    seen.clear()
+    ops.kernel_set(name).decode_attention(c["q"], *c["pools"], c["positions"] + 1,
+                                          out=torch.empty_like(c["q"]), sm_count=48,
+                                          block_tables=c["tables"])
+    assert seen["sm_count"] == 48 and "smem_budget_bytes" not in seen
+
+
+def test_the_torch_set_computes_the_same_in_any_lane():
+    attention, compute = _lanes()
+    kernels, c = ops.kernel_set("torch"), _paged_case(5)
+    x, w = _rand(5, 32, seed=33), _rand(40, 32, seed=34)
+    out = torch.empty(5, 40)
+    kernels.linear(x, w, out=out, lane=compute)
+    assert torch.equal(out, reference.linear(x, w))
+    lens = c["positions"] + 1
+    att = torch.empty_like(c["q"])
+    kernels.decode_attention(c["q"], *c["pools"], lens, out=att, block_tables=c["tables"],
+                             lane=attention)
+    assert torch.equal(att, reference.decode_attention(c["q"], *c["pools"], lens,
+                                                       block_tables=c["tables"]))
+
+
+def test_a_budget_sends_decode_attention_to_the_tma_kernel_only():
+    import pipedecode.runtime.kernels as mod
+
+    c = _paged_case(6)
+    with pytest.raises(ValueError, match="smem_budget_bytes"):
+        mod.decode_attention(c["q"], *c["pools"], c["positions"] + 1, block_tables=c["tables"],
+                             smem_budget_bytes=65536, impl="triton")
+
+
 def test_kernel_set_names():
     assert ops.kernel_set("auto", "cpu").name == "torch"
     with pytest.raises(ValueError):

@@ -96,7 +96,8 @@ ATTENTION_IMPLS = ("auto", "tma", "triton")
 
 def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=None, out=None,
                      max_context_len=None, config=None, context_starts=None, locks=None,
-                     block_tables=None, impl: str = "auto"):
+                     block_tables=None, impl: str = "auto", smem_budget_bytes=None,
+                     num_ctas=None):
     """Decode attention over each request's first context_lens[b] cache positions.
 
     impl: "auto" takes the TMA kernel (`_attention_tma`, Gluon: bulk copies into an mbarrier
@@ -111,7 +112,8 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     block_size]; the key block of the launch shape is fitted to the block size (`_attention.
     fit_block`). `config` (an `_attention.AttentionConfig`) overrides the launch shape (tests,
     benchmarks). `locks`: zeroed int32 counters for a fused combine (see
-    `_attention.decode_attention`).
+    `_attention.decode_attention`). `smem_budget_bytes` and `num_ctas` (co-resident mode: a
+    persistent grid within a shared-memory budget) go to the TMA kernel, and need it.
     """
     _check_decode_attention(q, k_cache, v_cache, context_lens, context_starts, block_tables)
     head_dim = q.shape[2]
@@ -133,6 +135,11 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
     capacity = k_cache.shape[2] if block_tables is None else \
         block_tables.shape[1] * k_cache.shape[2]
     max_ctx = capacity if max_context_len is None else int(max_context_len)
+    if smem_budget_bytes is not None or num_ctas is not None:
+        if impl == "triton" or config is not None or locks is not None:
+            raise ValueError("decode_attention: smem_budget_bytes and num_ctas are the TMA "
+                             "kernel's; they exclude impl='triton', config and locks")
+        impl = "tma"
     if impl == "tma" or (impl == "auto" and config is None and locks is None):
         why = attention_tma_unavailable(q, k_cache, v_cache, context_lens, out, block_tables,
                                         context_starts)
@@ -141,7 +148,8 @@ def decode_attention(q, k_cache, v_cache, context_lens, *, sm_count=None, scale=
 
             return decode_attention_tma(q, k_cache, v_cache, context_lens, out=out,
                                         block_tables=block_tables, context_starts=context_starts,
-                                        sm_count=sms, scale=scale, max_context_len=max_ctx)
+                                        sm_count=sms, scale=scale, max_context_len=max_ctx,
+                                        smem_budget_bytes=smem_budget_bytes, num_ctas=num_ctas)
         if q.is_cuda:
             _warn_once(f"decode attention runs the Triton split-KV kernel, not the TMA kernel: "
                        f"{why}")

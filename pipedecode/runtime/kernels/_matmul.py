@@ -11,7 +11,8 @@ partial in the chunk's slot and counts itself in on the tile's counter, and the 
 adds the others' partials and applies the epilogue (no program ever waits on another, so it also
 runs in the interpreter, one program after the other). In PAIR mode (the gate/up projection)
 each unit computes the same columns of the gate and the up halves of the weight and stores
-silu(gate) * up.
+silu(gate) * up. `MatmulConfig.maxnreg` (a co-resident budget, `tiling.TileBudget`) caps the
+registers per thread at launch, so one program fits beside a co-resident attention CTA.
 """
 
 from __future__ import annotations
@@ -234,6 +235,8 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
         ws = torch.empty((cfg.split_k * (2 if pair else 1) * m * n,), device=x.device,
                          dtype=torch.float32)
     has_bias = bias is not None
+    # a co-resident budget caps the registers (ptxas maxrregcount): the CUDA launch option only
+    limits = {"maxnreg": cfg.maxnreg} if cfg.maxnreg is not None and x.is_cuda else {}
     _persistent_kernel[(grid,)](
         x, weight, out, bias if has_bias else out, ws, counters, m, n, k, x.stride(0),
         weight.stride(0), out.stride(0), k_per_split, n, num_pid_m, num_pid_n, units,
@@ -242,7 +245,7 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
         HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda,
         EVEN_K=k_per_split * cfg.split_k == k, TAIL=tail_tiles > 0,
         FIX_ROWS=min(cfg.block_m, 32), ACC=accumulate,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **limits)
     if cfg.split_k > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(m * n, block),)](

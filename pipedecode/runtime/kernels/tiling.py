@@ -33,6 +33,14 @@ gate/up at 256).
 
 The candidate with the least modelled time wins; ties go to fewer splits and larger tiles.
 The device's rates only set the balance between the terms, not absolute times.
+
+A budget (`TileBudget`: the shared memory and registers one CTA may hold, what a co-resident
+persistent attention leaves on each SM) keeps only the tiles whose footprint fits: shared memory
+`tile_smem_bytes` (the cp.async ring: stages x (A tile + B tile(s)), 147,456 bytes for 128x256x64
+at 3 stages, as the PTX of the offline sm_90 compile showed), dropping stages down to two where
+that makes a tile fit, and registers `tile_registers` (an estimate: the float32 accumulators per
+thread plus 76, the rest of the 204 registers per thread the offline compile of the 128x256 tile
+with 8 warps used), which the launch then caps at the budget (`MatmulConfig.maxnreg`).
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class MatmulConfig:
     num_stages: int = 3
     programs_per_sm: int = 1
     tail_split: int = 1      # > 1: whole waves as they are, the partial wave's tiles in K chunks
+    maxnreg: int | None = None   # registers per thread at launch (a co-resident budget's cap)
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages",
@@ -70,6 +79,22 @@ class MatmulConfig:
                 raise ValueError(f"MatmulConfig.{name} must be positive, got {getattr(self, name)}")
         if self.tail_split > 1 and self.split_k != 1:
             raise ValueError(f"MatmulConfig.tail_split needs split_k=1, got {self.split_k}")
+        if self.maxnreg is not None and not 24 <= self.maxnreg <= 255:
+            raise ValueError(f"MatmulConfig.maxnreg must be in 24..255, got {self.maxnreg}")
+
+
+@dataclass(frozen=True)
+class TileBudget:
+    """What one matmul CTA may hold: shared memory in bytes and registers (per thread x
+    threads), e.g. what a co-resident attention CTA leaves of an SM."""
+
+    smem_bytes: int
+    registers: int
+
+    def __post_init__(self) -> None:
+        if self.smem_bytes <= 0 or self.registers <= 0:
+            raise ValueError(f"TileBudget needs positive shared memory and registers, got "
+                             f"{self.smem_bytes} bytes and {self.registers} registers")
 
 
 @dataclass(frozen=True)
@@ -140,6 +165,42 @@ PAIR_TILES = (   # two accumulators per program: half the N width for the same r
     (64, 64, 64, 4, 4, 0.65),
 )
 SPLITS = (1, 2, 3, 4, 6, 8)
+MIN_STAGES = 2                       # the cp.async ring needs one tile landing, one in use
+REGISTER_OVERHEAD = 76               # per thread beside the accumulators (see the docstring)
+MAX_REGISTERS = 255                  # per thread on sm_90
+
+
+def tile_smem_bytes(tile: tuple, stages: int, pair: bool = False, elem_bytes: int = 2) -> int:
+    """Shared memory of one CTA: `stages` buffers of an A tile [bm, bk] and one B tile [bn, bk]
+    (two in PAIR mode: the gate and up halves)."""
+    bm, bn, bk = tile[:3]
+    return stages * (bm * bk + (2 if pair else 1) * bn * bk) * elem_bytes
+
+
+def tile_registers(tile: tuple, pair: bool = False) -> int:
+    """Estimated registers per thread as granted (in steps of 8): float32 accumulators of the
+    tile (two in PAIR mode) over its threads, plus REGISTER_OVERHEAD (addresses, loop state,
+    the epilogue)."""
+    bm, bn, _, warps = tile[:4]
+    acc = bm * bn * (2 if pair else 1) // (32 * warps)
+    return min(MAX_REGISTERS, -(-(acc + REGISTER_OVERHEAD) // 8) * 8)
+
+
+def fit_tile(tile: tuple, pair: bool, budget: "TileBudget | None") -> tuple | None:
+    """(tile with its stages, maxnreg) within `budget`, or None where it cannot fit: the
+    tile's own stage count, else the most stages that fit (at least MIN_STAGES)."""
+    bm, bn, bk, warps, stages, eff = tile
+    if budget is None:
+        return tile, None
+    # registers are granted per warp in steps of 8 per thread: the cap is a multiple of 8
+    maxnreg = min(MAX_REGISTERS, budget.registers // (32 * warps) // 8 * 8)
+    if tile_registers(tile, pair) > maxnreg:
+        return None
+    while stages >= MIN_STAGES and tile_smem_bytes(tile, stages, pair) > budget.smem_bytes:
+        stages -= 1
+    if stages < MIN_STAGES:
+        return None
+    return (bm, bn, bk, warps, stages, eff), maxnreg
 
 
 def modelled_time_s(m: int, n: int, k: int, sm_count: int, tile: tuple, split_k: int,
@@ -217,23 +278,25 @@ TAIL_SPLITS = (2, 3, 4, 6, 8)
 
 
 def choose_config(m: int, n: int, k: int, sm_count: int, pair: bool = False,
-                  tail: bool = True, profile: DeviceProfile | None = None) -> MatmulConfig:
+                  tail: bool = True, profile: DeviceProfile | None = None,
+                  budget: TileBudget | None = None) -> MatmulConfig:
     """The candidate with the least modelled time for y[m, n] = x[m, k] @ w[n, k]^T on sm_count SMs
     of `profile` (None: the GPU this runs on, `registry.local_profile()`).
 
     With `tail`, a split tail is a candidate for the largest tile where it leaves a partial
-    wave on sm_count programs, in chunks of at least 4 K blocks.
+    wave on sm_count programs, in chunks of at least 4 K blocks. With `budget`, only tiles that
+    fit it (`fit_tile`); ValueError where none does.
     """
     if min(m, n, k, sm_count) <= 0:
         raise ValueError(f"choose_config needs positive sizes, got m={m} n={n} k={k} "
                          f"sm_count={sm_count}")
     if profile is None:
-        return _choose_local(m, n, k, sm_count, pair, tail)
-    key = (m, n, k, sm_count, pair, tail, _rates(profile))
+        return _choose_local(m, n, k, sm_count, pair, tail, budget)
+    key = (m, n, k, sm_count, pair, tail, budget, _rates(profile))
     if key not in _CHOICES:
         if len(_CHOICES) >= 8192:
             _CHOICES.clear()
-        _CHOICES[key] = _choose(m, n, k, sm_count, pair, tail, profile)
+        _CHOICES[key] = _choose(m, n, k, sm_count, pair, tail, profile, budget)
     return _CHOICES[key]
 
 
@@ -243,10 +306,10 @@ _CHOICES: dict[tuple, MatmulConfig] = {}
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose_local(m: int, n: int, k: int, sm_count: int, pair: bool,
-                  tail: bool) -> MatmulConfig:
+def _choose_local(m: int, n: int, k: int, sm_count: int, pair: bool, tail: bool,
+                  budget: TileBudget | None) -> MatmulConfig:
     """The choice on the GPU this runs on: what a launch asks, one cache lookup."""
-    return choose_config(m, n, k, sm_count, pair, tail, _local_profile())
+    return choose_config(m, n, k, sm_count, pair, tail, _local_profile(), budget)
 
 
 def _rates(profile: DeviceProfile) -> tuple:
@@ -255,22 +318,30 @@ def _rates(profile: DeviceProfile) -> tuple:
 
 
 def _choose(m: int, n: int, k: int, sm_count: int, pair: bool, tail: bool,
-            profile: DeviceProfile) -> MatmulConfig:
+            profile: DeviceProfile, budget: TileBudget | None = None) -> MatmulConfig:
     best = None
     tiles = PAIR_TILES if pair else TILES
-    for tile in tiles:
+    for first, tile in enumerate(tiles):
+        fitted = fit_tile(tile, pair, budget)
+        if fitted is None:
+            continue
+        tile, maxnreg = fitted
         options = [(split, 1) for split in SPLITS
                    if split == 1 or math.ceil(k / split) >= 4 * tile[2]]
-        if tail and tile is tiles[0] and _plan(m, n, k, sm_count, tile, 2).split_tiles:
+        if tail and first == 0 and _plan(m, n, k, sm_count, tile, 2).split_tiles:
             options += [(1, s) for s in TAIL_SPLITS if math.ceil(k / s) >= 4 * tile[2]]
         for split, tail_split in options:
             t = modelled_time_s(m, n, k, sm_count, tile, split, pair, tail_split, profile)
             rank = (round(t * 1e7), split * tail_split, -tile[0] * tile[1])
             if best is None or rank < best[0]:
-                best = (rank, tile, split, tail_split)
-    _, (bm, bn, bk, warps, stages, _), split, tail_split = best
+                best = (rank, tile, split, tail_split, maxnreg)
+    if best is None:
+        raise ValueError(f"no matmul tile fits {budget}: the smallest needs "
+                         f"{tile_smem_bytes(tiles[-1], MIN_STAGES, pair)} bytes of shared memory "
+                         f"and {tile_registers(tiles[-1], pair) * 32 * tiles[-1][3]} registers")
+    _, (bm, bn, bk, warps, stages, _), split, tail_split, maxnreg = best
     return MatmulConfig(block_m=bm, block_n=bn, block_k=bk, split_k=split, num_warps=warps,
-                        num_stages=stages, tail_split=tail_split)
+                        num_stages=stages, tail_split=tail_split, maxnreg=maxnreg)
 
 
 def candidate_configs(pair: bool = False) -> list[MatmulConfig]:
