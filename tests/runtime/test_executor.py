@@ -101,7 +101,7 @@ def test_coresident_schedule_is_refused_on_cpu_with_the_reason_and_runs_sequenti
     assert "no CUDA device" in executor.fallback_reason
     assert "TMA" in executor.describe()["fallback_reason"]
     prompts = _prompts(lens, seed=7)
-    result = generate(executor, prompts, 3)
+    result = greedy_steps(executor, prompts, 3)
     for i, prompt in enumerate(prompts):
         assert result.tokens[i].tolist() == _hf_greedy(model, prompt, 3)[0].tolist()
     with pytest.raises(ValueError, match="two or more"):      # the schedule itself refuses one
