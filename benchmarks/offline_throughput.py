@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("offline_throughput: needs a CUDA GPU", file=sys.stderr)
         return 2
-    from pipedecode.engine.loading import resolve_profile
+    from pipedecode.profiles.registry import resolve_profile
     from pipedecode.models import build_model
 
     workloads = {k: make_workload(k, args.scale) for k in args.only}

@@ -32,7 +32,8 @@ from pipedecode.engine.sampler import Sampler
 from pipedecode.engine.scheduler import Scheduler, SchedulerConfig
 from pipedecode.engine.sequence import Sequence, first_stop_string
 from pipedecode.engine.stats import GenerateStats, StatsRecorder
-from pipedecode.engine.loading import load_model_and_tokenizer, resolve_profile
+from pipedecode.engine.loading import load_model_and_tokenizer
+from pipedecode.profiles.registry import resolve_profile
 from pipedecode.errors import PipedecodeError, WorkloadError
 
 

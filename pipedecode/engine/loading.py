@@ -12,9 +12,7 @@ from typing import Any
 import torch
 
 from pipedecode.models import PRESETS, build_model, check_model, load_model
-from pipedecode.profiles.schema import DeviceProfile
 
-DEFAULT_PROFILE = "h100"      # what pipedecode plans for when no GPU says otherwise
 
 
 def _torch_device() -> torch.device:
@@ -57,17 +55,3 @@ def _tokenizer_of(name: str) -> tuple[Any, str]:
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, f"no tokenizer could be loaded from {name!r} ({first})"
-
-
-def resolve_profile(device: Any) -> DeviceProfile:
-    """A profile by name, path or object; None: the profile named after this machine's GPU
-    (ProfileError lists the known ones if there is none), or DEFAULT_PROFILE without a GPU."""
-    from pipedecode.profiles import load_profile
-
-    if device is not None:
-        return load_profile(device)
-    if torch.cuda.is_available():
-        from pipedecode.profiles.measure import device_name
-
-        return load_profile(device_name(torch.cuda.get_device_name()))
-    return load_profile(DEFAULT_PROFILE)

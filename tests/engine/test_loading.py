@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pipedecode.engine.llm import LLM
-from pipedecode.engine.loading import load_model_and_tokenizer, resolve_profile
+from pipedecode.engine.loading import load_model_and_tokenizer
 from pipedecode.engine.params import SamplingParams
+from pipedecode.profiles.registry import resolve_profile
 from pipedecode.errors import ProfileError, UnsupportedModelError
 from pipedecode.models import build_model
 
