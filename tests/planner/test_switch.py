@@ -97,3 +97,50 @@ def test_greedy_prefill_stops_at_the_first_prompt_that_does_not_fit():
     assert greedy_prefill(10, [5, 5, 1, 1], budget=20) == (2, 20)
     assert greedy_prefill(10, [11, 1], budget=20) == (0, 10)         # queue order: no skipping
     assert greedy_prefill(0, [], budget=5) == (0, 0)
+
+
+def test_a_pipeline_adds_the_fill_and_drain_of_its_stages_to_the_bubble():
+    from pipedecode.planner.switch import pipeline_bubble_us, switch_intensity
+
+    # 4 stages, a 1200 us prefill in 12 micro-batches: 300 us of it per stage, stage steps of
+    # 25 us; bubble 20 + 3 x 25 = 95 us, temporal (300 - 95) / 300
+    assert pipeline_bubble_us(20.0, 4, 25.0) == 95.0
+    w = switch_intensity(0.5, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=12)
+    assert w.bubble_us == 95.0 and w.temporal == pytest.approx(205 / 300) and w.switch
+    assert not switch_intensity(0.7, 1.0, 1200.0, 20.0, num_stages=4,
+                                prefill_micro_batches=12).switch           # 0.7 > 0.683
+    # the same prefill in 3 micro-batches: steps of 100 us, a bubble of 320 us > 300 us of
+    # work per stage: no decode rate is low enough to switch
+    few = switch_intensity(0.01, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=3)
+    assert few.bubble_us == 320.0 and few.temporal == pytest.approx(-20 / 300)
+    assert not few.switch
+
+
+def test_one_stage_is_the_one_gpu_rule_exactly():
+    from pipedecode.planner.switch import switch_intensity
+
+    for prefill, cost, batches in ((1000.0, 200.0, 1), (1234.5, 0.0, 7), (3e5, 31.7, 40)):
+        w = switch_intensity(0.3, 0.9, prefill, cost, num_stages=1,
+                             prefill_micro_batches=batches)
+        assert (w.temporal, w.bubble_us) == ((prefill - cost) / prefill, cost)
+
+
+def test_pipeline_inputs_are_checked():
+    from pipedecode.planner.switch import pipeline_bubble_us, switch_intensity
+
+    with pytest.raises(ValueError, match="num_stages must be a positive integer"):
+        switch_intensity(1.0, 1.0, 100.0, 0.0, num_stages=0)
+    with pytest.raises(ValueError, match="prefill_micro_batches"):
+        switch_intensity(1.0, 1.0, 100.0, 0.0, num_stages=2, prefill_micro_batches=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        pipeline_bubble_us(-1.0, 2, 1.0)
+
+
+def test_prefill_batches_cut_as_the_engine_cuts_its_prefill_batches():
+    from pipedecode.planner.switch import prefill_batches
+
+    assert prefill_batches([5, 5, 5], 10) == 2
+    assert prefill_batches([12, 3], 10) == 2            # a long prompt runs alone
+    assert prefill_batches([3, 12, 3], 10) == 3
+    assert prefill_batches([3, 12, 3], None) == 1
+    assert prefill_batches([], 10) == 0
