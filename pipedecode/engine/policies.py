@@ -103,15 +103,20 @@ class TemporalPolicy(Policy):
             admitted = fitting_prefix(sched, None)[:1]   # alone, whatever its predicted peak
         if not admitted:
             self.phase = "decode"
-            self.start_rate = self.rate(sched.running) if sched.running else None
+            self.start_rate = self.rate(sched.running, sched.config.num_slots) \
+                if sched.running else None
         return admitted
 
-    def rate(self, seqs: list[Sequence]) -> float:
+    def rate(self, seqs: list[Sequence], num_slots: int = 1) -> float:
         """Decode throughput of `seqs` as one batch: sequences per predicted step time (us),
         priced sequentially as the planner's switch horizon prices it (interleaving scales
-        every step alike, so the ratio of two rates barely moves)."""
+        every step alike, so the ratio of two rates barely moves). With `num_slots` > 1
+        micro-batches in flight (a pipeline) each step holds 1/num_slots of them."""
         kv_tokens = sum(s.num_tokens for s in seqs)
-        return len(seqs) / self.cost.sequential_step_us(len(seqs), kv_tokens)
+        if num_slots == 1:
+            return len(seqs) / self.cost.sequential_step_us(len(seqs), kv_tokens)
+        return len(seqs) / (num_slots * self.cost.sequential_step_us(len(seqs) / num_slots,
+                                                                     kv_tokens / num_slots))
 
     def _greedy(self, sched: "Scheduler", token_budget: int | None) -> list[Sequence]:
         """The prefix that fits now (`fitting_prefix`) cut where the predicted peak would pass
@@ -132,7 +137,7 @@ class TemporalPolicy(Policy):
         admitted = self._greedy(sched, None)
         if not admitted:
             return False
-        now = self.rate(sched.running)
+        now = self.rate(sched.running, sched.config.num_slots)
         start = self.start_rate if self.start_rate else now
         lens = [s.num_tokens for s in admitted]
         batches = prefill_batches(lens, sched.config.max_num_batched_tokens)

@@ -24,10 +24,12 @@ comparison) and `greedy_prefill` (the admission) are pure functions of numbers, 
 implementation the engine's temporal policy and the pipeline simulator (pipedecode/sim) call
 online too.
 
-In a pipeline of N balanced stages both sides of the comparison are per stage: the prefill's
-useful work on a stage is T_prefill / N, and the bubble is the switch's fixed cost plus the
-(N - 1) stage steps of the prefill that fill and drain the pipeline (one stage step: one of
-the P prefill micro-batches on one stage, T_prefill / (N P)). N = 1 is the one-GPU rule.
+In a pipeline of N balanced stages both sides of the comparison are per stage. The P prefill
+micro-batches take a stage step each (their prefill time / (N P)) and the phase fills and
+drains the pipeline in N - 1 more: on a stage, the phase lasts its useful work (prefill / N)
+plus those N - 1 steps, and the bubble is the fixed cost plus the same N - 1 steps. So the
+temporal intensity is (prefill / N - cost) / (prefill / N + (N - 1) step): P / (P + N - 1)
+without a fixed cost, and N = 1 is the one-GPU rule exactly.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def switch_intensity(decode_tokens_per_us: float, start_tokens_per_us: float,
     prefill time (whole model) of the prompts a switch admits, and the switch's fixed cost
     `bubble_us` (one GPU: the prefill's launch cost). A pipeline of `num_stages` adds the
     fill and drain of its stages by `prefill_micro_batches` prefill micro-batches
-    (`prefill_batches`); num_stages = 1 is exactly the one-GPU comparison."""
+    (`prefill_batches`) to the phase and to its bubble (module docstring); num_stages = 1 is
+    exactly the one-GPU comparison."""
     if start_tokens_per_us <= 0 or prefill_us <= 0:
         raise ValueError(f"switch_intensity needs a positive start rate and prefill time, got "
                          f"{start_tokens_per_us} and {prefill_us}")
@@ -92,9 +95,11 @@ def switch_intensity(decode_tokens_per_us: float, start_tokens_per_us: float,
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     stage_us = prefill_us / num_stages          # x / 1 == x: N = 1 is the one-GPU rule
-    bubble = pipeline_bubble_us(bubble_us, num_stages, stage_us / prefill_micro_batches)
+    step_us = stage_us / prefill_micro_batches
+    bubble = pipeline_bubble_us(bubble_us, num_stages, step_us)
+    fill_us = pipeline_bubble_us(0.0, num_stages, step_us)    # 0.0 on one GPU
     return SwitchIntensity(decode_tokens_per_us / start_tokens_per_us,
-                           (stage_us - bubble) / stage_us, bubble)
+                           (stage_us + fill_us - bubble) / (stage_us + fill_us), bubble)
 
 
 def prefill_batches(prompt_lens, token_budget: int | None) -> int:

@@ -103,17 +103,21 @@ def test_a_pipeline_adds_the_fill_and_drain_of_its_stages_to_the_bubble():
     from pipedecode.planner.switch import pipeline_bubble_us, switch_intensity
 
     # 4 stages, a 1200 us prefill in 12 micro-batches: 300 us of it per stage, stage steps of
-    # 25 us; bubble 20 + 3 x 25 = 95 us, temporal (300 - 95) / 300
+    # 25 us, fill and drain 3 x 25 = 75 us. The phase lasts 375 us on a stage, its bubble
+    # 20 + 75 = 95 us: temporal (375 - 95) / 375
     assert pipeline_bubble_us(20.0, 4, 25.0) == 95.0
     w = switch_intensity(0.5, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=12)
-    assert w.bubble_us == 95.0 and w.temporal == pytest.approx(205 / 300) and w.switch
-    assert not switch_intensity(0.7, 1.0, 1200.0, 20.0, num_stages=4,
-                                prefill_micro_batches=12).switch           # 0.7 > 0.683
-    # the same prefill in 3 micro-batches: steps of 100 us, a bubble of 320 us > 300 us of
-    # work per stage: no decode rate is low enough to switch
-    few = switch_intensity(0.01, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=3)
-    assert few.bubble_us == 320.0 and few.temporal == pytest.approx(-20 / 300)
-    assert not few.switch
+    assert w.bubble_us == 95.0 and w.temporal == pytest.approx(280 / 375) and w.switch
+    assert not switch_intensity(0.8, 1.0, 1200.0, 20.0, num_stages=4,
+                                prefill_micro_batches=12).switch           # 0.8 > 0.747
+    # the same prefill in 3 micro-batches: steps of 100 us, the phase 300 + 300 us, its
+    # bubble 320 us: (600 - 320) / 600; without a fixed cost P / (P + N - 1) = 3 / 6
+    few = switch_intensity(0.46, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=3)
+    assert few.bubble_us == 320.0 and few.temporal == pytest.approx(280 / 600) and few.switch
+    assert switch_intensity(0.5, 1.0, 1200.0, 0.0, num_stages=4,
+                            prefill_micro_batches=3).temporal == pytest.approx(0.5)
+    # one prefill micro-batch through 8 stages: 1 / 8 of the phase is useful
+    assert switch_intensity(0.1, 1.0, 800.0, 0.0, num_stages=8).temporal == pytest.approx(1 / 8)
 
 
 def test_one_stage_is_the_one_gpu_rule_exactly():

@@ -1,0 +1,104 @@
+"""A sweep's results for people: the markdown table with its assumptions, and the plot.
+
+Owns `markdown(result)` (what was simulated and on what assumptions, then one row per point)
+and `plot(result, path)` (throughput against GPU count, one line per link and strategy, a
+panel per model; matplotlib imported here only). Knows nothing of how points are simulated.
+"""
+
+from __future__ import annotations
+
+from pipedecode.sim.sweep import SweepResult
+
+STRATEGY_WORDS = {"tdpipe": "TD-Pipe", "pipeline": "plain pipeline (prefill-first)",
+                  "tensor": "tensor parallel (estimate)"}
+_COLORS = {"tdpipe": "tab:red", "pipeline": "tab:blue", "tensor": "tab:green"}
+_STYLES = {"pcie5": "--", "nvlink4": "-"}
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _layout(p) -> str:
+    shape = (f"{p.per_replica} stages" if p.strategy != "tensor" else f"TP {p.per_replica}")
+    return shape if p.replicas == 1 else f"{p.replicas} x {shape}"
+
+
+def markdown(result: SweepResult, title: str = "Pipeline simulation") -> str:
+    w, a, s = result.workload, result.assumptions, result.spec
+    lines = [
+        f"# {title}", "",
+        "**A simulation, not a measurement.** The engine's own scheduler and policies "
+        "(`pipedecode/engine`) run on a virtual clock; every GPU time comes from the cost model "
+        "on a device profile, every transfer from the link model below "
+        "(`pipedecode/sim`, `pipedecode simulate`).", "",
+        "## Assumptions", "",
+        f"- Device: {a['device']}.",
+        *[f"- Link {text}." for text in a["links"].values()],
+        f"- Memory: {a['memory']}.",
+        f"- Scheduling: {a['seats']}; {a['micro_batches']}; output lengths predicted by the "
+        f"{a['predictor']}; {a['controller']}.",
+        f"- Costs: {a['costs']}.",
+        f"- Replicas: {a['replicas']}.",
+        f"- Workload: `{w['spec']}` seed {w['seed']}, {w['requests']} requests per point, mean "
+        f"prompt {w['mean_prompt_tokens']:.0f} and output {w['mean_output_tokens']:.0f} tokens "
+        f"(longest {w['max_prompt_tokens']} and {w['max_output_tokens']}); every request runs "
+        f"to its max_tokens.",
+        "- Throughput: tokens over the time the whole batch took (its tail included: the last "
+        "requests decode in small batches); *loaded*: output tokens per second until the "
+        "waiting queue first emptied ('-': the whole batch was admitted at once). Bubble: the "
+        "share of GPU time not computing (idle stages, or waiting on all-reduces).", "",
+        "## Results", "",
+        "| model | GPUs | link | strategy | layout | output tok/s | total tok/s | loaded output "
+        "tok/s | bubble | switches | preemptions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in result.points:
+        lines.append(f"| {p.model} | {p.gpus} | {p.link} | {STRATEGY_WORDS[p.strategy]} | "
+                     f"{_layout(p)} | {_num(p.output_tokens_per_s)} | "
+                     f"{_num(p.total_tokens_per_s)} | {_num(p.loaded_output_tokens_per_s)} | "
+                     f"{p.bubble_fraction:.2f} | {p.switches} | {p.preemptions} |")
+    if result.skipped:
+        lines += ["", "Not simulated:", ""]
+        lines += [f"- {k['model']} on {k['gpus']} GPU(s), {k['strategy']}: {k['reason']}"
+                  for k in result.skipped]
+    lines += ["", f"{len(result.points)} points in {result.elapsed_s:.0f} s on the CPU "
+                  f"({s.device}, {', '.join(s.links)})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: SweepResult, path: str) -> None:
+    """Output tokens/s against GPUs (log2 x, log y), whole batch (top) and loaded (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(p.model for p in result.points))
+    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 9), squeeze=False)
+    for col, model in enumerate(models):
+        for row, attr in enumerate(("output_tokens_per_s", "loaded_output_tokens_per_s")):
+            ax = axes[row][col]
+            for strategy in result.spec.strategies:
+                for link in result.spec.links:
+                    pts = sorted((p.gpus, getattr(p, attr)) for p in result.points
+                                 if p.model == model and p.strategy == strategy
+                                 and p.link == link and getattr(p, attr) is not None)
+                    if pts:
+                        ax.plot(*zip(*pts), _STYLES.get(link, ":"), marker="o",
+                                color=_COLORS[strategy], label=f"{STRATEGY_WORDS[strategy]}, "
+                                                               f"{link}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks([1, 2, 4, 8, 16, 32, 64], labels=["1", "2", "4", "8", "16", "32", "64"])
+            ax.set_xlim(0.8, 80)
+            ax.set_xlabel("GPUs")
+            ax.set_ylabel("output tokens / s")
+            what = "whole batch" if row == 0 else "loaded (until the queue empties)"
+            ax.set_title(f"{model} on {result.spec.device}: {what}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Simulated, not measured: {result.workload['requests']} "
+                 f"{result.workload['spec']} requests per point")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
