@@ -70,7 +70,8 @@ class RunResult:
     num_gpus GPUs; the rest of num_gpus x makespan is bubble (idle, or waiting on transfers).
     loaded_us: when the waiting queue first emptied (every request admitted once), and
     loaded_output_tokens the tokens returned by then: the throughput under load, before the
-    batch's tail (0 and 0 when the whole batch was admitted at once)."""
+    batch's tail (0 and 0 when no request had finished by then: the whole batch was admitted
+    at once, so nothing was ever loaded)."""
 
     makespan_us: float
     requests: int
@@ -151,7 +152,7 @@ def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock:
     order = itertools.count()
     controller_us = compute_us = 0.0
     batches = prefills = switches = 0
-    last_kind, returned, loaded = None, 0, None
+    last_kind, returned, finished, loaded = None, 0, 0, None
     while sched.has_unfinished():
         while len(in_flight) < num_slots:
             controller_us = max(controller_us, clock.now_us) + step_overhead_us
@@ -172,13 +173,13 @@ def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock:
                 switches += last_kind == "decode" and running
             last_kind = batch.kind
             if loaded is None and not sched.waiting:
-                loaded = (clock.now_us, returned) if returned else (0.0, 0)
+                loaded = (clock.now_us, returned) if finished else (0.0, 0)
         if not in_flight:
             raise RuntimeError(f"the scheduler formed no batch with {len(sched.waiting)} waiting "
                                f"and {len(sched.running)} running requests")
         done_us, _, batch = heapq.heappop(in_flight)
         clock.now_us = done_us
-        sched.postprocess(batch, [SIM_TOKEN_ID] * len(batch.seqs))
+        finished += len(sched.postprocess(batch, [SIM_TOKEN_ID] * len(batch.seqs)))
         returned += len(batch.seqs)
     return RunResult(clock.now_us, len(seqs), sum(s.num_prompt_tokens for s in seqs),
                      sum(s.num_output_tokens for s in seqs), sched.prefill_tokens, batches,

@@ -96,7 +96,11 @@ def plot(result: SweepResult, path: str) -> None:
             what = "whole batch" if row == 0 else "loaded (until the queue empties)"
             ax.set_title(f"{model} on {result.spec.device}: {what}")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_lines():
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "every batch was admitted at once", ha="center",
+                        transform=ax.transAxes)
     fig.suptitle(f"Simulated, not measured: {result.workload['requests']} "
                  f"{result.workload['spec']} requests per point")
     fig.tight_layout()

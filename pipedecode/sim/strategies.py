@@ -17,6 +17,7 @@ each with every R-th request. Knows nothing of files or command lines.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 from pipedecode.engine.runner import DEFAULT_BLOCK_SIZE
@@ -37,7 +38,9 @@ DEFAULT_SEQS_PER_GPU = 256           # the engine's max_num_seqs, per GPU of a r
 @dataclass(frozen=True)
 class SimOptions:
     """seqs_per_gpu: max_num_seqs of a replica is this times its GPUs. micro_batches: slots
-    in flight of a pipeline (None: one per stage). The rest as in SchedulingConfig."""
+    in flight of a pipeline (None: one per stage). kv_blocks: usable KV blocks of a replica
+    in place of those its memory holds (a measured engine's pool). The rest as in
+    SchedulingConfig."""
 
     seqs_per_gpu: int = DEFAULT_SEQS_PER_GPU
     max_num_batched_tokens: int = 8192
@@ -45,19 +48,23 @@ class SimOptions:
     block_size: int = DEFAULT_BLOCK_SIZE
     predictor: str = "online"
     step_overhead_us: float = 0.0
+    kv_blocks: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("seqs_per_gpu", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SimOptions.{name} must be positive, got {getattr(self, name)}")
-        if self.micro_batches is not None and self.micro_batches < 1:
-            raise ValueError(f"SimOptions.micro_batches must be positive, got {self.micro_batches}")
+        for name in ("micro_batches", "kv_blocks"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"SimOptions.{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True)
 class PointResult:
     """One point. per_replica: GPUs in each replica (pipeline stages or tensor-parallel size);
-    stage_layers: the pipeline's layers per stage (empty for tensor). loaded_output_tokens_per_s:
+    stage_layers: the pipeline's layers per stage (empty for tensor); kv_blocks: usable KV blocks
+    of a replica. loaded_output_tokens_per_s:
     output tokens per second until the waiting queue first emptied, summed over replicas
     (None where a replica admitted its whole batch at once)."""
 
@@ -82,6 +89,7 @@ class PointResult:
     batches: int
     prefill_batches: int
     loaded_output_tokens_per_s: float | None
+    wall_s: float = 0.0                       # CPU seconds the simulation took
 
     @property
     def output_tokens_per_s(self) -> float:
@@ -124,8 +132,9 @@ def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: st
         num_stages=len(stage_layers) or 1,
         switch_cost_us=profile.launch_overhead_us * max(stage_layers or (shape.num_layers,)),
         predictor=options.predictor, step_overhead_us=options.step_overhead_us)
-    max_len = (lay.num_blocks - 1) * lay.block_size
-    return executor, config, lay.num_blocks, stage_layers, min(max_len, positions or max_len)
+    blocks = lay.num_blocks if options.kv_blocks is None else options.kv_blocks + 1
+    max_len = (blocks - 1) * lay.block_size
+    return executor, config, blocks, stage_layers, min(max_len, positions or max_len)
 
 
 def replica_size(shape: ModelShape, strategy: str, gpus: int) -> tuple[int, int]:
@@ -140,6 +149,7 @@ def replica_size(shape: ModelShape, strategy: str, gpus: int) -> tuple[int, int]
 def simulate_point(model, profile: DeviceProfile, link: Link, gpus: int, strategy: str,
                    workload: Workload, options: SimOptions = SimOptions()) -> PointResult:
     """Simulate `workload` on `gpus` GPUs; InsufficientMemoryError where weights do not fit."""
+    started = time.perf_counter()
     shape = resolve_model(model)
     positions = max_positions(model)
     replicas, size = replica_size(shape, strategy, gpus)
@@ -157,7 +167,7 @@ def simulate_point(model, profile: DeviceProfile, link: Link, gpus: int, strateg
     return PointResult(
         model=shape.name, device=profile.name, link=link.name, strategy=strategy, gpus=gpus,
         replicas=replicas, per_replica=size, stage_layers=tuple(stage_layers),
-        num_slots=config.num_slots, max_num_seqs=config.max_num_seqs, kv_blocks=blocks,
+        num_slots=config.num_slots, max_num_seqs=config.max_num_seqs, kv_blocks=blocks - 1,
         requests=sum(r.requests for r in results),
         prompt_tokens=sum(r.prompt_tokens for r in results),
         output_tokens=sum(r.output_tokens for r in results), makespan_s=makespan / 1e6,
@@ -167,4 +177,5 @@ def simulate_point(model, profile: DeviceProfile, link: Link, gpus: int, strateg
         batches=sum(r.batches for r in results),
         prefill_batches=sum(r.prefill_batches for r in results),
         loaded_output_tokens_per_s=None if any(r.loaded_us == 0 for r in results) else
-        sum(r.loaded_output_tokens / r.loaded_us * 1e6 for r in results))
+        sum(r.loaded_output_tokens / r.loaded_us * 1e6 for r in results),
+        wall_s=time.perf_counter() - started)

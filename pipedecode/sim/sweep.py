@@ -103,38 +103,58 @@ def assumptions(spec: SweepSpec) -> dict:
                  "data-parallel replicas, each with every R-th request")
 
 
-def run_sweep(spec: SweepSpec, *, progress: bool = True) -> SweepResult:
-    """Every feasible point of `spec`; a point whose weights do not fit is skipped with the
-    reason (InsufficientMemoryError's message)."""
-    profile = load_profile(spec.device)
+def _point(task) -> tuple[PointResult | None, dict | None]:
+    """One point of a sweep (a process pool's unit of work)."""
+    spec, workload, (model, gpus, strategy, link) = task
+    try:
+        return simulate_point(model, load_profile(spec.device), get_link(link or spec.links[0]),
+                              gpus, strategy, workload, spec.options), None
+    except InsufficientMemoryError as exc:
+        return None, dict(model=model, gpus=gpus, strategy=strategy, link=link, reason=str(exc))
+
+
+def run_sweep(spec: SweepSpec, *, progress: bool = True, jobs: int = 1) -> SweepResult:
+    """Every feasible point of `spec`, on `jobs` processes; a point whose weights do not fit
+    is skipped with the reason (InsufficientMemoryError's message)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be positive, got {jobs}")
+    load_profile(spec.device)
     workload = make_workload(spec.workload, spec.requests, spec.seed)
     for model in spec.models:
         resolve_model(model)                      # a bad name fails before any point runs
-    points, skipped = [], []
     todo = spec.points()
+    tasks = [(spec, workload, point) for point in todo]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="simulated points", unit="point", dynamic_ncols=True)
     start = time.perf_counter()
+    answers: list = [None] * len(todo)
     try:
-        for model, gpus, strategy, link in todo:
-            if bar is not None:
-                bar.set_postfix_str(f"{model} {gpus} GPU {strategy} {link or ''}", refresh=True)
-            try:
-                result = simulate_point(model, profile, get_link(link or spec.links[0]), gpus,
-                                        strategy, workload, spec.options)
-            except InsufficientMemoryError as exc:
-                skipped.append(dict(model=model, gpus=gpus, strategy=strategy, link=link,
-                                    reason=str(exc)))
-            else:
-                for name in ((link,) if link else spec.links):
-                    points.append(replace(result, link=name))
-            if bar is not None:
-                bar.update(1)
+        if jobs == 1:
+            for i, task in enumerate(tasks):
+                answers[i] = _point(task)
+                bar is not None and bar.update(1)
+        else:
+            import concurrent.futures as cf
+            import multiprocessing
+
+            with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) \
+                    as pool:
+                futures = {pool.submit(_point, task): i for i, task in enumerate(tasks)}
+                for future in cf.as_completed(futures):
+                    answers[futures[future]] = future.result()
+                    bar is not None and bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    points, skipped = [], []
+    for (model, gpus, strategy, link), (result, skip) in zip(todo, answers):
+        if skip is not None:
+            skipped.append(skip)
+            continue
+        for name in ((link,) if link else spec.links):
+            points.append(replace(result, link=name))
     return SweepResult(spec, tuple(points), tuple(skipped), workload.summary(),
                        assumptions(spec), time.perf_counter() - start)

@@ -29,7 +29,13 @@ def _sim(workload, executor, config, num_blocks=4000, block_size=16, max_model_l
                                   config, clock)
     finished = []
     postprocess = sched.postprocess
-    sched.postprocess = lambda b, t: finished.extend(postprocess(b, t)) or []
+
+    def recorded(b, tokens):
+        done = postprocess(b, tokens)
+        finished.extend(done)
+        return done
+
+    sched.postprocess = recorded
     result = run(sched, seqs, executor, config.num_slots, clock)
     return result, seqs, finished, sched
 
