@@ -133,13 +133,23 @@ def _run(args: argparse.Namespace) -> int:
             if kind == ".png":
                 report.plot(result, temp)
             else:
+                text = result.to_json() if kind == ".json" else \
+                    report.markdown(result, plot_name=_beside(path, args.out))
                 with open(temp, "w") as f:
-                    f.write(result.to_json() if kind == ".json" else report.markdown(result))
+                    f.write(text)
         outputs.commit()
     print(table(result))
     for path in args.out:
         print(f"wrote {path}")
     return 0
+
+
+def _beside(markdown_path: str, outs: list[str]) -> str | None:
+    """The name of a PNG written to the markdown's folder, to link from it."""
+    folder = os.path.dirname(os.path.abspath(markdown_path))
+    pngs = [p for p in outs if p.lower().endswith(".png")
+            and os.path.dirname(os.path.abspath(p)) == folder]
+    return os.path.basename(pngs[0]) if pngs else None
 
 
 def table(result) -> str:

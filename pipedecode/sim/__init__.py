@@ -7,7 +7,8 @@
   executors.py   what a micro-batch costs on each stage and link (from the CostModel)
   loop.py        the discrete-event loop around the engine's real Scheduler and policies
   strategies.py  one point: TD-Pipe, plain pipeline, tensor-parallel estimate, replicas
-  sweep.py       many points, their table (JSON, markdown) and plot
+  sweep.py       many points (a process pool, a progress bar) and their JSON
+  report.py      the markdown table with its assumptions, and the plot
   calibrate.py   the one-GPU prediction against a measured engine run
 
 Pure CPU: no GPU, no torch.distributed. Imports nothing heavy beyond numpy (matplotlib only

@@ -143,6 +143,14 @@ def build_scheduler(workload: Workload, cost: CostModel, num_blocks: int, block_
     return sched, seqs
 
 
+def queue_through(free_us: np.ndarray, servers_us: np.ndarray, issue_us: float) -> np.ndarray:
+    """When each server finishes a micro-batch issued at `issue_us` that takes `servers_us` on
+    them in turn, the servers being free from `free_us` (FIFO; module docstring)."""
+    before = np.concatenate(([0.0], np.cumsum(servers_us[:-1])))
+    start = np.maximum(np.maximum.accumulate(free_us - before), issue_us) + before
+    return start + servers_us
+
+
 def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock: VirtualClock,
         *, step_overhead_us: float = 0.0) -> RunResult:
     """Drive `sched` holding `seqs` to the end on `executor` (`service(batch)`, `num_servers`,
@@ -161,10 +169,7 @@ def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock:
             if batch is None:
                 break
             service = executor.service(batch)
-            d = service.servers_us
-            before = np.concatenate(([0.0], np.cumsum(d[:-1])))
-            start = np.maximum(np.maximum.accumulate(free - before), controller_us) + before
-            free = start + d
+            free = queue_through(free, service.servers_us, controller_us)
             compute_us += service.compute_us
             heapq.heappush(in_flight, (float(free[-1]), next(order), batch))
             batches += 1

@@ -20,11 +20,54 @@ def _num(value: float | None) -> str:
 
 
 def _layout(p) -> str:
+    if p.gpus == 1:
+        return "1 GPU"
     shape = (f"{p.per_replica} stages" if p.strategy != "tensor" else f"TP {p.per_replica}")
     return shape if p.replicas == 1 else f"{p.replicas} x {shape}"
 
 
-def markdown(result: SweepResult, title: str = "Pipeline simulation") -> str:
+def command_line(spec) -> str:
+    """The `pipedecode simulate` command that makes this sweep."""
+    o, words = spec.options, ["pipedecode simulate"]
+    words += [f"--model {m}" for m in spec.models]
+    words += [f"--device {spec.device}", f"--gpus {','.join(map(str, spec.gpus))}"]
+    words += [f"--link {name}" for name in spec.links]
+    words += [f"--strategy {name}" for name in spec.strategies]
+    words += [f"--workload {spec.workload}", f"--requests {spec.requests}", f"--seed {spec.seed}",
+              f"--seqs-per-gpu {o.seqs_per_gpu}",
+              f"--max-num-batched-tokens {o.max_num_batched_tokens}",
+              f"--predictor {o.predictor}"]
+    if o.micro_batches is not None:
+        words.append(f"--micro-batches {o.micro_batches}")
+    return " ".join(words)
+
+
+def _ratio(a, b) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def ratios(result: SweepResult) -> list[str]:
+    """TD-Pipe over plain pipeline and over tensor parallel at each (model, GPUs, link)."""
+    by = {(p.model, p.gpus, p.link, p.strategy): p for p in result.points}
+    rows = ["| model | GPUs | link | TD-Pipe / plain pipeline | TD-Pipe / tensor parallel | "
+            "loaded: / plain pipeline | loaded: / tensor parallel |",
+            "|---|---|---|---|---|---|---|"]
+    for (model, gpus, link, strategy), td in by.items():
+        pp, tp = by.get((model, gpus, link, "pipeline")), by.get((model, gpus, link, "tensor"))
+        if strategy != "tdpipe" or gpus == 1 or pp is None or tp is None:
+            continue
+        loaded = td.loaded_output_tokens_per_s
+        rows.append(f"| {model} | {gpus} | {link} | "
+                    f"{_ratio(td.output_tokens_per_s, pp.output_tokens_per_s)} | "
+                    f"{_ratio(td.output_tokens_per_s, tp.output_tokens_per_s)} | "
+                    f"{_ratio(loaded, pp.loaded_output_tokens_per_s)} | "
+                    f"{_ratio(loaded, tp.loaded_output_tokens_per_s)} |")
+    return rows if len(rows) > 2 else []
+
+
+def markdown(result: SweepResult, title: str = "Pipeline simulation",
+             plot_name: str | None = None) -> str:
+    """The whole report; `plot_name`: a PNG beside it (`plot`) to show under the ratios."""
     w, a, s = result.workload, result.assumptions, result.spec
     lines = [
         f"# {title}", "",
@@ -36,7 +79,7 @@ def markdown(result: SweepResult, title: str = "Pipeline simulation") -> str:
         f"- Device: {a['device']}.",
         *[f"- Link {text}." for text in a["links"].values()],
         f"- Memory: {a['memory']}.",
-        f"- Scheduling: {a['seats']}; {a['micro_batches']}; output lengths predicted by the "
+        f"- Scheduling: {a['seats']}; {a['micro_batches']}; output lengths predicted by "
         f"{a['predictor']}; {a['controller']}.",
         f"- Costs: {a['costs']}.",
         f"- Replicas: {a['replicas']}.",
@@ -46,8 +89,14 @@ def markdown(result: SweepResult, title: str = "Pipeline simulation") -> str:
         f"to its max_tokens.",
         "- Throughput: tokens over the time the whole batch took (its tail included: the last "
         "requests decode in small batches); *loaded*: output tokens per second until the "
-        "waiting queue first emptied ('-': the whole batch was admitted at once). Bubble: the "
-        "share of GPU time not computing (idle stages, or waiting on all-reduces).", "",
+        "waiting queue first emptied ('-': the whole batch was admitted at once; then TD-Pipe "
+        "and the plain pipeline schedule alike, every prompt prefilled first, and the "
+        "whole-batch number is mostly the batch's tail). Bubble: the share of GPU time not "
+        "computing (idle stages, or waiting on all-reduces).", "",
+        f"Made by `{command_line(s)}`.", "",
+        *(["## TD-Pipe against the others (output tokens/s)", "", *ratios(result), ""]
+          if ratios(result) else []),
+        *([f"![simulated throughput against GPU count]({plot_name})", ""] if plot_name else []),
         "## Results", "",
         "| model | GPUs | link | strategy | layout | output tok/s | total tok/s | loaded output "
         "tok/s | bubble | switches | preemptions |",

@@ -94,7 +94,9 @@ def assumptions(spec: SweepSpec) -> dict:
               f"{o.max_num_batched_tokens} tokens",
         micro_batches="one per pipeline stage in flight" if o.micro_batches is None
         else f"{o.micro_batches} in flight",
-        predictor=f"{o.predictor} (online: the engine's OnlineLengthEstimator; oracle: exact)",
+        predictor="the engine's OnlineLengthEstimator, learning as requests finish (requests do "
+                  "not ignore EOS; their max_tokens stops them)" if o.predictor == "online"
+        else "an oracle (ignore_eos: the engine knows every max_tokens)",
         controller=f"{o.step_overhead_us:g} us of controller time per scheduling call",
         costs="every GPU time from the CostModel on the device profile; transfers overlap "
               "compute; tensor parallel is an analytic estimate (step / N + two ring "
@@ -131,11 +133,16 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, jobs: int = 1) -> Sweep
         bar = tqdm(total=len(todo), desc="simulated points", unit="point", dynamic_ncols=True)
     start = time.perf_counter()
     answers: list = [None] * len(todo)
+
+    def done(i: int, answer) -> None:
+        answers[i] = answer
+        if bar is not None:
+            bar.update(1)
+
     try:
         if jobs == 1:
             for i, task in enumerate(tasks):
-                answers[i] = _point(task)
-                bar is not None and bar.update(1)
+                done(i, _point(task))
         else:
             import concurrent.futures as cf
             import multiprocessing
@@ -144,8 +151,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, jobs: int = 1) -> Sweep
                     as pool:
                 futures = {pool.submit(_point, task): i for i, task in enumerate(tasks)}
                 for future in cf.as_completed(futures):
-                    answers[futures[future]] = future.result()
-                    bar is not None and bar.update(1)
+                    done(futures[future], future.result())
     finally:
         if bar is not None:
             bar.close()

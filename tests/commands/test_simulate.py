@@ -26,6 +26,7 @@ def test_simulate_prints_a_line_per_point_and_writes_each_file_asked(tmp_path, c
     data = json.loads(outs[0].read_text())
     assert data["simulated"] and len(data["points"]) == 12
     assert "A simulation, not a measurement" in outs[1].read_text()
+    assert "](sim.png)" in outs[1].read_text()                  # the plot beside it, shown
     assert outs[2].read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.json", "sim.md", "sim.png"]
 

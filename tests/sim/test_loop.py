@@ -12,7 +12,8 @@ from pipedecode.profiles import load_profile
 from pipedecode.sim.executors import MemoCostModel, StagePipeline
 from pipedecode.sim.layout import pipeline_layout
 from pipedecode.sim.links import LINKS
-from pipedecode.sim.loop import SchedulingConfig, VirtualClock, build_scheduler, run
+from pipedecode.sim.loop import (SchedulingConfig, VirtualClock, build_scheduler, queue_through,
+                                 run)
 from pipedecode.sim.workloads import fixed, sharegpt_shaped, uniform
 
 from tests.sim.helpers import PerSequenceStages
@@ -62,6 +63,19 @@ def test_one_stage_one_slot_is_the_scheduler_run_on_the_cost_model(policy):
         batches += 1
     assert result.makespan_us == pytest.approx(elapsed, rel=1e-12)
     assert result.batches == batches and result.bubble_fraction == pytest.approx(0, abs=1e-12)
+
+
+def test_a_micro_batch_waits_for_each_busy_server_in_turn():
+    import numpy as np
+
+    # servers free at 0, 10, 0; service 2, 3, 4; issued at 1: [1, 3], then server 1 is busy
+    # until 10: [10, 13], then [13, 17]
+    assert queue_through(np.array([0.0, 10.0, 0.0]), np.array([2.0, 3.0, 4.0]), 1.0).tolist() \
+        == [3.0, 13.0, 17.0]
+    # every server free: one after another from the issue
+    assert queue_through(np.zeros(3), np.array([2.0, 3.0, 4.0]), 5.0).tolist() == [7.0, 10.0, 14.0]
+    # the first server busy until 6 delays the rest
+    assert queue_through(np.array([6.0, 0.0]), np.array([1.0, 1.0]), 0.0).tolist() == [7.0, 8.0]
 
 
 def test_two_equal_stages_overlap_two_micro_batches():
