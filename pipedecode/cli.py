@@ -16,7 +16,7 @@ import sys
 
 from pipedecode.errors import PipedecodeError
 
-COMMANDS = ("run", "generate", "analyze", "plan", "show", "profile", "bench")
+COMMANDS = ("run", "generate", "analyze", "plan", "show", "profile", "bench", "simulate")
 
 DESCRIPTION = """\
 pipedecode makes LLM decoding faster on one GPU: it splits the batch into micro-batches
@@ -31,6 +31,7 @@ another's linear layers (compute-bound) run on the rest.
   pipedecode show s.json                  the plan as a table, a timeline PNG and a trace
   pipedecode profile --out h100.json      measure a device profile (needs a CUDA GPU)
   pipedecode bench                        decode-step benchmark (needs a CUDA GPU)
+  pipedecode simulate --model llama-3-70b --gpus 8     TD-Pipe vs pipeline vs tensor, simulated
 """
 
 

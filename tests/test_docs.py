@@ -17,8 +17,9 @@ DOCS = sorted([ROOT / "README.md", ROOT / "benchmarks" / "kernels" / "NOTES.md",
 
 # [text](target) and ![alt](target); the target ends at the first space or ')'.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)[^)]*\)")
-# `name.json`, `dir/name.md`, `folder/`: a file name in backticks, no spaces or wildcards.
-CITED = re.compile(r"`([\w./-]+(?:\.json|\.md|\.log|/))`")
+# `name.json`, `dir/name.md`, `plot.png`, `folder/`: a file name in backticks, no spaces or
+# wildcards.
+CITED = re.compile(r"`([\w./-]+(?:\.json|\.md|\.log|\.png|/))`")
 # Words that date the prose: sessions, numbered runs, versioned file names, issue numbers.
 HISTORY = re.compile(r"session|\bruns? \d|(?<![a-z])run\d|\bfirst runs?\b|_v\d+\b|\bissue \d",
                      re.IGNORECASE)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pipedecode.engine.sequence import Sequence
 from pipedecode.planner.cost import CostModel
-from pipedecode.planner.switch import SwitchIntensity, greedy_prefill, switch_intensity
+from pipedecode.planner.switch import (SwitchIntensity, greedy_prefill, prefill_batches,
+                                       switch_intensity)
 
 if TYPE_CHECKING:
     from pipedecode.engine.scheduler import Scheduler
@@ -70,18 +71,22 @@ class TemporalPolicy(Policy):
     intensities (planner/switch.py) for the prompts a switch would admit now, from the cost
     model's predicted step and prefill times, and switches back to prefill when the decode
     throughput has fallen further (relative to the start of the phase) than the switch's
-    bubble costs (relative to the prefill).
+    bubble costs (relative to the prefill). `num_stages` > 1: the scheduler feeds a pipeline
+    of that many stages, and the bubble includes their fill and drain.
     """
 
     name = "temporal"
 
     def __init__(self, cost: CostModel, *, kv_threshold: float = DEFAULT_KV_THRESHOLD,
-                 switch_cost_us: float = 0.0) -> None:
+                 switch_cost_us: float = 0.0, num_stages: int = 1) -> None:
         if not 0 < kv_threshold <= 1:
             raise ValueError(f"kv_threshold must be in (0, 1], got {kv_threshold}")
         if switch_cost_us < 0:
             raise ValueError(f"switch_cost_us must be >= 0, got {switch_cost_us}")
+        if not isinstance(num_stages, int) or isinstance(num_stages, bool) or num_stages < 1:
+            raise ValueError(f"num_stages must be a positive integer, got {num_stages!r}")
         self.cost, self.kv_threshold, self.switch_cost_us = cost, kv_threshold, switch_cost_us
+        self.num_stages = num_stages
         self.phase = "prefill"
         self.start_rate: float | None = None        # sequences per us when decode began
         self.last_intensity: SwitchIntensity | None = None
@@ -98,15 +103,20 @@ class TemporalPolicy(Policy):
             admitted = fitting_prefix(sched, None)[:1]   # alone, whatever its predicted peak
         if not admitted:
             self.phase = "decode"
-            self.start_rate = self.rate(sched.running) if sched.running else None
+            self.start_rate = self.rate(sched.running, sched.config.num_slots) \
+                if sched.running else None
         return admitted
 
-    def rate(self, seqs: list[Sequence]) -> float:
+    def rate(self, seqs: list[Sequence], num_slots: int = 1) -> float:
         """Decode throughput of `seqs` as one batch: sequences per predicted step time (us),
         priced sequentially as the planner's switch horizon prices it (interleaving scales
-        every step alike, so the ratio of two rates barely moves)."""
+        every step alike, so the ratio of two rates barely moves). With `num_slots` > 1
+        micro-batches in flight (a pipeline) each step holds 1/num_slots of them."""
         kv_tokens = sum(s.num_tokens for s in seqs)
-        return len(seqs) / self.cost.sequential_step_us(len(seqs), kv_tokens)
+        if num_slots == 1:
+            return len(seqs) / self.cost.sequential_step_us(len(seqs), kv_tokens)
+        return len(seqs) / (num_slots * self.cost.sequential_step_us(len(seqs) / num_slots,
+                                                                     kv_tokens / num_slots))
 
     def _greedy(self, sched: "Scheduler", token_budget: int | None) -> list[Sequence]:
         """The prefix that fits now (`fitting_prefix`) cut where the predicted peak would pass
@@ -127,10 +137,13 @@ class TemporalPolicy(Policy):
         admitted = self._greedy(sched, None)
         if not admitted:
             return False
-        now = self.rate(sched.running)
+        now = self.rate(sched.running, sched.config.num_slots)
         start = self.start_rate if self.start_rate else now
-        prefill_us = self.cost.prefill_us([s.num_tokens for s in admitted])
-        self.last_intensity = switch_intensity(now, start, prefill_us, self.switch_cost_us)
+        lens = [s.num_tokens for s in admitted]
+        batches = prefill_batches(lens, sched.config.max_num_batched_tokens)
+        self.last_intensity = switch_intensity(now, start, self.cost.prefill_us(lens),
+                                               self.switch_cost_us, num_stages=self.num_stages,
+                                               prefill_micro_batches=batches)
         return self.last_intensity.switch
 
 
@@ -144,7 +157,7 @@ POLICIES = {"prefill-first": PrefillFirstPolicy, "temporal": TemporalPolicy}
 
 def make_policy(name: str, cost: CostModel | None = None, **options) -> Policy:
     """A policy by name; "temporal" needs the cost model (`options`: kv_threshold,
-    switch_cost_us)."""
+    switch_cost_us, num_stages)."""
     if name not in POLICIES:
         raise ValueError(f"unknown scheduling policy {name!r}; use one of {', '.join(POLICIES)}")
     if name == "temporal":

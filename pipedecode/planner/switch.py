@@ -21,7 +21,15 @@ throughput relative to the throughput at step 0 (spatial intensity) falls below
 (T_prefill - T_bubble) / T_prefill (temporal intensity). The planner prices every candidate
 step, so it matches or beats the rule under the same model. `switch_intensity` (the
 comparison) and `greedy_prefill` (the admission) are pure functions of numbers, the one
-implementation the engine's temporal policy calls online too.
+implementation the engine's temporal policy and the pipeline simulator (pipedecode/sim) call
+online too.
+
+In a pipeline of N balanced stages both sides of the comparison are per stage. The P prefill
+micro-batches take a stage step each (their prefill time / (N P)) and the phase fills and
+drains the pipeline in N - 1 more: on a stage, the phase lasts its useful work (prefill / N)
+plus those N - 1 steps, and the bubble is the fixed cost plus the same N - 1 steps. So the
+temporal intensity is (prefill / N - cost) / (prefill / N + (N - 1) step): P / (P + N - 1)
+without a fixed cost, and N = 1 is the one-GPU rule exactly.
 """
 
 from __future__ import annotations
@@ -47,27 +55,63 @@ class SwitchIntensity:
 
     spatial: decode throughput now over the throughput at the start of the decode phase (it
     falls as requests finish and the batch thins). temporal: (T_prefill - T_bubble) /
-    T_prefill, the share of a phase switch spent on useful prefill work, for the prompts the
-    switch would admit."""
+    T_prefill per stage, the share of a phase switch spent on useful prefill work, for the
+    prompts the switch would admit. bubble_us: T_bubble (`pipeline_bubble_us`)."""
 
     spatial: float
     temporal: float
+    bubble_us: float = 0.0
 
     @property
     def switch(self) -> bool:
         return self.spatial < self.temporal
 
 
+def pipeline_bubble_us(switch_cost_us: float, num_stages: int, stage_step_us: float) -> float:
+    """Idle time a stage pays for one phase switch in a pipeline of `num_stages`: the fixed
+    cost plus the (num_stages - 1) stage steps that fill and drain it."""
+    if not isinstance(num_stages, int) or isinstance(num_stages, bool) or num_stages < 1:
+        raise ValueError(f"num_stages must be a positive integer, got {num_stages!r}")
+    if switch_cost_us < 0 or stage_step_us < 0:
+        raise ValueError(f"the switch cost and the stage step must be >= 0, got "
+                         f"{switch_cost_us} and {stage_step_us}")
+    return switch_cost_us + (num_stages - 1) * stage_step_us
+
+
 def switch_intensity(decode_tokens_per_us: float, start_tokens_per_us: float,
-                     prefill_us: float, bubble_us: float) -> SwitchIntensity:
+                     prefill_us: float, bubble_us: float, *, num_stages: int = 1,
+                     prefill_micro_batches: int = 1) -> SwitchIntensity:
     """The comparison from decode rates (sequences / predicted step time), the predicted
-    prefill time of the prompts a switch admits, and the switch's bubble (one GPU: the
-    prefill's launch cost; a pipeline adds its fill and drain)."""
+    prefill time (whole model) of the prompts a switch admits, and the switch's fixed cost
+    `bubble_us` (one GPU: the prefill's launch cost). A pipeline of `num_stages` adds the
+    fill and drain of its stages by `prefill_micro_batches` prefill micro-batches
+    (`prefill_batches`) to the phase and to its bubble (module docstring); num_stages = 1 is
+    exactly the one-GPU comparison."""
     if start_tokens_per_us <= 0 or prefill_us <= 0:
         raise ValueError(f"switch_intensity needs a positive start rate and prefill time, got "
                          f"{start_tokens_per_us} and {prefill_us}")
+    for name, value in (("num_stages", num_stages),
+                        ("prefill_micro_batches", prefill_micro_batches)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    stage_us = prefill_us / num_stages          # x / 1 == x: N = 1 is the one-GPU rule
+    step_us = stage_us / prefill_micro_batches
+    bubble = pipeline_bubble_us(bubble_us, num_stages, step_us)
+    fill_us = pipeline_bubble_us(0.0, num_stages, step_us)    # 0.0 on one GPU
     return SwitchIntensity(decode_tokens_per_us / start_tokens_per_us,
-                           (prefill_us - bubble_us) / prefill_us)
+                           (stage_us + fill_us - bubble) / (stage_us + fill_us), bubble)
+
+
+def prefill_batches(prompt_lens, token_budget: int | None) -> int:
+    """Prefill batches that prompts (in queue order) take when each batch holds at most
+    `token_budget` tokens and a longer prompt runs alone (the engine's `fitting_prefix` cut);
+    None: one batch."""
+    batches, tokens = 0, 0
+    for n in prompt_lens:
+        if not batches or (token_budget is not None and tokens + n > token_budget):
+            batches, tokens = batches + 1, 0
+        tokens += n
+    return batches
 
 
 def greedy_prefill(held: int, peaks, budget: int) -> tuple[int, int]:

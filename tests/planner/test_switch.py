@@ -97,3 +97,54 @@ def test_greedy_prefill_stops_at_the_first_prompt_that_does_not_fit():
     assert greedy_prefill(10, [5, 5, 1, 1], budget=20) == (2, 20)
     assert greedy_prefill(10, [11, 1], budget=20) == (0, 10)         # queue order: no skipping
     assert greedy_prefill(0, [], budget=5) == (0, 0)
+
+
+def test_a_pipeline_adds_the_fill_and_drain_of_its_stages_to_the_bubble():
+    from pipedecode.planner.switch import pipeline_bubble_us, switch_intensity
+
+    # 4 stages, a 1200 us prefill in 12 micro-batches: 300 us of it per stage, stage steps of
+    # 25 us, fill and drain 3 x 25 = 75 us. The phase lasts 375 us on a stage, its bubble
+    # 20 + 75 = 95 us: temporal (375 - 95) / 375
+    assert pipeline_bubble_us(20.0, 4, 25.0) == 95.0
+    w = switch_intensity(0.5, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=12)
+    assert w.bubble_us == 95.0 and w.temporal == pytest.approx(280 / 375) and w.switch
+    assert not switch_intensity(0.8, 1.0, 1200.0, 20.0, num_stages=4,
+                                prefill_micro_batches=12).switch           # 0.8 > 0.747
+    # the same prefill in 3 micro-batches: steps of 100 us, the phase 300 + 300 us, its
+    # bubble 320 us: (600 - 320) / 600; without a fixed cost P / (P + N - 1) = 3 / 6
+    few = switch_intensity(0.46, 1.0, 1200.0, 20.0, num_stages=4, prefill_micro_batches=3)
+    assert few.bubble_us == 320.0 and few.temporal == pytest.approx(280 / 600) and few.switch
+    assert switch_intensity(0.5, 1.0, 1200.0, 0.0, num_stages=4,
+                            prefill_micro_batches=3).temporal == pytest.approx(0.5)
+    # one prefill micro-batch through 8 stages: 1 / 8 of the phase is useful
+    assert switch_intensity(0.1, 1.0, 800.0, 0.0, num_stages=8).temporal == pytest.approx(1 / 8)
+
+
+def test_one_stage_is_the_one_gpu_rule_exactly():
+    from pipedecode.planner.switch import switch_intensity
+
+    for prefill, cost, batches in ((1000.0, 200.0, 1), (1234.5, 0.0, 7), (3e5, 31.7, 40)):
+        w = switch_intensity(0.3, 0.9, prefill, cost, num_stages=1,
+                             prefill_micro_batches=batches)
+        assert (w.temporal, w.bubble_us) == ((prefill - cost) / prefill, cost)
+
+
+def test_pipeline_inputs_are_checked():
+    from pipedecode.planner.switch import pipeline_bubble_us, switch_intensity
+
+    with pytest.raises(ValueError, match="num_stages must be a positive integer"):
+        switch_intensity(1.0, 1.0, 100.0, 0.0, num_stages=0)
+    with pytest.raises(ValueError, match="prefill_micro_batches"):
+        switch_intensity(1.0, 1.0, 100.0, 0.0, num_stages=2, prefill_micro_batches=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        pipeline_bubble_us(-1.0, 2, 1.0)
+
+
+def test_prefill_batches_cut_as_the_engine_cuts_its_prefill_batches():
+    from pipedecode.planner.switch import prefill_batches
+
+    assert prefill_batches([5, 5, 5], 10) == 2
+    assert prefill_batches([12, 3], 10) == 2            # a long prompt runs alone
+    assert prefill_batches([3, 12, 3], 10) == 3
+    assert prefill_batches([3, 12, 3], None) == 1
+    assert prefill_batches([], 10) == 0
