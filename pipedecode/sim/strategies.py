@@ -54,6 +54,9 @@ class SimOptions:
         for name in ("seqs_per_gpu", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SimOptions.{name} must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.step_overhead_us) and self.step_overhead_us >= 0):
+            raise ValueError(f"SimOptions.step_overhead_us must be a number >= 0, "
+                             f"got {self.step_overhead_us}")
         for name in ("micro_batches", "kv_blocks"):
             value = getattr(self, name)
             if value is not None and value < 1:
