@@ -24,6 +24,7 @@ import sys
 
 from pipedecode.commands.common import Outputs
 from pipedecode.sim.calibrate import TOLERANCE, Measured, compare, markdown
+from pipedecode.sim.strategies import SimOptions
 
 OVERRIDABLE = ("model", "device", "requests", "seed")
 
@@ -58,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in OVERRIDABLE:
         parser.add_argument(f"--{name}", default=None, type=int if name in ("requests", "seed")
                             else str, help=f"{name} where the measured JSON does not say")
+    parser.add_argument("--step-overhead-us", type=float, default=0.0,
+                        help="controller CPU time per scheduling call to simulate (default 0)")
     args = parser.parse_args(argv)
     with open(args.measured) as f:
         data = json.load(f)
     given = {n: getattr(args, n) for n in OVERRIDABLE if getattr(args, n) is not None}
     try:
-        comparisons = [compare(Measured.from_dict({**given, **run})) for run in runs(data)]
+        options = SimOptions(step_overhead_us=args.step_overhead_us)
+        comparisons = [compare(Measured.from_dict({**given, **run}), options)
+                       for run in runs(data)]
     except ValueError as exc:
         print(f"sim_vs_measured: {exc}", file=sys.stderr)
         return 2

@@ -81,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--predictor", choices=("online", "oracle"), default="online",
                         help="output lengths the scheduler predicts: the engine's online "
                              "estimator (default) or exact (ignore_eos)")
+    parser.add_argument("--step-overhead-us", type=float, default=0.0,
+                        help="controller CPU time per scheduling call in microseconds, on the "
+                             "critical path (default 0: scheduling hidden behind the GPUs)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes simulating points at once (default 1)")
     parser.add_argument("--out", action="append", default=[], metavar="PATH",
@@ -101,7 +104,8 @@ def _spec(args: argparse.Namespace):
     try:
         options = SimOptions(seqs_per_gpu=args.seqs_per_gpu,
                              max_num_batched_tokens=args.max_num_batched_tokens,
-                             micro_batches=args.micro_batches, predictor=args.predictor)
+                             micro_batches=args.micro_batches, predictor=args.predictor,
+                             step_overhead_us=args.step_overhead_us)
         return SweepSpec(models=tuple(args.model or ("llama-3-8b", "llama-3-70b")),
                          device=args.device, links=tuple(args.link or ("pcie5", "nvlink4")),
                          strategies=tuple(args.strategy or STRATEGIES), gpus=args.gpus,

@@ -39,6 +39,8 @@ def command_line(spec) -> str:
               f"--predictor {o.predictor}"]
     if o.micro_batches is not None:
         words.append(f"--micro-batches {o.micro_batches}")
+    if o.step_overhead_us:
+        words.append(f"--step-overhead-us {o.step_overhead_us:g}")
     return " ".join(words)
 
 

@@ -54,6 +54,9 @@ class SimOptions:
         for name in ("seqs_per_gpu", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SimOptions.{name} must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.step_overhead_us) and self.step_overhead_us >= 0):
+            raise ValueError(f"SimOptions.step_overhead_us must be a number >= 0, "
+                             f"got {self.step_overhead_us}")
         for name in ("micro_batches", "kv_blocks"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -104,17 +107,21 @@ class PointResult:
                     total_tokens_per_s=self.total_tokens_per_s)
 
 
-def _representative(cost: CostModel, workload: Workload, seqs: int, slots: int):
-    """(layer_us, head_us) of a typical decode micro-batch: the running set split over the
-    slots, each request halfway through its output. The stages are balanced for it."""
-    tokens = max(1, math.ceil(min(seqs, workload.num_requests) / slots))
+def _representative(cost: CostModel, workload: Workload, seqs: int, slots: int,
+                    replicas: int):
+    """(layer_us, head_us) of a typical decode micro-batch: a replica's running set split over
+    the slots, each request halfway through its output. The stages are balanced for it."""
+    tokens = max(1, math.ceil(min(seqs, workload.num_requests / replicas) / slots))
     context = (workload.prompt_tokens + workload.output_tokens / 2) / workload.num_requests
     return cost.sequential_layer_us(tokens, tokens * context), cost.head_us(tokens)
 
 
-def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: str, size: int,
-             workload: Workload, options: SimOptions, positions: int | None):
-    """(executor, SchedulingConfig, kv blocks, stage layers) of one replica of `size` GPUs."""
+def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: str,
+             size_and_count: tuple[int, int], workload: Workload, options: SimOptions,
+             positions: int | None):
+    """(executor, SchedulingConfig, KV blocks with the null block, stage layers, max_model_len)
+    of each of `count` replicas of `size` GPUs."""
+    size, count = size_and_count
     cost = MemoCostModel(shape, profile)
     seqs = options.seqs_per_gpu * size
     if strategy == "tensor":
@@ -122,7 +129,7 @@ def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: st
         executor, slots, stage_layers = TensorParallel(lay, cost, link), 1, ()
     else:
         slots = options.micro_batches or size
-        layer_us, head_us = _representative(cost, workload, seqs, slots)
+        layer_us, head_us = _representative(cost, workload, seqs, slots, count)
         lay = layouts.pipeline_layout(shape, profile, size, layer_us=layer_us, head_us=head_us,
                                       block_size=options.block_size)
         executor, stage_layers = StagePipeline(lay, cost, link), lay.layers
@@ -154,7 +161,7 @@ def simulate_point(model, profile: DeviceProfile, link: Link, gpus: int, strateg
     positions = max_positions(model)
     replicas, size = replica_size(shape, strategy, gpus)
     executor, config, blocks, stage_layers, max_len = _replica(
-        shape, profile, link, strategy, size, workload, options, positions)
+        shape, profile, link, strategy, (size, replicas), workload, options, positions)
     results: list[RunResult] = []
     for r in range(replicas):
         clock = VirtualClock()

@@ -54,7 +54,8 @@ def test_a_failure_keeps_the_earlier_file(tmp_path, capsys):
     (["--model", "gpt-9"], "gpt-9"),
     (["--gpus", "0"], "GPU counts must be positive"),
     (["--out", "sim.txt"], "name a .json, .md or .png file"),
-    (["--device", "h900"], "h900")])
+    (["--device", "h900"], "h900"),
+    (["--step-overhead-us", "-1"], "step_overhead_us must be a number >= 0")])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["simulate", "--model", "llama-3-8b", "--gpus", "1", "--requests", "8"]
@@ -62,6 +63,21 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monke
     err = capsys.readouterr().err
     assert rc == 2 and len(_errors(err)) == 1 and message in _errors(err)[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_controller_time_on_the_critical_path_slows_the_run(capsys):
+    argv = ["simulate", "--model", "llama-3-8b", "--gpus", "2", "--link", "pcie5", "--strategy",
+            "tdpipe", "--requests", "16", "--workload", "fixed:16:8"]
+    assert main(argv) == 0
+    free = capsys.readouterr().out
+    assert main(argv + ["--step-overhead-us", "20000"]) == 0
+    slow = capsys.readouterr().out
+
+    def out_tokens_per_s(text):
+        line = next(x for x in text.splitlines() if x.startswith("llama-3-8b"))
+        return float(line.split()[5])
+
+    assert out_tokens_per_s(slow) < 0.5 * out_tokens_per_s(free)
 
 
 def test_bad_gpu_lists_are_argparse_errors(capsys):
