@@ -109,7 +109,11 @@ def markdown(result: dict) -> str:
         f"{result.get('dtype', 'bfloat16')}), profile "
         f"{result['profile']}; scale {result['scale']:g} of each workload's requests; "
         f"transformers on the first {result['hf_requests']} requests of each, in static "
-        f"batches of {result['hf_batch']} (its tokens/s extrapolate to the workload); "
+        f"batches of {result['hf_batch']}"
+        + (f", at most {result['hf_budget_s']:.0f} s per workload (a batch ends early at "
+           f"transformers' max_time; the tokens produced by then count)"
+           if result.get("hf_budget_s") else "")
+        + " (its tokens/s extrapolate to the workload); "
         f"pipedecode max_num_seqs {result['max_num_seqs']}, KV pool {result['kv_pool_gib']:.1f} "
         f"GiB. {result['notes']}", ""]
     for w in result["workloads"]:
