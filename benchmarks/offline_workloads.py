@@ -1,19 +1,16 @@
 """The offline-throughput benchmark's workloads and each one's roofline bound (no GPU).
 
-Three workloads (offline: every request arrives at once), random prompt token ids:
+Three workloads (offline: every request arrives at once), random prompt token ids, their
+lengths drawn by pipedecode.sim.workloads (the generators the simulator uses, so a measured
+run and its simulation see the same requests):
   a  256 requests, input and output lengths uniform in 100..1024, ignore_eos.
-  b  1000 requests with ShareGPT-shaped lengths: input and output each lognormal,
-     SHAREGPT_LOGNORMAL below, clipped to 4..1024 tokens (the filter of vLLM's throughput
-     benchmark: prompts of at most 1024 tokens, prompt + output at most 2048). Outputs end by
-     max_tokens, not EOS (random weights would stop them at random): the engine predicts them
-     with its online estimator, or an oracle.
+  b  1000 requests with ShareGPT-shaped lengths (`sim.workloads.sharegpt_shaped`: lognormal
+     prompt and output lengths with ShareGPT's means as the vLLM paper reports them, filtered as
+     vLLM's throughput benchmark filters ShareGPT; its docstring states the parameters). Outputs
+     end by max_tokens, not EOS (random weights would stop them at random): the engine predicts
+     them with its online estimator, or an oracle.
   c  1000 requests, 1024 in / 1024 out, ignore_eos.
 `scale` keeps a fraction of the requests, drawn from the same distributions (the same seed).
-
-The ShareGPT means (213 input and 214 output tokens per request) are vLLM's nightly serving
-benchmark of 200 ShareGPT V3 prompts on Llama-3.3-70B (Llama-3 tokenizer): 198.5 output
-and 396.4 total tokens/s at 0.928 requests/s. sigma = 1.0 (a coefficient of variation of 1.3)
-is chosen for ShareGPT's long tail, not fitted; mu = ln(mean) - sigma^2 / 2.
 
 The roofline bound of a workload: its requests under continuous batching at the largest batch
 the device's memory holds (every running request's whole prompt + output in the KV cache, the
@@ -24,25 +21,19 @@ others finish, each prefill's last logits giving the first output token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
-import numpy as np
 
 from pipedecode import counts
 from pipedecode.models import ModelShape
 from pipedecode.planner.cost import CostModel
 from pipedecode.profiles.schema import DeviceProfile
+from pipedecode.sim import workloads as sim_workloads
 
-SHAREGPT_MEAN_TOKENS = {"input": 213.0, "output": 214.0}
-SHAREGPT_SIGMA = 1.0
-SHAREGPT_LOGNORMAL = {k: (math.log(m) - SHAREGPT_SIGMA ** 2 / 2, SHAREGPT_SIGMA)
-                      for k, m in SHAREGPT_MEAN_TOKENS.items()}     # (mu, sigma) of ln(tokens)
-SHAREGPT_CLIP = (4, 1024)
 NAMES = {"a": "uniform 100..1024 in and out, ignore_eos",
          "b": "ShareGPT-shaped lognormal lengths",
          "c": "1024 in / 1024 out, ignore_eos"}
 SIZES = {"a": 256, "b": 1000, "c": 1000}
+SPECS = {"a": "uniform:100:1024:100:1024", "b": "sharegpt", "c": "fixed:1024:1024"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +42,7 @@ class Workload:
     prompt_lens: tuple[int, ...]
     output_lens: tuple[int, ...]
     ignore_eos: bool
+    seed: int = 0
 
     @property
     def requests(self) -> int:
@@ -64,10 +56,10 @@ class Workload:
     def output_tokens(self) -> int:
         return sum(self.output_lens)
 
-    def prompts(self, vocab_size: int, seed: int = 0) -> list[list[int]]:
-        """Random token ids (distinct prompts, so an oracle can tell them apart)."""
-        rng = np.random.default_rng(seed + 1)
-        return [rng.integers(3, vocab_size, n).tolist() for n in self.prompt_lens]
+    def prompts(self, vocab_size: int) -> list[list[int]]:
+        """Random distinct token ids (an oracle tells prompts apart), as the simulator's."""
+        return sim_workloads.Workload(SPECS[self.key], self.prompt_lens, self.output_lens,
+                                      self.seed).prompts(vocab_size)
 
 
 def make_workload(key: str, scale: float = 1.0, seed: int = 0) -> Workload:
@@ -77,17 +69,8 @@ def make_workload(key: str, scale: float = 1.0, seed: int = 0) -> Workload:
     if not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
     n = max(1, round(scale * SIZES[key]))
-    rng = np.random.default_rng(seed)
-    if key == "a":
-        lens = rng.integers(100, 1025, size=(2, n))
-        return Workload(key, tuple(lens[0].tolist()), tuple(lens[1].tolist()), True)
-    if key == "b":
-        low, high = SHAREGPT_CLIP
-        drawn = [np.clip(np.rint(rng.lognormal(*SHAREGPT_LOGNORMAL[k], size=n)), low, high)
-                 for k in ("input", "output")]
-        return Workload(key, tuple(int(x) for x in drawn[0]), tuple(int(x) for x in drawn[1]),
-                        False)
-    return Workload(key, (1024,) * n, (1024,) * n, True)
+    drawn = sim_workloads.make_workload(SPECS[key], n, seed)
+    return Workload(key, drawn.prompt_lens, drawn.output_lens, key != "b", seed)
 
 
 def prefill_counts(shape: ModelShape, prompt_lens: list[int]) -> counts.Counts:

@@ -6,7 +6,8 @@ writes one, or a person types the simple form
      "total_tokens_per_s": 14000.0}
 with optional model, device, requests, seed, max_num_seqs, max_num_batched_tokens,
 ignore_eos and kv_blocks (`pipedecode.sim.calibrate.Measured`; other keys are ignored). A
-JSON object holding a "runs" or "results" list is read as that list. Simulates each run's
+JSON object holding a "runs" or "results" list is read as that list, and the result of
+benchmarks/offline_throughput.py as its pipedecode cells that ran with interleaving off. Simulates each run's
 workload on one GPU of its device with its policy and limits, and writes a markdown table of
 measured vs simulated tokens/s with the error (the simulator is trusted within 10%) and the
 same as JSON beside it. Pure CPU work.
@@ -29,8 +30,27 @@ from pipedecode.sim.strategies import SimOptions
 OVERRIDABLE = ("model", "device", "requests", "seed")
 
 
+def offline_runs(data: dict) -> list[dict]:
+    """The pipedecode cells of an offline_throughput result (interleave off: the simulator
+    prices decode steps sequentially) that ran, as measured runs of their workload's spec."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from offline_workloads import SPECS
+
+    runs = [dict(workload=SPECS[row["workload"]], policy=row["policy"],
+                 output_tokens_per_s=row["output_tokens_per_s"],
+                 total_tokens_per_s=row["total_tokens_per_s"], model=data.get("model"),
+                 device=data.get("profile"), requests=data["requests"][row["workload"]],
+                 max_num_seqs=data.get("max_num_seqs"), ignore_eos=row["workload"] != "b")
+            for row in data["rows"] if row.get("system") == "pipedecode"
+            and row.get("status") == "ok" and not row.get("interleave")
+            and row.get("predictor", "online") == "online"]
+    return [{k: v for k, v in run.items() if v is not None} for run in runs]
+
+
 def runs(data) -> list[dict]:
-    """The measured runs a JSON document holds."""
+    """The measured runs a JSON document holds (an offline_throughput result's cells too)."""
+    if isinstance(data, dict) and isinstance(data.get("rows"), list) and "requests" in data:
+        return offline_runs(data)
     if isinstance(data, dict):
         for key in ("runs", "results"):
             if isinstance(data.get(key), list):

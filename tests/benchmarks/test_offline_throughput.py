@@ -9,8 +9,8 @@ import torch
 
 import offline_report
 import offline_throughput
-from offline_workloads import (SHAREGPT_CLIP, SHAREGPT_LOGNORMAL, SHAREGPT_MEAN_TOKENS, Workload,
-                               kv_capacity_tokens, make_workload, prefill_counts, roofline_bound)
+from offline_workloads import (Workload, kv_capacity_tokens, make_workload, prefill_counts,
+                               roofline_bound)
 from pipedecode import counts
 from pipedecode.models import build_model, model_shape
 from pipedecode.planner.cost import CostModel
@@ -33,20 +33,20 @@ def test_workloads_have_their_sizes_ranges_and_seeds():
         make_workload("a", scale=0)
 
 
-def test_sharegpt_lengths_are_the_stated_lognormals_clipped():
-    for key in ("input", "output"):
-        mu, sigma = SHAREGPT_LOGNORMAL[key]
-        assert math.isclose(math.exp(mu + sigma ** 2 / 2), SHAREGPT_MEAN_TOKENS[key])
+def test_sharegpt_workload_is_the_simulators():
+    """(b) draws its lengths with the simulator's generator (its own tests check the
+    distribution), so a measured run and its simulation see the same requests."""
+    from pipedecode.sim.workloads import sharegpt_shaped
+
     b = make_workload("b")
+    drawn = sharegpt_shaped(1000, seed=0)
     assert b.requests == 1000 and not b.ignore_eos
-    for lens, key in ((b.prompt_lens, "input"), (b.output_lens, "output")):
-        assert SHAREGPT_CLIP[0] <= min(lens) and max(lens) <= SHAREGPT_CLIP[1]
-        # the mean of the draw, clipped at 1024 from above: within 20% of the stated mean
-        assert 0.8 * SHAREGPT_MEAN_TOKENS[key] < np.mean(lens) < 1.2 * SHAREGPT_MEAN_TOKENS[key]
-        assert np.median(lens) < 0.75 * np.mean(lens)         # the long tail
+    assert (b.prompt_lens, b.output_lens) == (drawn.prompt_lens, drawn.output_lens)
+    assert make_workload("b", seed=3).prompt_lens == sharegpt_shaped(1000, seed=3).prompt_lens
     prompts = b.prompts(SHAPE.vocab_size)
     assert [len(p) for p in prompts] == list(b.prompt_lens)
     assert len({tuple(p) for p in prompts}) == 1000          # distinct, for the oracle
+    assert prompts == drawn.prompts(SHAPE.vocab_size)
 
 
 def test_roofline_bound_of_one_request_is_its_prefill_and_steps():

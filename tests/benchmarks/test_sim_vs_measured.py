@@ -26,3 +26,23 @@ def test_a_run_off_by_more_than_10pct_fails_and_a_bad_file_says_why(tmp_path, ca
     measured.write_text(json.dumps({"workload": "sharegpt"}))
     assert sim_vs_measured.main([str(measured)]) == 2
     assert "lacks policy" in capsys.readouterr().err
+
+
+def test_an_offline_throughput_result_gives_its_sequential_pipedecode_cells():
+    data = {"model": "llama-3-8b", "profile": "h200", "max_num_seqs": 1024,
+            "requests": {"a": 51, "b": 200},
+            "rows": [{"workload": "a", "system": "transformers", "status": "ok",
+                      "output_tokens_per_s": 197.0, "total_tokens_per_s": 373.0},
+                     {"workload": "b", "system": "pipedecode", "policy": "temporal",
+                      "interleave": False, "predictor": "online", "status": "ok",
+                      "output_tokens_per_s": 5000.0, "total_tokens_per_s": 8000.0},
+                     {"workload": "b", "system": "pipedecode", "policy": "temporal",
+                      "interleave": True, "predictor": "online", "status": "ok",
+                      "output_tokens_per_s": 5100.0, "total_tokens_per_s": 8100.0},
+                     {"workload": "a", "system": "pipedecode", "policy": "prefill-first",
+                      "interleave": False, "predictor": "online",
+                      "status": "not run (time budget)"}]}
+    got = sim_vs_measured.runs(data)
+    assert got == [{"workload": "sharegpt", "policy": "temporal", "output_tokens_per_s": 5000.0,
+                    "total_tokens_per_s": 8000.0, "model": "llama-3-8b", "device": "h200",
+                    "requests": 200, "max_num_seqs": 1024, "ignore_eos": False}]
