@@ -35,7 +35,7 @@ from pipedecode.distributed.launch import PipelineWorld
 from pipedecode.distributed.wire import HEADER_INTS
 
 TAG_HEADER, TAG_PAYLOAD, TAG_TOKENS, TAG_HIDDEN = 1, 2, 3, 4
-REPORT_GRACE_S = 3.0        # how long the controller waits for the stages' reports
+REPORT_GRACE_S = 2.0        # how long the controller waits for the stages' reports
 
 
 class LinkLost(Exception):

@@ -9,13 +9,14 @@ the current one computes; on GPUs its residual stream is received while the curr
 computes (channels.py). A failure is reported to the store (channels.py) and raised as
 StageFailure. Knows nothing of scheduling.
 
-`inject_fault` is the test hook that makes this process's stage raise, or exit at once as if
-killed, after a number of micro-batches.
+`inject_fault` is the test hook that makes this process's stage raise, exit at once as if
+killed, or stop answering for a while, after a number of micro-batches.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from pipedecode.distributed import wire
@@ -29,19 +30,21 @@ IDLE_TIMEOUT_S = 24 * 3600.0      # between generate calls: the controller's scr
 @dataclass(frozen=True)
 class Fault:
     after_batches: int
-    how: str          # "raise" or "exit"
+    how: str          # "raise", "exit" or "hang"
+    seconds: float    # "hang": for how long
 
 
 _FAULT: dict[str, Fault | None] = {"fault": None}
 
 
-def inject_fault(after_batches: int, how: str = "raise") -> None:
-    """Test hook: this process's stage raises (how="raise") or exits with status 17 without
-    cleaning up (how="exit") when it is about to run micro-batch `after_batches` + 1."""
-    if how not in ("raise", "exit") or after_batches < 0:
-        raise ValueError(f"inject_fault(after_batches >= 0, how='raise'|'exit'), got "
-                         f"{after_batches}, {how!r}")
-    _FAULT["fault"] = Fault(after_batches, how)
+def inject_fault(after_batches: int, how: str = "raise", seconds: float = 10.0) -> None:
+    """Test hook: when this process's stage is about to run micro-batch `after_batches` + 1
+    it raises (how="raise"), exits with status 17 without cleaning up (how="exit"), or
+    sleeps `seconds` first (how="hang")."""
+    if how not in ("raise", "exit", "hang") or after_batches < 0 or seconds < 0:
+        raise ValueError(f"inject_fault(after_batches >= 0, how='raise'|'exit'|'hang', "
+                         f"seconds >= 0), got {after_batches}, {how!r}, {seconds}")
+    _FAULT["fault"] = Fault(after_batches, how, seconds)
 
 
 def _check_fault(done: int) -> None:
@@ -50,6 +53,10 @@ def _check_fault(done: int) -> None:
         return
     if fault.how == "exit":
         os._exit(17)
+    if fault.how == "hang":
+        _FAULT["fault"] = None
+        time.sleep(fault.seconds)
+        return
     raise RuntimeError(f"injected fault after {done} micro-batches")
 
 

@@ -87,15 +87,16 @@ def pipeline_cases(rank: int, size: int) -> dict:
     return run_cases(size)
 
 
-def failing_stage(rank: int, size: int, stage: int, after: int, how: str):
-    """Stage `stage` fails (how) after `after` micro-batches; rank 0's outcome, or this
-    rank's error."""
+def failing_stage(rank: int, size: int, stage: int, after: int, how: str,
+                  timeout_s: float = 60.0):
+    """Stage `stage` fails (how, see worker.inject_fault) after `after` micro-batches; rank
+    0's outcome, or this rank's error."""
     from pipedecode.distributed import worker
 
     model = model_of("tiny-llama")
-    llm = engine(model, size, "prefill-first", pipeline_timeout_s=60.0)
+    llm = engine(model, size, "prefill-first", pipeline_timeout_s=timeout_s)
     if rank == stage:
-        worker.inject_fault(after, how)
+        worker.inject_fault(after, how, seconds=timeout_s + 2.0)
     try:
         outputs = llm.generate(PROMPTS, mixed_params(), use_tqdm=False)
     except GenerationError as exc:
