@@ -101,8 +101,9 @@ def join_world(pipeline_parallel_size: int, *,
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
+        # no device_id: NCCL starts lazily, each pair of neighbours gets a communicator (and
+        # a stream) of its own, so a stage's receive does not queue behind its send
+        dist.init_process_group(backend, timeout=timeout)
         atexit.register(_leave)
     elif dist.get_world_size() != world:
         raise LaunchError(f"torch.distributed is already initialised with "
