@@ -18,6 +18,7 @@ that stopped answering) and names it. Knows nothing of models or scheduling.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -96,11 +97,13 @@ class Links:
                           self.world.control)
 
     def send_object(self, dst: int, obj: Any) -> None:
-        dist.send_object_list([obj], dst=dst, group=self.world.control)
+        with _lost_as(dst, "the sampling params"):
+            dist.send_object_list([obj], dst=dst, group=self.world.control)
 
     def recv_object(self, src: int) -> Any:
         out = [None]
-        dist.recv_object_list(out, src=src, group=self.world.control)
+        with _lost_as(src, "the sampling params"):
+            dist.recv_object_list(out, src=src, group=self.world.control)
         return out[0]
 
     # ---- data: the residual stream --------------------------------------------------------
@@ -108,7 +111,8 @@ class Links:
         if self.recv_stream is None:
             self._send(hidden, dst, TAG_HIDDEN, self.world.data)
         else:       # NCCL after the compute stream's work; it keeps `hidden` until sent
-            dist.isend(hidden, dst=dst, group=self.world.data, tag=TAG_HIDDEN)
+            with _lost_as(dst, "a send"):
+                dist.isend(hidden, dst=dst, group=self.world.data, tag=TAG_HIDDEN)
 
     def recv_hidden(self, src: int, rows: int) -> Pending:
         dev = self.world.device
@@ -130,10 +134,13 @@ class Links:
 
     # ---- waits ------------------------------------------------------------------------------
     def _send(self, tensor: torch.Tensor, dst: int, tag: int, group) -> None:
-        self.sends.append((dist.isend(tensor, dst=dst, group=group, tag=tag), tensor, dst))
+        with _lost_as(dst, "a send"):
+            self.sends.append((dist.isend(tensor, dst=dst, group=group, tag=tag), tensor, dst))
 
     def _recv(self, buffer: torch.Tensor, src: int, tag: int, what: str, group) -> Pending:
-        return Pending(buffer, dist.irecv(buffer, src=src, group=group, tag=tag), src, what)
+        with _lost_as(src, what):
+            work = dist.irecv(buffer, src=src, group=group, tag=tag)
+        return Pending(buffer, work, src, what)
 
     def wait(self, pending: Pending, timeout_s: float | None = None) -> torch.Tensor:
         _wait(pending.work, pending.peer, pending.what, timeout_s or self.timeout_s)
@@ -197,12 +204,22 @@ class Links:
         return json.loads(self.world.store.get(name))
 
 
-def _wait(work, peer: int, what: str, timeout_s: float) -> None:
+@contextlib.contextmanager
+def _lost_as(peer: int, what: str):
+    """torch.distributed's errors on a link to `peer` (a timeout, a closed pair: gloo raises
+    RuntimeError for every one) as LinkLost."""
     try:
-        work.wait(timeout=datetime.timedelta(seconds=timeout_s))
-    except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError for both
+        yield
+    except LinkLost:
+        raise
+    except RuntimeError as exc:
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LinkLost(peer, what, cause, "timed out" in cause.lower()) from exc
+
+
+def _wait(work, peer: int, what: str, timeout_s: float) -> None:
+    with _lost_as(peer, what):
+        work.wait(timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def process_alive(host: str, pid: int) -> bool | None:

@@ -97,6 +97,6 @@ def _micro_batches(stage: StageRunner, links: Links) -> int:
         else:
             links.send_hidden(spec.index + 1, out)
         done += 1
-        links.reap(keep=4)
+        links.reap(keep=links.world.world_size)
     links.reap()
     return done

@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from pipedecode.engine.llm import LLM, GenerationError
+from pipedecode.engine.llm import LLM, GenerationError, RequestError
 from pipedecode.engine.params import SamplingParams
 from pipedecode.models import build_model, model_shape
 from pipedecode.profiles.registry import resolve_profile
@@ -83,8 +83,20 @@ def run_cases(stages: int) -> dict:
     return out
 
 
+def refused_then_served(stages: int) -> dict:
+    """A call whose request is refused (rank 0 raises RequestError, the other ranks' calls
+    return), then a call that runs: the pipeline is not broken by a refusal."""
+    llm = engine(model_of("tiny-llama"), stages, "temporal")
+    try:
+        llm.generate([PROMPTS[0], []], GREEDY, use_tqdm=False)
+        refused = None
+    except RequestError as exc:
+        refused = str(exc)
+    return dict(refused=refused, after=tokens(llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False)))
+
+
 def pipeline_cases(rank: int, size: int) -> dict:
-    return run_cases(size)
+    return dict(run_cases(size), refused=refused_then_served(size))
 
 
 def failing_stage(rank: int, size: int, stage: int, after: int, how: str,

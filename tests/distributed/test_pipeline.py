@@ -49,9 +49,21 @@ def test_tokens_equal_the_one_process_engine(pipeline, one_process, family, poli
 def test_only_rank_0_returns_outputs(pipeline):
     stages, results = pipeline
     for rank in range(1, stages):
-        for case in results[rank][1].values():
+        for key, case in results[rank][1].items():
+            if key == "refused":
+                continue
             assert case["greedy"] is None and case["mixed"] is None
             assert case["kv_blocks"] == cases.POOL_BLOCKS     # every stage's pool the same
+
+
+def test_a_refused_request_ends_every_ranks_call_and_the_pipeline_serves_on(pipeline,
+                                                                           one_process):
+    stages, results = pipeline
+    driver = results[0][1]["refused"]
+    assert driver["refused"] == "request 1: the prompt is empty; give at least one token"
+    assert driver["after"] == one_process[("tiny-llama", "temporal")]["greedy"][:3]
+    for rank in range(1, stages):
+        assert results[rank][1]["refused"] == dict(refused=None, after=[])
 
 
 def _finished_as_in_one_process(outcome, one_process):
