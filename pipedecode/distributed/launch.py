@@ -81,8 +81,10 @@ def check_environment(pipeline_parallel_size: int, environ=os.environ) -> tuple[
     return rank, world, local
 
 
-def _device(local_rank: int) -> torch.device:
-    """This process's GPU (one per local process), or the CPU where there are too few."""
+def local_device(local_rank: int) -> torch.device:
+    """This process's GPU (one per local process), made current, or the CPU where there are
+    too few. Call it before anything touches CUDA (a device profile looked up, a tensor made),
+    or rank k also opens a context on GPU 0."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
     if torch.cuda.is_available() and torch.cuda.device_count() >= local_world:
         torch.cuda.set_device(local_rank)
@@ -97,7 +99,7 @@ def join_world(pipeline_parallel_size: int, *,
     rank, world, local = check_environment(pipeline_parallel_size)
     for name, value in NCCL_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    device = _device(local)
+    device = local_device(local)
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():

@@ -94,8 +94,8 @@ class StageRunner:
         the next stage (a fresh tensor), or the last stage's logits."""
         runner = self.runner
         if meta.kind == "prefill":
-            return runner.run_prefill(meta.ids, meta.starts.astype(np.int32, copy=False), meta.slots,
-                                      hidden)
+            starts = meta.starts.astype(np.int32, copy=False)
+            return runner.run_prefill(meta.ids, starts, meta.slots, hidden)
         staged, self._staged = self._staged, None
         if staged is not None and staged[0] == meta.batch_id:
             views = staged[1]

@@ -325,9 +325,9 @@ def _check_stages(size: Any, runner: Any) -> int:
         if runner is not None:
             raise ValueError("runner= and pipeline_parallel_size > 1 cannot be combined: a "
                              "pipeline builds its stages' runners")
-        from pipedecode.distributed.launch import check_environment
+        from pipedecode.distributed.launch import check_environment, local_device
 
-        check_environment(size)
+        local_device(check_environment(size)[2])     # this rank's GPU, before CUDA starts
     return size
 
 

@@ -48,6 +48,17 @@ def _check(weights: PackedWeights, cache: PagedKVCache, token_ids: torch.Tensor,
     return bounds
 
 
+def _check_hidden(weights: PackedWeights, tokens: int, hidden: torch.Tensor | None) -> None:
+    if (hidden is None) != (weights.embed.shape[0] > 0):
+        raise ValueError("prefill: give `hidden` exactly when the weights have no embedding "
+                         "(a pipeline stage after the first)")
+    if hidden is not None and (hidden.shape != (tokens, weights.shape.hidden_size)
+                               or hidden.dtype != torch.float32):
+        raise ValueError(f"prefill: hidden must be float32 [{tokens}, "
+                         f"{weights.shape.hidden_size}], got {hidden.dtype} "
+                         f"{tuple(hidden.shape)}")
+
+
 def _buffers(weights: PackedWeights, tokens: int) -> dict[str, torch.Tensor]:
     shape, dt, dev = weights.shape, weights.dtype, weights.device
     q_dim = shape.num_heads * shape.head_dim
@@ -73,15 +84,7 @@ def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
     head returns the residual stream [tokens, hidden] float32 after its layers.
     """
     bounds = _check(weights, cache, token_ids, cu_seqlens, slot_mapping)
-    embeds = weights.embed.shape[0] > 0
-    if (hidden is None) == (not embeds):
-        raise ValueError("prefill: give `hidden` exactly when the weights have no embedding "
-                         "(a pipeline stage after the first)")
-    if hidden is not None and (hidden.shape != (token_ids.shape[0], weights.shape.hidden_size)
-                               or hidden.dtype != torch.float32):
-        raise ValueError(f"prefill: hidden must be float32 [{token_ids.shape[0]}, "
-                         f"{weights.shape.hidden_size}], got {hidden.dtype} "
-                         f"{tuple(hidden.shape)}")
+    _check_hidden(weights, token_ids.shape[0], hidden)
     shape, eps = weights.shape, weights.rms_eps
     heads, kv_heads, dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
     q_dim, kv_dim = heads * dim, kv_heads * dim
