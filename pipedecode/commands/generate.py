@@ -3,16 +3,22 @@
 Owns the JSONL formats (docs/generate-jsonl.md), checking every input line before the model
 loads (a malformed line is reported with its number and nothing is written), mapping a bad
 request back to its line, writing the outputs at once (a temporary file renamed into place)
-and the summary line. Knows nothing of scheduling: it calls `pipedecode.engine.LLM`.
+and the summary line. Under torchrun (`--pipeline-parallel N`) rank 0 writes the outputs; it
+defers SIGTERM until they are written, since torchrun stops every process as soon as one
+stage exits, and rank 0 cannot go on without the others anyway. Knows nothing of
+scheduling: it calls `pipedecode.engine.LLM`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,7 +218,26 @@ def _run(args: argparse.Namespace) -> int:
             raise PipedecodeError(f"--{name.replace('_', '-')} must be positive")
     if args.kv_cache_gib is not None and args.kv_cache_gib <= 0:
         raise PipedecodeError("--kv-cache-gib must be positive")
+    if args.pipeline_parallel > 1 and os.environ.get("RANK") == "0":
+        with _sigterm_deferred() as stopped:
+            code = _generate(args, requests, params)
+        return 143 if stopped else code
     return _generate(args, requests, params)
+
+
+@contextlib.contextmanager
+def _sigterm_deferred():
+    """SIGTERM noted, not obeyed, until the block ends (the main thread only); the list it
+    yields holds the signal if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    stopped: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _generate(args: argparse.Namespace, requests: list[Request], params: list) -> int:

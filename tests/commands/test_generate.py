@@ -184,3 +184,36 @@ def test_torchrun_runs_two_stages_and_rank_0_writes_the_outputs(tmp_path, capsys
     got = out.read_text().splitlines()
     assert [json.loads(x)["token_ids"] for x in got] == [json.loads(x)["token_ids"] for x in want]
     assert done.stdout.count("pipedecode generate: 5 requests") == 1     # rank 0 alone
+
+
+def test_under_torchrun_a_stage_that_exits_still_leaves_every_request_written(tmp_path):
+    """torchrun stops every process once one exits; rank 0 writes the outputs first."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed.spawn import free_port
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "stage_1_exits.py"
+    script.write_text("import os, sys\n"
+                      f"sys.path.insert(0, {root!r})\n"
+                      "from pipedecode.distributed import worker\n"
+                      "if os.environ['RANK'] == '1':\n"
+                      "    worker.inject_fault(4, 'exit')\n"
+                      "from pipedecode.cli import main\n"
+                      "sys.exit(main(sys.argv[1:]))\n")
+    lines = [{"prompt_token_ids": p, "max_tokens": n} for p, n in zip(PROMPTS, (1, 2, 9, 9, 9))]
+    prompts = _write(tmp_path / "in.jsonl", lines)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(free_port()), str(script),
+               *_args(tmp_path, prompts, "--temperature", "0", "--pipeline-parallel", "2",
+                      "--policy", "prefill-first")]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode != 0
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and rows[0]["finish_reason"] == "length"
+    failed = [r for r in rows if r["finish_reason"] == "error"]
+    assert failed and all("stage 1 (layers 1-1) exited" in r["error"] for r in failed)
+    assert "stage 1 (layers 1-1) exited" in done.stderr and "all written to" in done.stderr
