@@ -13,7 +13,11 @@ requests, seeded), every request arriving at once, each with max_tokens its outp
 EOS, which random weights make rare, and the table counts those that ended early) or `oracle`
 (ignore_eos: every length known exactly), as the simulator's predictor options mean. One
 engine (one KV pool, its CUDA graphs on every stage) serves both policies, after an untimed
-warm-up run of `--warmup` requests; each cell is timed once. Per cell: output and total
+warm-up (max_num_seqs requests of 16 tokens whose outputs end one group a step, so decode
+micro-batches of every size up to max_num_seqs / N run and their graphs are captured; the
+policy is read at each generate call); each cell is timed once. Interleaving micro-batches
+on SM partitions within a stage is off unless `--interleave` (its planner runs on rank 0's
+host, inside the timed cells). Per cell: output and total
 tokens/s, elapsed seconds, preemptions, peak KV; beside it the simulator's prediction
 (pipedecode.sim.strategies.simulate_point: tdpipe for temporal, pipeline for prefill-first)
 for the same model, GPU profile, GPU count, link (`--link`), max_num_seqs and KV blocks.
@@ -21,7 +25,7 @@ Rank 0 writes benchmarks/results/pipeline_throughput_<model>_pp<N>_<gpu>.json an
 
 Usage: torchrun --nproc-per-node N benchmarks/pipeline_throughput.py [--model M]
        [--requests 1000] [--policies temporal,prefill-first] [--predictor online|oracle]
-       [--max-num-seqs 256] [--kv-cache-gib G] [--warmup 64] [--link nvlink4] [--out DIR]
+       [--max-num-seqs 256] [--kv-cache-gib G] [--interleave] [--link nvlink4] [--out DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--kv-cache-gib", type=float, default=None,
                         help="each stage's pool (default: its GPU's free memory)")
-    parser.add_argument("--warmup", type=int, default=64, help="requests of the warm-up run")
+    parser.add_argument("--interleave", action="store_true",
+                        help="let each stage interleave micro-batches on SM partitions")
     parser.add_argument("--link", default="nvlink4", help="the simulator's link")
     parser.add_argument("--out", default=record.RESULTS)
     args = parser.parse_args(argv)
@@ -57,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.policies) - set(POLICIES))
     if unknown or not args.policies:
         parser.error(f"--policies: one or more of {', '.join(POLICIES)}, got {unknown}")
-    if min(args.requests, args.max_num_seqs, args.warmup + 1) < 1:
-        parser.error("--requests and --max-num-seqs must be positive, --warmup >= 0")
+    if min(args.requests, args.max_num_seqs) < 1:
+        parser.error("--requests and --max-num-seqs must be positive")
     return args
 
 
@@ -69,6 +74,19 @@ def requests(workload, vocab_size: int, predictor: str):
     params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=predictor == "oracle")
               for n in workload.output_lens]
     return workload.prompts(vocab_size), params
+
+
+def warmup_requests(max_num_seqs: int, num_stages: int, vocab_size: int):
+    """(prompts, params) of the warm-up: max_num_seqs prompts of 16 tokens, admitted at once;
+    their output lengths end one group of num_stages requests each step, so the decode
+    micro-batches (ceil(running / num_stages) each) take every size down to 1."""
+    from pipedecode.engine.params import SamplingParams
+
+    prompts = [[3 + (i * 7 + j) % (vocab_size - 3) for j in range(16)]
+               for i in range(max_num_seqs)]
+    params = [SamplingParams(max_tokens=2 + i // num_stages, temperature=0, ignore_eos=True)
+              for i in range(max_num_seqs)]
+    return prompts, params
 
 
 def simulated(model: str, profile, link: str, gpus: int, policy: str, workload,
@@ -115,6 +133,7 @@ def markdown(result: dict) -> str:
               f"tokens), all at once; random bf16 weights; stages {result['stage_layers']} "
               f"layers; {result['kv_blocks']} KV blocks of {result['block_size']}; "
               f"max_num_seqs {result['max_num_seqs']}; predictor {result['predictor']}; "
+              f"interleaving {'on' if result['interleave'] else 'off'}; "
               f"warm-up {result['warmup_s']:.1f} s untimed. Simulated: link "
               f"{result['link']}.", "",
               "| policy | output tok/s | total tok/s | elapsed s | preemptions | peak KV | "
@@ -155,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     memory = None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2 ** 30)
     llm = LLM(model, pipeline_parallel_size=gpus, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=memory,
+              interleave=args.interleave, policy="prefill-first",
               predictor=OracleLengths(prompts, workload.output_lens)
               if args.predictor == "oracle" else None)
     start = time.perf_counter()
-    llm.generate(prompts[:args.warmup], params[:args.warmup], use_tqdm=False)
+    llm.generate(*warmup_requests(args.max_num_seqs, gpus, model.config.vocab_size),
+                 use_tqdm=False)
     warmup_s = time.perf_counter() - start
     cells = []
     for policy in args.policies:
@@ -171,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if not llm.pipeline.is_driver:
         return 0
     result = dict(record.environment(), model=args.model, gpus=gpus, predictor=args.predictor,
-                  link=args.link, stage_layers=list(llm.pipeline.stage_layers),
+                  link=args.link, interleave=args.interleave, stage_layers=list(llm.pipeline.stage_layers),
                   kv_blocks=llm.runner.num_blocks - 1, block_size=llm.runner.block_size,
                   max_num_seqs=args.max_num_seqs, warmup_s=warmup_s,
                   workload=workload.summary())

@@ -25,7 +25,7 @@ from pipedecode.engine.runner import RunnerConfig
 from pipedecode.errors import PipedecodeError
 from pipedecode.models import model_shape
 
-DEFAULT_TIMEOUT_S = 300.0    # per receive: room for a first step's kernel compiles
+DEFAULT_TIMEOUT_S = 600.0    # per receive: room for every stage's first kernel compiles
 _PIPELINES = itertools.count()   # every rank makes its pipelines in the same order
 
 

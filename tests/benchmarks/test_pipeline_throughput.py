@@ -31,6 +31,29 @@ def test_requests_are_the_workloads(predictor, ignore_eos):
     assert all(p.ignore_eos is ignore_eos and p.temperature == 0 for p in params)
 
 
+def test_the_warm_up_sweeps_every_micro_batch_size():
+    from pipedecode.engine.block_manager import BlockManager
+    from pipedecode.engine.policies import make_policy
+    from pipedecode.engine.scheduler import Scheduler, SchedulerConfig
+    from pipedecode.engine.sequence import Sequence
+
+    prompts, params = bench.warmup_requests(32, 4, 1000)
+    assert len({tuple(p) for p in prompts}) == 32 and {len(p) for p in prompts} == {16}
+    sched = Scheduler(SchedulerConfig(512, 32, 8192, num_slots=4), BlockManager(200, 16),
+                      make_policy("prefill-first"))
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        sched.add(Sequence(i, p, sp))
+    sizes, in_flight = set(), []
+    while sched.has_unfinished():          # four micro-batches in flight, as on 4 stages
+        while len(in_flight) < 4 and (batch := sched.schedule()) is not None:
+            in_flight.append(batch)
+        batch = in_flight.pop(0)
+        if batch.kind == "decode":
+            sizes.add(len(batch.seqs))
+        sched.postprocess(batch, [7] * len(batch.seqs))
+    assert sizes == set(range(1, 9))       # every size up to 32 / 4
+
+
 def test_each_cell_gets_the_simulators_prediction_for_its_strategy():
     workload = sharegpt_shaped(300, seed=0)         # more than the pool of 1000 blocks holds
     h200 = resolve_profile("h200")
@@ -58,7 +81,8 @@ def test_a_cell_and_the_table():
                  simulated={"error": "InsufficientMemoryError: no room"})
     row["simulated"] = {"output_tokens_per_s": 30.0}
     result = dict(gpu="NVIDIA H200", gpu_key="h200", date="d", commit="c", model="llama-3-8b",
-                  gpus=2, predictor="online", link="nvlink4", stage_layers=[17, 15],
+                  gpus=2, predictor="online", link="nvlink4", interleave=False,
+                  stage_layers=[17, 15],
                   kv_blocks=1000, block_size=16, max_num_seqs=256, warmup_s=4.0,
                   workload=workload.summary(), cells=[row, other])
     text = bench.markdown(result)
