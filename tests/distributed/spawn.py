@@ -5,6 +5,7 @@ workers are fresh interpreters) with torchrun's environment (RANK, WORLD_SIZE, L
 LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), one CPU thread each, runs `fn(rank, size, *args)`
 in each and returns what each returned (None for a process that died) and the exit codes.
 A hard deadline: processes still running at `timeout_s` are killed and the test fails.
+A port taken by another process between choosing and binding it is chosen again.
 """
 
 from __future__ import annotations
@@ -38,8 +39,20 @@ def _child(rank: int, size: int, port: int, results, fn, args) -> None:
         results.put((rank, "raised", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def run_world(size: int, fn, *args, timeout_s: float = DEFAULT_TIMEOUT_S):
-    """({rank: ("ok", value) or ("raised", text)}, [exit code per rank])."""
+PORT_TAKEN = ("EADDRINUSE", "Address already in use")
+
+
+def run_world(size: int, fn, *args, timeout_s: float = DEFAULT_TIMEOUT_S, tries: int = 3):
+    """({rank: ("ok", value) or ("raised", text)}, [exit code per rank]). A port another
+    process took between choosing and binding it is chosen again (`tries` times)."""
+    for _ in range(tries - 1):
+        found = _run_world(size, fn, args, timeout_s)
+        if found is not None:
+            return found
+    return _run_world(size, fn, args, timeout_s, last=True)
+
+
+def _run_world(size: int, fn, args, timeout_s: float, last: bool = False):
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
@@ -55,6 +68,12 @@ def run_world(size: int, fn, *args, timeout_s: float = DEFAULT_TIMEOUT_S):
         except queue.Empty:
             if all(not p.is_alive() for p in procs):
                 break
+        if not last and any(s == "raised" and any(t in v for t in PORT_TAKEN)
+                            for s, v in out.values()):
+            for p in procs:
+                p.kill()
+                p.join()
+            return None
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
     hung = [r for r, p in enumerate(procs) if p.is_alive()]
