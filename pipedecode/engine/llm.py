@@ -148,18 +148,12 @@ class LLM:
             arrival = time.time()
             seqs = [self._sequence(i, p, sp, arrival)
                     for i, (p, sp) in enumerate(zip(prompts, params))]
+            scheduler = self._scheduler(seqs)
+            recorder = StatsRecorder(len(seqs), use_tqdm)
         except BaseException:
             if self.pipeline is not None:       # the other ranks' calls end too
                 self.pipeline.cancel()
             raise
-        scheduler = Scheduler(self.scheduler_config,
-                              BlockManager(self.runner.num_blocks, self.runner.block_size),
-                              self._policy(), self.predictor,
-                              micro_batches_for=self.runner.num_micro_batches,
-                              detokenize=self._detokenize if self.tokenizer is not None else None)
-        for seq in seqs:
-            scheduler.add(seq)
-        recorder = StatsRecorder(len(seqs), use_tqdm)
         try:
             if self.pipeline is None:
                 self._loop(scheduler, recorder)
@@ -178,6 +172,16 @@ class LLM:
             peak_kv_blocks=scheduler.block_manager.peak_used_blocks,
             kv_blocks=scheduler.block_manager.num_usable_blocks, policy=self.policy)
         return [self._output(s) for s in seqs]
+
+    def _scheduler(self, seqs: list[Sequence]) -> Scheduler:
+        scheduler = Scheduler(self.scheduler_config,
+                              BlockManager(self.runner.num_blocks, self.runner.block_size),
+                              self._policy(), self.predictor,
+                              micro_batches_for=self.runner.num_micro_batches,
+                              detokenize=self._detokenize if self.tokenizer is not None else None)
+        for seq in seqs:
+            scheduler.add(seq)
+        return scheduler
 
     def _loop(self, scheduler: Scheduler, recorder: StatsRecorder) -> None:
         while scheduler.has_unfinished():
