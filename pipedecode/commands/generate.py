@@ -3,16 +3,22 @@
 Owns the JSONL formats (docs/generate-jsonl.md), checking every input line before the model
 loads (a malformed line is reported with its number and nothing is written), mapping a bad
 request back to its line, writing the outputs at once (a temporary file renamed into place)
-and the summary line. Knows nothing of scheduling: it calls `pipedecode.engine.LLM`.
+and the summary line. Under torchrun (`--pipeline-parallel N`) rank 0 writes the outputs; it
+defers SIGTERM until they are written, since torchrun stops every process as soon as one
+stage exits, and rank 0 cannot go on without the others anyway. Knows nothing of
+scheduling: it calls `pipedecode.engine.LLM`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +44,8 @@ examples:
   pipedecode generate --model ./my-llama --prompts in.jsonl --out out.jsonl
   pipedecode generate --model llama-3-8b --prompts ids.jsonl --out out.jsonl \\
       --policy prefill-first --max-tokens 256 --ignore-eos
+  torchrun --nproc-per-node 2 -m pipedecode.cli generate --model llama-3-8b \\
+      --prompts ids.jsonl --out out.jsonl --pipeline-parallel 2     (two GPUs, one stage each)
 A malformed line exits with status 2 naming its line, before the model loads; if generation
 fails part-way, every request is still written (unfinished ones with finish_reason "error")
 and the status is 1. docs/generate-jsonl.md has the details."""
@@ -87,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--kv-threshold", type=float, default=0.9,
                         help="temporal: share of the KV pool its greedy prefill may fill at "
                              "the predicted peak (default 0.9)")
+    engine.add_argument("--pipeline-parallel", type=int, default=1, metavar="N",
+                        help="pipeline stages, one process (one GPU) each, under torchrun "
+                             "--nproc-per-node N; rank 0 writes the outputs and --kv-cache-gib "
+                             "is each stage's (default 1: no pipeline; docs/pipeline.md)")
     engine.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
@@ -201,12 +213,31 @@ def _run(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise PipedecodeError(f"--out: the folder {folder} does not exist")
-    for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+    for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "pipeline_parallel"):
         if getattr(args, name) <= 0:
             raise PipedecodeError(f"--{name.replace('_', '-')} must be positive")
     if args.kv_cache_gib is not None and args.kv_cache_gib <= 0:
         raise PipedecodeError("--kv-cache-gib must be positive")
+    if args.pipeline_parallel > 1 and os.environ.get("RANK") == "0":
+        with _sigterm_deferred() as stopped:
+            code = _generate(args, requests, params)
+        return 143 if stopped else code
     return _generate(args, requests, params)
+
+
+@contextlib.contextmanager
+def _sigterm_deferred():
+    """SIGTERM noted, not obeyed, until the block ends (the main thread only); the list it
+    yields holds the signal if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    stopped: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _generate(args: argparse.Namespace, requests: list[Request], params: list) -> int:
@@ -222,9 +253,12 @@ def _generate(args: argparse.Namespace, requests: list[Request], params: list) -
                          max_num_seqs=args.max_num_seqs,
                          max_num_batched_tokens=args.max_num_batched_tokens,
                          kv_cache_memory=memory, block_size=args.block_size,
-                         kv_threshold=args.kv_threshold)
+                         kv_threshold=args.kv_threshold,
+                         pipeline_parallel_size=args.pipeline_parallel)
         outputs = llm.generate([r.prompt for r in requests], params,
                                use_tqdm=not args.no_progress)
+        if llm.pipeline is not None and not llm.pipeline.is_driver:
+            return 0                # a later stage: rank 0 writes the outputs
     except engine.RequestError as exc:
         raise PipedecodeError(f"{args.prompts} line {requests[exc.index].line}: {exc}") from None
     except engine.GenerationError as exc:

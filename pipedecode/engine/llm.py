@@ -11,6 +11,10 @@ request's index before any request runs, so nothing is lost. A failure while run
 runner raising) raises `GenerationError`, whose `outputs` hold every request in input order:
 those finished before the failure as they are, the others with finish_reason "error" and the
 message. More requests than fit at once queue.
+
+Pipeline parallelism (`pipeline_parallel_size=N`, pipedecode.distributed): the same loop
+with the scheduler's N slots in flight, driven by rank 0 over N processes started by torchrun;
+a lost stage is a failure while running, named in the message.
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ class LLM:
     predictor: output-length predictor (None: OnlineLengthEstimator; a LengthPredictor, or
         any callable prompt_token_ids -> tokens). runner: a factory (model, RunnerConfig) ->
         ModelRunner (default: pipedecode's paged GPU runner).
+    pipeline_parallel_size: pipeline stages, one process each (one GPU each), started by
+        `torchrun --nproc-per-node N` running the same script: rank 0 schedules (N
+        micro-batches in flight; "temporal" prices its switch for N stages) and its
+        `generate` returns the outputs, the other ranks' `generate` serve it and return [].
+        kv_cache_memory is then each stage's pool. pipeline_timeout_s: the longest wait for
+        one message between stages (docs/pipeline.md).
     """
 
     def __init__(self, model: Any, *, tokenizer: Any = None, device: Any = None,
@@ -81,23 +91,34 @@ class LLM:
                  policy: str = "temporal", block_size: int = DEFAULT_BLOCK_SIZE,
                  predictor: Any = None, kv_threshold: float = DEFAULT_KV_THRESHOLD,
                  switch_cost_us: float | None = None, seed: int = 0,
-                 interleave: bool = True, runner: RunnerFactory | None = None) -> None:
+                 interleave: bool = True, runner: RunnerFactory | None = None,
+                 pipeline_parallel_size: int = 1,
+                 pipeline_timeout_s: float | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+        self.num_stages, self.pipeline = _check_stages(pipeline_parallel_size, runner), None
+        built = not isinstance(model, torch.nn.Module)
         self.model, self.tokenizer, self._why_no_tokenizer = load_model_and_tokenizer(
-            model, tokenizer, dtype, seed)
+            model, tokenizer, dtype, seed, device="cpu" if self.num_stages > 1 else None)
         self.profile = resolve_profile(device)
         config = RunnerConfig(self.profile, block_size, kv_cache_memory, max_num_seqs,
                               max_num_batched_tokens, interleave)
-        self.runner = check_runner((runner or default_runner)(self.model, config))
+        if self.num_stages == 1:
+            self.runner = check_runner((runner or default_runner)(self.model, config))
+        else:
+            self.pipeline = _start_pipeline(self.model, self.num_stages, config, seed,
+                                            pipeline_timeout_s, free_model=built)
+            self.runner = check_runner(self.pipeline.stage)
         self.max_model_len = min(self.runner.max_model_len,
                                  (self.runner.num_blocks - 1) * self.runner.block_size)
         self.policy, self.kv_threshold = policy, kv_threshold
         self.cost = _cost_model(self.model, self.profile)
-        self.switch_cost_us = (self.profile.launch_overhead_us * self.cost.model.num_layers
+        most_layers = max(self.pipeline.stage_layers) if self.pipeline else \
+            self.cost.model.num_layers                  # the slowest stage's launches
+        self.switch_cost_us = (self.profile.launch_overhead_us * most_layers
                                if switch_cost_us is None else float(switch_cost_us))
         self.scheduler_config = SchedulerConfig(self.max_model_len, max_num_seqs,
-                                                max_num_batched_tokens,
+                                                max_num_batched_tokens, self.num_stages,
                                                 eos_token_ids=_eos_ids(self.model, self.tokenizer))
         self.predictor = as_predictor(predictor)
         self._policy()                          # bad kv_threshold / switch cost fail here
@@ -108,7 +129,7 @@ class LLM:
     def _policy(self):
         if self.policy == "temporal":
             return make_policy("temporal", self.cost, kv_threshold=self.kv_threshold,
-                               switch_cost_us=self.switch_cost_us)
+                               switch_cost_us=self.switch_cost_us, num_stages=self.num_stages)
         return make_policy(self.policy)
 
     # ---- requests ---------------------------------------------------------------------------
@@ -117,21 +138,27 @@ class LLM:
         """Outputs for `prompts` (strings, token-id lists, or dicts with "prompt" or
         "prompt_token_ids"; one prompt alone is a list of one) in their order.
         sampling_params: one SamplingParams (or a dict of its fields) for all, or one per
-        prompt; None: SamplingParams() (max_tokens 16)."""
+        prompt; None: SamplingParams() (max_tokens 16). A pipeline's ranks > 0 serve rank 0's
+        call and return []."""
+        if self.pipeline is not None and not self.pipeline.is_driver:
+            return self.pipeline.serve()
         prompts = _as_list(prompts)
-        params = self._params(prompts, sampling_params)
-        arrival = time.time()
-        seqs = [self._sequence(i, p, sp, arrival) for i, (p, sp) in enumerate(zip(prompts, params))]
-        scheduler = Scheduler(self.scheduler_config,
-                              BlockManager(self.runner.num_blocks, self.runner.block_size),
-                              self._policy(), self.predictor,
-                              micro_batches_for=self.runner.num_micro_batches,
-                              detokenize=self._detokenize if self.tokenizer is not None else None)
-        for seq in seqs:
-            scheduler.add(seq)
-        recorder = StatsRecorder(len(seqs), use_tqdm)
         try:
-            self._loop(scheduler, recorder)
+            params = self._params(prompts, sampling_params)
+            arrival = time.time()
+            seqs = [self._sequence(i, p, sp, arrival)
+                    for i, (p, sp) in enumerate(zip(prompts, params))]
+            scheduler = self._scheduler(seqs)
+            recorder = StatsRecorder(len(seqs), use_tqdm)
+        except BaseException:
+            if self.pipeline is not None:       # the other ranks' calls end too
+                self.pipeline.cancel()
+            raise
+        try:
+            if self.pipeline is None:
+                self._loop(scheduler, recorder)
+            else:
+                self.pipeline.run(scheduler, seqs, recorder)
         except Exception as exc:
             recorder.close()
             message = f"generation failed: {type(exc).__name__}: {exc}"
@@ -145,6 +172,16 @@ class LLM:
             peak_kv_blocks=scheduler.block_manager.peak_used_blocks,
             kv_blocks=scheduler.block_manager.num_usable_blocks, policy=self.policy)
         return [self._output(s) for s in seqs]
+
+    def _scheduler(self, seqs: list[Sequence]) -> Scheduler:
+        scheduler = Scheduler(self.scheduler_config,
+                              BlockManager(self.runner.num_blocks, self.runner.block_size),
+                              self._policy(), self.predictor,
+                              micro_batches_for=self.runner.num_micro_batches,
+                              detokenize=self._detokenize if self.tokenizer is not None else None)
+        for seq in seqs:
+            scheduler.add(seq)
+        return scheduler
 
     def _loop(self, scheduler: Scheduler, recorder: StatsRecorder) -> None:
         while scheduler.has_unfinished():
@@ -281,6 +318,32 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
     if eos is None and tokenizer is not None:
         eos = tokenizer.eos_token_id
     return frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _check_stages(size: Any, runner: Any) -> int:
+    """The stage count, checked (and, for a pipeline, torchrun's environment: a one-line
+    error before anything loads)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"pipeline_parallel_size must be a positive integer, got {size!r}")
+    if size > 1:
+        if runner is not None:
+            raise ValueError("runner= and pipeline_parallel_size > 1 cannot be combined: a "
+                             "pipeline builds its stages' runners")
+        from pipedecode.distributed.launch import check_environment, local_device
+
+        local_device(check_environment(size)[2])     # this rank's GPU, before CUDA starts
+    return size
+
+
+def _start_pipeline(model: torch.nn.Module, size: int, config: RunnerConfig, seed: int,
+                    timeout_s: float | None, free_model: bool):
+    from pipedecode.distributed.pipeline import DEFAULT_TIMEOUT_S, start_pipeline
+
+    pipeline = start_pipeline(model, size, config, seed=seed,
+                              timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    if free_model:          # built here: the stage holds its tensors, the rest can go
+        model.to("meta")
+    return pipeline
 
 
 def _cost_model(model: torch.nn.Module, profile):

@@ -20,10 +20,13 @@ def _torch_device() -> torch.device:
 
 
 def load_model_and_tokenizer(spec: Any, tokenizer: Any, dtype: torch.dtype | None,
-                             seed: int) -> tuple[torch.nn.Module, Any, str]:
-    """(model in eval mode, tokenizer or None, why there is no tokenizer)."""
-    where = _torch_device()
-    dtype = dtype or (torch.bfloat16 if where.type == "cuda" else torch.float32)
+                             seed: int, *, device: str | torch.device | None = None
+                             ) -> tuple[torch.nn.Module, Any, str]:
+    """(model in eval mode, tokenizer or None, why there is no tokenizer). device: where a
+    model built or loaded here goes (default the GPU, else the CPU; a pipeline stage builds
+    on the CPU and keeps its layers); the default dtype follows the GPU's presence."""
+    dtype = dtype or (torch.bfloat16 if _torch_device().type == "cuda" else torch.float32)
+    where = torch.device(device) if device is not None else _torch_device()
     if isinstance(spec, torch.nn.Module):
         check_model(spec)
         model, why = spec.eval(), ("the model was given as an object; pass LLM(model, "

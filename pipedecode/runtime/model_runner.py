@@ -23,20 +23,25 @@ On a CPU the same code runs the torch kernels without graphs; an interleaved pla
 `planner`, since there are no SM partitions) runs its slot program serially (`run_serial`),
 which exercises the micro-batch rows and the program order. Knows nothing of scheduling: the
 engine's scheduler fills the block tables and forms the micro-batches.
+
+A pipeline stage (pipedecode.distributed) is this runner on the weights of a layer range
+(`weights=`, see step.py): each step has a host half that only the controller's stage runs on
+sequences (`prefill_inputs`; `decode_plan` + `StepInputs.stage`), whose arrays every stage
+receives, and a device half every stage runs on those arrays and the residual stream the
+previous stage sent (`run_prefill`, `run_decode`): `prefill` and `decode` are the two halves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence as Seq
+from typing import Any, Callable, Sequence as Seq
 
 import numpy as np
 import torch
 
 from pipedecode.engine.runner import RunnerConfig
 from pipedecode.errors import PipedecodeError
-from pipedecode.models import model_shape
 from pipedecode.runtime.executor import Executor, run_serial
 from pipedecode.runtime.kv_cache import PagedKVCache
 from pipedecode.runtime.ops import KernelSet, kernel_set
@@ -47,7 +52,7 @@ from pipedecode.runtime.runner_memory import cpu_kv_bytes, gpu_kv_bytes, usable_
 from pipedecode.runtime.runner_plans import (BucketPlans, Planner, bucket_for, bucket_sizes,
                                              micro_batch_rows)
 from pipedecode.runtime.step import DecodeStep
-from pipedecode.runtime.weights import hf_packing, hf_sources
+from pipedecode.runtime.weights import PackedWeights, hf_packing, hf_sources
 
 MAX_MICRO_BATCHES = 4      # the buffers hold any split up to this many micro-batches
 
@@ -57,25 +62,30 @@ class PagedModelRunner:
 
     def __init__(self, model: torch.nn.Module, config: RunnerConfig, *,
                  kernels: KernelSet | str = "auto", use_graphs: bool = True,
-                 planner: Planner | None = None, keep_logits: bool = False) -> None:
+                 planner: Planner | None = None, keep_logits: bool = False,
+                 weights: PackedWeights | None = None,
+                 num_blocks_of: Callable[[int], int] | None = None) -> None:
         """kernels: a KernelSet or its name (auto: hybrid on CUDA, torch on the CPU).
         use_graphs: replay CUDA graphs (CUDA only). planner(shape, profile, context_lens) ->
         Schedule: who decides interleaving (default pipedecode.planner.plan; a
         `program.manual_schedule` forces a split, e.g. in tests). keep_logits: keep every
         logits row, float32 on the CPU, in `kept_logits[(seq_id, tokens before it)]` (checks
-        against a reference; it syncs each step)."""
+        against a reference; it syncs each step). weights: a pipeline stage's weights (its
+        layers, see step.py) in place of packing the whole model. num_blocks_of(blocks): the
+        pool size to use given the blocks this runner's memory holds (a pipeline's stages
+        agree on the least)."""
         self.config = config
-        self.packing = hf_packing(model)
+        self.packing = hf_packing(model) if weights is None else None
         self._model = model
-        weights = self.weights = self.packing.weights
+        weights = self.weights = self.packing.weights if weights is None else weights
+        self._num_blocks_of = num_blocks_of
         self.device = weights.device
         self.kernels = kernel_set(kernels, self.device) if isinstance(kernels, str) else kernels
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self.block_size = config.block_size
         self.max_model_len = min(int(model.config.max_position_embeddings),
                                  weights.max_positions)
-        self.shape = dataclasses.replace(model_shape(model),
-                                         dtype_bytes=weights.embed.element_size())
+        self.shape = dataclasses.replace(weights.shape, dtype_bytes=weights.embed.element_size())
         self.sizes = bucket_sizes(config.max_num_seqs)
         self.max_rows = max(m * micro_batch_rows(config.max_num_seqs, m, self.sizes)
                             for m in range(1, MAX_MICRO_BATCHES + 1))
@@ -92,7 +102,6 @@ class PagedModelRunner:
                                  interleave=config.interleave, planner=planner)
         self._plans_by: dict[bool, BucketPlans] = {}    # the other setting's, kept by reuse
         self.executors: dict[tuple, Executor] = {}
-        self._key_of: dict[int, tuple] = {}       # id(executor) -> its key
         self._streams: dict[tuple[int, int], Any] = {}
         self._splits: dict[tuple, tuple[np.ndarray, torch.Tensor]] = {}
         self.last_executor: Executor | None = None
@@ -125,6 +134,9 @@ class PagedModelRunner:
                 (usable, "every seat at max_model_len (less than the free GPU memory)")
         blocks = PagedKVCache.blocks_for_memory(max(pool, 0), self.shape, self.block_size,
                                                 w.dtype, num_layers=len(w.layers))
+        if self._num_blocks_of is not None:     # every stage calls it, even one short of room
+            held, blocks = blocks, self._num_blocks_of(blocks)
+            how += f"; the least of the pipeline's stages (this one holds {held})"
         self.memory.update(pool_bytes=pool, sized_by=how, num_blocks=blocks)
         if blocks < 2:
             raise PipedecodeError(
@@ -157,6 +169,9 @@ class PagedModelRunner:
         """Bring the packed weights up to the model's parameters (repacked in place where they
         changed in place). False when a parameter was replaced or moved: the packing is then
         new and this runner, built on the old one, must be rebuilt."""
+        if self.packing is None:
+            raise ValueError("a pipeline stage's weights were sliced from the model once and "
+                             "do not follow it; rebuild the LLM after changing the weights")
         return self.packing.current(self.packing.sources_of(hf_sources(self._model))) \
             is self.weights
 
@@ -166,6 +181,12 @@ class PagedModelRunner:
 
     @torch.no_grad()
     def prefill(self, seqs: Seq) -> torch.Tensor:
+        logits = self.run_prefill(*self.prefill_inputs(seqs))
+        return logits if self.kept_logits is None else self._keep(seqs, logits)
+
+    def prefill_inputs(self, seqs: Seq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token ids int64 [tokens], prompt bounds int32 [prompts + 1], flat KV slots int64
+        [tokens]) of a prefill of every token of `seqs`: the host half."""
         lens = np.fromiter((len(s.token_ids) for s in seqs), dtype=np.int64, count=len(seqs))
         tables = self.inputs.tables
         tables.make_room(len(seqs))
@@ -177,34 +198,57 @@ class PagedModelRunner:
         slots = blocks * self.block_size + positions % self.block_size
         ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64,
                           count=int(starts[-1]))
+        return ids, starts.astype(np.int32), slots
+
+    @torch.no_grad()
+    def run_prefill(self, ids: np.ndarray, starts: np.ndarray, slots: np.ndarray,
+                    hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """The device half: logits of each prompt's last token [prompts, vocab], or (a stage
+        before the last) the residual stream [tokens, hidden] float32; `hidden` is the
+        previous stage's (a stage after the first)."""
         dev = self.device
-        logits = prefill(self.weights, self.cache, self.kernels, torch.from_numpy(ids).to(dev),
-                         torch.from_numpy(starts.astype(np.int32)).to(dev),
-                         torch.from_numpy(slots).to(dev))
-        return logits if self.kept_logits is None else self._keep(seqs, logits)
+        return prefill(self.weights, self.cache, self.kernels, torch.from_numpy(ids).to(dev),
+                       torch.from_numpy(starts).to(dev), torch.from_numpy(slots).to(dev),
+                       hidden=hidden)
 
     @torch.no_grad()
     def decode(self, seqs: Seq, micro_batches: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-        n, m = len(seqs), len(micro_batches)
-        if m == 1:
-            rows_np, index = None, None
-            executor = self._sequential(bucket_for(n, self.sizes))
-        else:
-            executor, rows_np, index = self._split(n, micro_batches)
+        key, rows_np, index = self.decode_plan(len(seqs), micro_batches)
+        tokens, lens, tables = self.inputs.stage(seqs, self.executor(key).step.batch_size,
+                                                 rows_np)
+        logits = self.run_decode(key, tokens, lens, tables)
+        logits = logits[:len(seqs)] if index is None else logits[index]
+        return logits if self.kept_logits is None else self._keep(seqs, logits)
+
+    def decode_plan(self, n: int, micro_batches: tuple[tuple[int, ...], ...]
+                    ) -> tuple[tuple, np.ndarray | None, torch.Tensor | None]:
+        """(executor key, the buffer row of each sequence, its device index; both None when
+        the sequences fill the first rows) of a decode step of `n` sequences so grouped."""
+        if len(micro_batches) == 1:
+            return ("sequential", bucket_for(n, self.sizes)), None, None
+        return self._split(n, micro_batches)
+
+    @torch.no_grad()
+    def run_decode(self, key: tuple, tokens: torch.Tensor, lens: torch.Tensor,
+                   tables: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """The device half of a step on the executor `key` over its rows: logits [rows,
+        vocab] in buffer-row order, or (a stage before the last) the residual stream [rows,
+        hidden] float32, a view of the step's buffer that the next step overwrites. `hidden`
+        [rows, hidden] float32: the previous stage's (a stage after the first)."""
+        executor = self.executor(key)
         step = executor.step
-        tokens, lens, tables = self.inputs.stage(seqs, step.batch_size, rows_np)
         step.set_inputs(tokens, lens, block_tables=tables)
+        if hidden is not None:
+            step.hidden_in.copy_(hidden)
         if executor.schedule is None or self.device.type == "cuda":
-            logits = executor.run()
+            executor.run()
             if executor.schedule is not None:
                 self._note_sequential(executor)
         else:                       # interleaved on the CPU: its slot program, serially
-            logits = run_serial(step, executor.program, executor.layout)
+            run_serial(step, executor.program, executor.layout)
         self.last_executor = executor
-        key = self._key_of[id(executor)]
         self.steps_by_executor[key] = self.steps_by_executor.get(key, 0) + 1
-        logits = logits[:n] if index is None else logits[index]
-        return logits if self.kept_logits is None else self._keep(seqs, logits)
+        return step.output
 
     def _keep(self, seqs: Seq, logits: torch.Tensor) -> torch.Tensor:
         rows = logits.float().cpu()
@@ -217,18 +261,26 @@ class PagedModelRunner:
         return DecodeStep(self.weights, rows, self.max_context, kernels=self.kernels,
                           paged=self.cache, rows_of=self._rows)
 
-    def _sequential(self, rows: int) -> Executor:
-        key = ("sequential", rows)
+    def executor(self, key: tuple) -> Executor:
+        """The executor of `key`: ("sequential", rows) or ("interleaved", micro-batches, rows
+        each, memory SMs, compute SMs), made at its first step."""
         executor = self.executors.get(key)
-        if executor is None:
-            executor = self.executors[key] = Executor(
-                self.weights, rows, self.max_context, step=self._step(rows),
-                use_graphs=self.use_graphs)
-            self._key_of[id(executor)] = key
+        if executor is not None:
+            return executor
+        kind, rows = key[0], key[1] * (key[2] if key[0] == "interleaved" else 1)
+        if kind not in ("sequential", "interleaved") or not 0 < rows <= self.max_rows:
+            raise ValueError(f"executor {key!r}: sequential or interleaved over 1..."
+                             f"{self.max_rows} rows")
+        if kind == "sequential":
+            executor = Executor(self.weights, rows, self.max_context, step=self._step(rows),
+                                use_graphs=self.use_graphs)
+        else:
+            executor = self._interleaved(*key[1:])
+        self.executors[key] = executor
         return executor
 
-    def _split(self, n: int, micro_batches) -> tuple[Executor, np.ndarray, torch.Tensor]:
-        """The executor of this split, the buffer row of each sequence, and its device index."""
+    def _split(self, n: int, micro_batches) -> tuple[tuple, np.ndarray, torch.Tensor]:
+        """The executor key of this split, the buffer row of each sequence, its device index."""
         m = len(micro_batches)
         each = micro_batch_rows(n, m, self.sizes)
         sizes = tuple(len(g) for g in micro_batches)
@@ -238,18 +290,13 @@ class PagedModelRunner:
         plan = self.plans.last(n)
         if plan is not None and plan.micro_batches == m:
             key = ("interleaved", m, each, plan.memory_sms, plan.compute_sms)
-            executor = self.executors.get(key)
-            if executor is None:
-                executor = self.executors[key] = self._interleaved(m, each, plan.memory_sms,
-                                                                   plan.compute_sms)
-                self._key_of[id(executor)] = key
         else:                       # a split no plan asked for: sequential over its rows
-            executor = self._sequential(m * each)
+            key = ("sequential", m * each)
         found = self._splits.get((each, sizes))
         if found is None:
             rows = np.concatenate([np.arange(j * each, j * each + k) for j, k in enumerate(sizes)])
             found = self._splits[(each, sizes)] = (rows, torch.as_tensor(rows, device=self.device))
-        return executor, found[0], found[1]
+        return key, found[0], found[1]
 
     def _interleaved(self, m: int, each: int, memory_sms: int, compute_sms: int) -> Executor:
         rows = m * each

@@ -5,8 +5,10 @@ once through the KernelSet, causal attention within each prompt through `prefill
 K/V into the cache's slots through `write_kv`) and `prefill_request` (one prompt into one row of
 a static-cache `DecodeStep`, through `prefill`: a static cache is a pool of one block per row).
 The residual stream is float32 and each op rounds as in the decode step, so a float32 CPU
-prefill equals transformers. Knows nothing of partitions, schedules or graphs: prefill runs on
-the whole device, eagerly.
+prefill equals transformers. A pipeline stage's weights (see step.py) hold its layers only: a
+stage without the embedding starts from the residual stream it is given (`hidden`), one
+without the LM head returns the residual stream instead of logits. Knows nothing of
+partitions, schedules or graphs: prefill runs on the whole device, eagerly.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def _check(weights: PackedWeights, cache: PagedKVCache, token_ids: torch.Tensor,
     return bounds
 
 
+def _check_hidden(weights: PackedWeights, tokens: int, hidden: torch.Tensor | None) -> None:
+    if (hidden is None) != (weights.embed.shape[0] > 0):
+        raise ValueError("prefill: give `hidden` exactly when the weights have no embedding "
+                         "(a pipeline stage after the first)")
+    if hidden is not None and (hidden.shape != (tokens, weights.shape.hidden_size)
+                               or hidden.dtype != torch.float32):
+        raise ValueError(f"prefill: hidden must be float32 [{tokens}, "
+                         f"{weights.shape.hidden_size}], got {hidden.dtype} "
+                         f"{tuple(hidden.shape)}")
+
+
 def _buffers(weights: PackedWeights, tokens: int) -> dict[str, torch.Tensor]:
     shape, dt, dev = weights.shape, weights.dtype, weights.device
     q_dim = shape.num_heads * shape.head_dim
@@ -58,16 +71,20 @@ def _buffers(weights: PackedWeights, tokens: int) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
             token_ids: torch.Tensor, cu_seqlens: torch.Tensor, slot_mapping: torch.Tensor, *,
-            logits_rows: torch.Tensor | None = None) -> torch.Tensor:
+            logits_rows: torch.Tensor | None = None,
+            hidden: torch.Tensor | None = None) -> torch.Tensor:
     """Prefill the prompts packed in token_ids (int [tokens]; prompt i is tokens
     [cu_seqlens[i], cu_seqlens[i + 1]), at positions 0, 1, ...) and write each token's K/V at
     its flat slot slot_mapping[t] (block * block_size + offset) of every layer.
 
     Returns logits [rows, vocab] of the token rows `logits_rows` (default: each prompt's last
     token, [prompts, vocab]); the next decode step of prompt i feeds its first generated token
-    at context length len(prompt i) + 1.
+    at context length len(prompt i) + 1. A pipeline stage without the embedding takes the
+    residual stream `hidden` [tokens, hidden] float32 (updated in place); one without the LM
+    head returns the residual stream [tokens, hidden] float32 after its layers.
     """
     bounds = _check(weights, cache, token_ids, cu_seqlens, slot_mapping)
+    _check_hidden(weights, token_ids.shape[0], hidden)
     shape, eps = weights.shape, weights.rms_eps
     heads, kv_heads, dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
     q_dim, kv_dim = heads * dim, kv_heads * dim
@@ -79,7 +96,8 @@ def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
     cos, sin = weights.rope_cos[positions], weights.rope_sin[positions]     # [n, dim]
     max_seqlen = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
     buf = _buffers(weights, n)
-    x = weights.embed[token_ids].float()            # [n, hidden]: the float32 residual stream
+    # [n, hidden]: the float32 residual stream
+    x = weights.embed[token_ids].float() if hidden is None else hidden.to(dev)
     for layer, lw in enumerate(weights.layers):
         kernels.rms_norm(x, lw.input_norm, eps, out=buf["h"])
         qkv = kernels.linear(buf["h"], lw.qkv, bias=lw.qkv_bias, out=buf["qkv"])
@@ -93,6 +111,8 @@ def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
         kernels.rms_norm(x, lw.post_norm, eps, out=buf["h"])
         kernels.gate_up_silu(buf["h"], lw.gate_up, scratch=buf["gate_up"], out=buf["act"])
         kernels.linear_add(buf["act"], lw.down, out=x, scratch=buf["tmp"])
+    if weights.lm_head.shape[0] == 0:       # a stage before the last: the residual stream
+        return x
     if logits_rows is None:
         logits_rows = cu_seqlens[1:].long() - 1
     last = x[logits_rows.to(dev)]

@@ -88,7 +88,10 @@ class BlockTables:
 
 
 class StepInputs:
-    """Staging for decode steps of up to `max_rows` rows with tables of `max_blocks`."""
+    """Staging for decode steps of up to `max_rows` rows with tables of `max_blocks`.
+
+    `staged` is the host array [num_rows, 2 + blocks] of the last step staged (what a pipeline
+    controller sends its other stages, which `load` it into their own buffers)."""
 
     def __init__(self, max_rows: int, max_blocks: int, device: torch.device,
                  table_capacity: int) -> None:
@@ -98,17 +101,21 @@ class StepInputs:
         self.dev = torch.zeros(size, dtype=torch.int32, device=device) if cuda else self.host
         self.np = self.host.numpy()
         self.tables = BlockTables(table_capacity, max_blocks)
-        self.max_rows, self.cuda = max_rows, cuda
+        self.max_rows, self.max_blocks, self.cuda = max_rows, max_blocks, cuda
+        self.staged: np.ndarray | None = None
+        # the last host-to-device copy: the host array is rewritten only once it is done (a
+        # pipeline stage does not read its output back before staging the next step)
+        self._copied = torch.cuda.Event() if cuda else None
 
     def stage(self, seqs: Seq, num_rows: int, rows: np.ndarray | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Device views (tokens [num_rows], context_lens [num_rows], block_tables [num_rows,
-        blocks in use]) of `seqs` in rows `rows` (default 0..len(seqs)-1), padding elsewhere.
-        The previous step's copy has finished: its logits were read back before this call."""
+        blocks in use]) of `seqs` in rows `rows` (default 0..len(seqs)-1), padding elsewhere."""
         if num_rows > self.max_rows:
             raise ValueError(f"a step of {num_rows} rows exceeds the {self.max_rows} staged")
         table_rows, tokens, lens, cols = self.tables.rows(seqs)   # lens: incl. the fed token
         width = 2 + cols
+        self._wait_copied()
         view = self.np[:num_rows * width].reshape(num_rows, width)
         n = len(seqs)
         if rows is None and n == num_rows:
@@ -119,7 +126,28 @@ class StepInputs:
             at = slice(0, n) if rows is None else rows
             view[at, 0], view[at, 1] = tokens, lens
             view[at, 2:] = self.tables.table[table_rows, :cols]
+        return self._to_device(num_rows, width)
+
+    def load(self, staged: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`stage`'s device views of a host array another StepInputs staged (int32 [num_rows,
+        2 + blocks]: token, context length, block table per row)."""
+        num_rows, width = staged.shape
+        if num_rows > self.max_rows or not 2 < width <= 2 + self.max_blocks:
+            raise ValueError(f"staged inputs of {num_rows} rows x {width} exceed the "
+                             f"{self.max_rows} x {2 + self.max_blocks} this stage holds")
+        self._wait_copied()
+        self.np[:num_rows * width] = staged.reshape(-1)
+        return self._to_device(num_rows, width)
+
+    def _wait_copied(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
+
+    def _to_device(self, num_rows: int, width: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.staged = self.np[:num_rows * width].reshape(num_rows, width)
         dev = self.dev[:num_rows * width].view(num_rows, width)
         if self.cuda:
             dev.copy_(self.host[:num_rows * width].view(num_rows, width), non_blocking=True)
+            self._copied.record()
         return dev[:, 0], dev[:, 1], dev[:, 2:]

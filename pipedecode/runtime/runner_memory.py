@@ -5,7 +5,8 @@ for every seat (max_num_seqs) at the longest length (max_model_len), which is al
 can use: on the CPU that, at most `CPU_KV_CACHE_BYTES`; on a GPU, at most that, what is free
 once everything else the runner holds is in place, measured rather than guessed:
 with the weights packed, one probe runs the largest decode step (all its buffers) and the
-largest prefill (its transient buffers) on a two-block cache, and samples the step's logits;
+largest prefill (its transient buffers) on a two-block cache, and samples the step's logits
+(a pipeline stage: on its layers, with its input and output residual streams);
 the pool gets the free memory (`torch.cuda.mem_get_info`) less that peak, less
 `GRAPH_RESERVE_BYTES` for the CUDA graphs captured later (their private pools hold the split-KV
 partials and matmul workspaces of one step each) and `HEADROOM_FRACTION` of the device for
@@ -55,17 +56,24 @@ def probe_peak_bytes(weights: PackedWeights, kernels: KernelSet, *, max_rows: in
     step = DecodeStep(weights, max_rows, max_model_len, kernels=kernels, paged=cache)
     step.set_inputs(step.tokens, torch.ones_like(step.context_lens),
                     block_tables=step.block_tables)
-    step.run_sequential().float().argmax(-1)
+    step.run_sequential()
+    if step.has_head:
+        step.logits.float().argmax(-1)
     # prompts of max_model_len tokens (the last shorter), every token into slot 0
     lens = [max_model_len] * (prefill_tokens // max_model_len)
     lens += [prefill_tokens - sum(lens)] if prefill_tokens % max_model_len else []
     bounds = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
     tokens = torch.zeros(prefill_tokens, dtype=torch.long, device=weights.device)
     slots = torch.zeros(prefill_tokens, dtype=torch.long, device=weights.device)
-    prefill(weights, cache, kernels, tokens, bounds.to(weights.device), slots).float()
+    hidden = None if step.has_embedding else torch.zeros(  # a later pipeline stage's input
+        prefill_tokens, weights.shape.hidden_size, dtype=torch.float32, device=weights.device)
+    out = prefill(weights, cache, kernels, tokens, bounds.to(weights.device), slots,
+                  hidden=hidden)
+    if step.has_head:
+        out.float()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before
-    del cache, step, tokens, slots
+    del cache, step, tokens, slots, hidden, out
     gc.collect()
     torch.cuda.empty_cache()
     return peak

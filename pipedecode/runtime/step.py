@@ -15,6 +15,14 @@ so two micro-batches never share a buffer and stages of different micro-batches 
 different streams. Knows nothing of streams, graphs or schedules: it is told which rows, which
 layer and where the kernels run (a `lane.Lane`: the SMs they plan for and, co-resident, what
 each persistent CTA may hold; a bare SM count or None, the whole GPU, also do).
+
+A pipeline stage (pipedecode.distributed) runs the same stages on the weights of its layers
+only (`weights.layers` is its layer range, the KV cache holds those layers). A stage whose
+weights have an empty (zero-row) embedding does not embed: its `embed` copies the residual
+stream the previous stage computed, written by the caller into `hidden_in` [batch, hidden]
+float32, into `x` (a copy, so every launch of a captured graph starts from the same input).
+A stage whose LM head is empty does not end the model: `head` does nothing and the step's
+output is `x` (`output`), the residual stream the next stage takes.
 """
 
 from __future__ import annotations
@@ -89,7 +97,13 @@ class DecodeStep:
         self.attn = buf("attn", b, q_dim)
         self.gate_up, self.act = buf("gate_up", b, 2 * inter), buf("act", b, inter)
         self.cos, self.sin = buf("cos", b, self.head_dim), buf("sin", b, self.head_dim)
-        self.logits = buf("logits", b, shape.vocab_size)
+        # a stage that does not end the model keeps an empty logits buffer; `output` is then x
+        self.has_embedding = weights.embed.shape[0] > 0
+        self.has_head = weights.lm_head.shape[0] > 0
+        self.logits = buf("logits", b, weights.lm_head.shape[0])
+        self.hidden_in = None if self.has_embedding else \
+            buf("hidden_in", b, h, dtype=torch.float32)
+        self.output = self.logits if self.has_head else self.x
         self.block_tables: torch.Tensor | None = None      # paged: [batch, max_blocks] int32
         if paged is not None:
             if caches is not None or left_padded:
@@ -181,8 +195,11 @@ class DecodeStep:
     # Stages. `rows` is a contiguous slice of the batch; `lane` where the kernels run.
     def embed(self, rows: slice, lane: Lane | int | None = None) -> None:
         w = self.weights
-        torch.index_select(w.embed, 0, self.tokens[rows], out=self.h[rows])
-        self.x[rows].copy_(self.h[rows])
+        if self.has_embedding:
+            torch.index_select(w.embed, 0, self.tokens[rows], out=self.h[rows])
+            self.x[rows].copy_(self.h[rows])
+        else:                       # a later pipeline stage: the previous stage's residual
+            self.x[rows].copy_(self.hidden_in[rows])
         torch.index_select(w.rope_cos, 0, self.rope_positions[rows], out=self.cos[rows])
         torch.index_select(w.rope_sin, 0, self.rope_positions[rows], out=self.sin[rows])
 
@@ -221,12 +238,15 @@ class DecodeStep:
         k.linear_add(self.act[rows], lw.down, out=x, scratch=tmp, **where)
 
     def head(self, rows: slice, lane: Lane | int | None = None) -> None:
+        if not self.has_head:       # a pipeline stage before the last: its output is x
+            return
         w = self.weights
         self.kernels.rms_norm(self.x[rows], w.final_norm, self.eps, out=self.h[rows])
         self.kernels.linear(self.h[rows], w.lm_head, out=self.logits[rows], **kernel_where(lane))
 
     def run_sequential(self) -> torch.Tensor:
-        """Every stage of the whole batch in order on the current stream; returns the logits."""
+        """Every stage of the whole batch in order on the current stream; returns the logits
+        (a pipeline stage before the last: its empty logits; its output is `x`)."""
         rows = slice(0, self.batch_size)
         self.embed(rows)
         for layer in range(self.num_layers):

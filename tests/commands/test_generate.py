@@ -142,3 +142,78 @@ def test_help_documents_both_formats(capsys):
         main(["generate", "--help"])
     text = capsys.readouterr().out
     assert '"prompt_token_ids"' in text and '"finish_reason"' in text and "--policy" in text
+
+
+# ---- pipeline parallel --------------------------------------------------------------------
+def test_a_pipeline_outside_torchrun_is_one_line_before_the_model_loads(tmp_path, capsys,
+                                                                        monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(engine, "load_model_and_tokenizer",
+                        lambda *a, **k: pytest.fail("the model was loaded"))
+    prompts = _write(tmp_path / "in.jsonl", [{"prompt_token_ids": p} for p in PROMPTS])
+    assert main(_args(tmp_path, prompts, "--pipeline-parallel", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipedecode generate: error: pipeline_parallel_size=2 needs one "
+                          "process per stage started by torchrun") and "\n" not in err
+    assert "torchrun --nproc-per-node 2" in err
+    assert main(_args(tmp_path, prompts, "--pipeline-parallel", "0")) == 2
+    assert "--pipeline-parallel must be positive" in capsys.readouterr().err
+
+
+def test_torchrun_runs_two_stages_and_rank_0_writes_the_outputs(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed.spawn import free_port
+
+    lines = [{"prompt_token_ids": p, "max_tokens": 6} for p in PROMPTS]
+    prompts = _write(tmp_path / "in.jsonl", lines)
+    assert main(_args(tmp_path, prompts, "--temperature", "0")) == 0
+    want = (tmp_path / "out.jsonl").read_text().splitlines()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "pipeline.jsonl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(free_port()), "-m", "pipedecode.cli",
+               *_args(tmp_path, prompts, "--temperature", "0", "--pipeline-parallel", "2")]
+    command[command.index(str(tmp_path / "out.jsonl"))] = str(out)
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = out.read_text().splitlines()
+    assert [json.loads(x)["token_ids"] for x in got] == [json.loads(x)["token_ids"] for x in want]
+    assert done.stdout.count("pipedecode generate: 5 requests") == 1     # rank 0 alone
+
+
+def test_under_torchrun_a_stage_that_exits_still_leaves_every_request_written(tmp_path):
+    """torchrun stops every process once one exits; rank 0 writes the outputs first."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed.spawn import free_port
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "stage_1_exits.py"
+    script.write_text("import os, sys\n"
+                      f"sys.path.insert(0, {root!r})\n"
+                      "from pipedecode.distributed import worker\n"
+                      "if os.environ['RANK'] == '1':\n"
+                      "    worker.inject_fault(4, 'exit')\n"
+                      "from pipedecode.cli import main\n"
+                      "sys.exit(main(sys.argv[1:]))\n")
+    lines = [{"prompt_token_ids": p, "max_tokens": n} for p, n in zip(PROMPTS, (1, 2, 9, 9, 9))]
+    prompts = _write(tmp_path / "in.jsonl", lines)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(free_port()), str(script),
+               *_args(tmp_path, prompts, "--temperature", "0", "--pipeline-parallel", "2",
+                      "--policy", "prefill-first")]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode != 0
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and rows[0]["finish_reason"] == "length"
+    failed = [r for r in rows if r["finish_reason"] == "error"]
+    assert failed and all("stage 1 (layers 1-1) exited" in r["error"] for r in failed)
+    assert "stage 1 (layers 1-1) exited" in done.stderr and "all written to" in done.stderr

@@ -206,3 +206,21 @@ def test_without_the_paged_runner_the_error_says_what_to_pass(monkeypatch):
 def test_a_runner_missing_the_protocol_is_refused():
     with pytest.raises(TypeError, match="lacks"):
         LLM(tiny_model(), device="h100", runner=lambda model, config: object())
+
+
+@pytest.mark.parametrize("size, options, match", [
+    (0, {}, "pipeline_parallel_size must be a positive integer, got 0"),
+    (True, {}, "pipeline_parallel_size must be a positive integer"),
+    (2, {"runner": ReferenceRunner.factory(num_blocks=8)}, "runner= and pipeline_parallel_size"),
+    (2, {}, "needs one process per stage started by torchrun"),
+])
+def test_a_pipeline_that_cannot_start_says_why_before_the_model_loads(monkeypatch, size,
+                                                                     options, match):
+    from pipedecode.engine import llm as engine
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(engine, "load_model_and_tokenizer",
+                        lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=match):
+        LLM("tiny-llama", device="h100", pipeline_parallel_size=size, **options)

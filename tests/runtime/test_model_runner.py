@@ -243,6 +243,19 @@ def test_staged_rows_and_padding():
     assert lens.tolist() == [3, 1] and tables.tolist() == [[4], [0]]
 
 
+def test_staged_rows_load_into_another_stages_inputs():
+    mine = StepInputs(max_rows=8, max_blocks=4, device=torch.device("cpu"), table_capacity=16)
+    theirs = StepInputs(max_rows=8, max_blocks=4, device=torch.device("cpu"), table_capacity=4)
+    seqs = [make_seq(i, n) for i, n in enumerate((3, 6))]
+    seqs[0].block_table, seqs[1].block_table = [4], [5, 6]
+    want = [t.tolist() for t in mine.stage(seqs, 4, np.array([0, 3]))]
+    sent = mine.staged.copy()
+    assert sent.shape == (4, 4) and sent[3].tolist() == [seqs[1].token_ids[-1], 6, 5, 6]
+    assert [t.tolist() for t in theirs.load(sent)] == want
+    with pytest.raises(ValueError, match="exceed the 8 x 6 this stage holds"):
+        theirs.load(np.zeros((9, 3), dtype=np.int32))
+
+
 # ---- on a GPU -----------------------------------------------------------------------------
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

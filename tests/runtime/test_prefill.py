@@ -132,3 +132,28 @@ def test_bad_inputs_are_named():
         prefill(weights, cache, ks, tokens, cu, torch.arange(6) + 3)
     with pytest.raises(ValueError, match="slot_mapping"):
         prefill(weights, cache, ks, tokens, cu, torch.arange(5))
+
+
+def test_a_pipeline_stage_prefills_from_the_residual_stream_it_is_given():
+    """Stage weights (pipedecode.distributed): the first returns the residual stream, the
+    second takes it and returns the whole model's logits."""
+    from pipedecode.distributed.layout import stage_specs, stage_weights
+
+    model = build_model("tiny-llama", dtype=torch.float32, seed=0)
+    whole = pack_hf_model(model)
+    first, second = (stage_weights(model, s, torch.device("cpu")) for s in stage_specs((1, 1)))
+    kernels = kernel_set("torch", torch.device("cpu"))
+    ids = torch.tensor([5, 9, 11, 3, 7])
+    bounds = torch.tensor([0, 2, 5], dtype=torch.int32)
+    slots = torch.arange(5)
+    caches = [PagedKVCache.for_weights(w, 4, 4) for w in (whole, first, second)]
+    want = prefill(whole, caches[0], kernels, ids, bounds, slots)
+    hidden = prefill(first, caches[1], kernels, ids, bounds, slots)
+    assert hidden.shape == (5, 64) and hidden.dtype == torch.float32
+    with pytest.raises(ValueError, match="give `hidden` exactly when"):
+        prefill(second, caches[2], kernels, ids, bounds, slots)
+    with pytest.raises(ValueError, match=r"hidden must be float32 \[5, 64\]"):
+        prefill(second, caches[2], kernels, ids, bounds, slots, hidden=hidden[:4])
+    got = prefill(second, caches[2], kernels, ids, bounds, slots, hidden=hidden)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(caches[2].k[0], caches[0].k[1])       # its layer is the model's second
