@@ -84,7 +84,7 @@ def run_transformers(model, workload, prompts, args, deadline: float) -> dict:
     then count (each row's, up to its own length), so the baseline never takes the pipedecode
     cells' time (unbounded, transformers took 264 s of a 210 s budget on an H200: 1024-token
     outputs at 6 tokens/s per sequence)."""
-    n = min(args.hf_requests, workload.requests)
+    n = min(args.hf_requests, workload.num_requests)
     deadline = min(deadline, time.perf_counter() + args.hf_budget_s)
     _reset_peak()
     done, out_tokens, in_tokens, start = 0, 0, 0, _sync_time()
@@ -106,7 +106,7 @@ def run_transformers(model, workload, prompts, args, deadline: float) -> dict:
         out_tokens += sum(min(produced, workload.output_lens[i]) for i in batch)
         in_tokens += sum(workload.prompt_lens[i] for i in batch)
     seconds = _sync_time() - start
-    return {"requests": done, "subset": done < workload.requests, "elapsed_s": seconds,
+    return {"requests": done, "subset": done < workload.num_requests, "elapsed_s": seconds,
             "output_tokens_per_s": out_tokens / seconds,
             "total_tokens_per_s": (out_tokens + in_tokens) / seconds,
             "peak_gpu_gib": _peak_gib()}
@@ -140,7 +140,7 @@ def run_pipedecode(model, runner, workload, prompts, cell: dict) -> dict:
                 if k[0] == "interleaved" and runner.executors[k].mode == "interleaved")
     s = llm.last_stats
     decode_steps = sum(steps.values())
-    return {"requests": workload.requests, "elapsed_s": seconds,
+    return {"requests": workload.num_requests, "elapsed_s": seconds,
             "output_tokens_per_s": s.output_tokens / seconds,
             "total_tokens_per_s": (s.output_tokens + s.prompt_tokens) / seconds,
             "peak_gpu_gib": _peak_gib(),
@@ -234,7 +234,7 @@ def run(args, model, profile, workloads: dict) -> dict:
     result = {**record.environment(), "model": args.model, "layers": shape.num_layers,
               "dtype": dtype,
               "profile": profile.name, "scale": args.scale, "workloads": list(workloads),
-              "requests": {k: w.requests for k, w in workloads.items()},
+              "requests": {k: w.num_requests for k, w in workloads.items()},
               "hf_requests": args.hf_requests, "hf_batch": args.hf_batch,
               "hf_budget_s": args.hf_budget_s,
               "max_num_seqs": args.max_num_seqs, "kv_pool_gib": args.kv_pool_gib,

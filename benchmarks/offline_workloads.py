@@ -37,29 +37,12 @@ SPECS = {"a": "uniform:100:1024:100:1024", "b": "sharegpt", "c": "fixed:1024:102
 
 
 @dataclass(frozen=True)
-class Workload:
-    key: str
-    prompt_lens: tuple[int, ...]
-    output_lens: tuple[int, ...]
-    ignore_eos: bool
-    seed: int = 0
+class Workload(sim_workloads.Workload):
+    """The simulator's workload (lengths, counts, prompts) with the benchmark's key and whether
+    its requests ignore EOS; `spec` says how its lengths were drawn."""
 
-    @property
-    def requests(self) -> int:
-        return len(self.prompt_lens)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(self.prompt_lens)
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(self.output_lens)
-
-    def prompts(self, vocab_size: int) -> list[list[int]]:
-        """Random distinct token ids (an oracle tells prompts apart), as the simulator's."""
-        return sim_workloads.Workload(SPECS[self.key], self.prompt_lens, self.output_lens,
-                                      self.seed).prompts(vocab_size)
+    key: str = ""
+    ignore_eos: bool = True
 
 
 def make_workload(key: str, scale: float = 1.0, seed: int = 0) -> Workload:
@@ -70,7 +53,8 @@ def make_workload(key: str, scale: float = 1.0, seed: int = 0) -> Workload:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
     n = max(1, round(scale * SIZES[key]))
     drawn = sim_workloads.make_workload(SPECS[key], n, seed)
-    return Workload(key, drawn.prompt_lens, drawn.output_lens, key != "b", seed)
+    return Workload(drawn.spec, drawn.prompt_lens, drawn.output_lens, seed, key=key,
+                    ignore_eos=key != "b")
 
 
 def prefill_counts(shape: ModelShape, prompt_lens: list[int]) -> counts.Counts:
@@ -99,7 +83,7 @@ def roofline_bound(workload: Workload, shape: ModelShape, profile: DeviceProfile
     if max(need) > capacity:
         raise ValueError(f"a request of {max(need)} tokens exceeds the {capacity} KV tokens "
                          f"the device holds")
-    waiting, running = list(range(workload.requests)), {}     # request -> tokens it holds now
+    waiting, running = list(range(workload.num_requests)), {}     # request -> tokens it holds now
     held, prefill_s, decode_s, steps, widest = 0, 0.0, 0.0, 0, 0
     while waiting or running:
         joined = []

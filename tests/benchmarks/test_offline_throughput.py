@@ -21,12 +21,12 @@ SHAPE, PROFILE = model_shape("llama-3-8b"), BUILTIN["h100"]
 
 def test_workloads_have_their_sizes_ranges_and_seeds():
     a, c = make_workload("a"), make_workload("c", scale=0.1)
-    assert a.requests == 256 and a.ignore_eos and c.requests == 100
+    assert a.num_requests == 256 and a.ignore_eos and c.num_requests == 100
     assert min(a.prompt_lens + a.output_lens) >= 100 and max(a.prompt_lens + a.output_lens) <= 1024
     assert set(c.prompt_lens) == set(c.output_lens) == {1024}
     assert make_workload("a") == a and make_workload("a", seed=1) != a
     quarter = make_workload("a", scale=0.25)
-    assert quarter.requests == 64 and 400 < np.mean(quarter.output_lens) < 720
+    assert quarter.num_requests == 64 and 400 < np.mean(quarter.output_lens) < 720
     with pytest.raises(ValueError, match="unknown workload 'd'"):
         make_workload("d")
     with pytest.raises(ValueError, match="scale"):
@@ -40,7 +40,7 @@ def test_sharegpt_workload_is_the_simulators():
 
     b = make_workload("b")
     drawn = sharegpt_shaped(1000, seed=0)
-    assert b.requests == 1000 and not b.ignore_eos
+    assert b.num_requests == 1000 and not b.ignore_eos
     assert (b.prompt_lens, b.output_lens) == (drawn.prompt_lens, drawn.output_lens)
     assert make_workload("b", seed=3).prompt_lens == sharegpt_shaped(1000, seed=3).prompt_lens
     prompts = b.prompts(SHAPE.vocab_size)
@@ -51,7 +51,7 @@ def test_sharegpt_workload_is_the_simulators():
 
 def test_roofline_bound_of_one_request_is_its_prefill_and_steps():
     cost = CostModel(SHAPE, PROFILE)
-    one = Workload("x", (100,), (3,), True)
+    one = Workload("x", (100,), (3,), key="x", ignore_eos=True)
     bound = roofline_bound(one, SHAPE, PROFILE)
     expected = cost.floor_us(prefill_counts(SHAPE, [100])) + \
         cost.floor_us(counts.step(SHAPE, 1, 101)) + cost.floor_us(counts.step(SHAPE, 1, 102))
@@ -61,7 +61,7 @@ def test_roofline_bound_of_one_request_is_its_prefill_and_steps():
 
 
 def test_roofline_bound_batches_up_to_what_the_memory_holds():
-    w = Workload("x", (200,) * 8, (100,) * 8, True)
+    w = Workload("x", (200,) * 8, (100,) * 8, key="x", ignore_eos=True)
     roomy = roofline_bound(w, SHAPE, PROFILE)
     tight = roofline_bound(w, SHAPE, PROFILE, capacity_tokens=2 * 300)
     assert roomy["largest_batch"] == 8 and tight["largest_batch"] == 2
@@ -140,8 +140,8 @@ def test_the_whole_flow_on_a_tiny_model_on_the_cpu():
     model.generation_config.eos_token_id = model.config.eos_token_id = None
     args = offline_throughput.parse_args(["--max-num-seqs", "4", "--hf-requests", "2",
                                           "--hf-batch", "2", "--only", "a,b"])
-    workloads = {"a": Workload("a", (5, 7, 3), (3, 4, 2), True),
-                 "b": Workload("b", (4, 6, 8), (2, 5, 3), False)}
+    workloads = {"a": Workload("a", (5, 7, 3), (3, 4, 2), key="a", ignore_eos=True),
+                 "b": Workload("b", (4, 6, 8), (2, 5, 3), key="b", ignore_eos=False)}
     result = offline_throughput.run(args, model, BUILTIN["h100"], workloads)
     rows = result["rows"]
     assert [r["status"] for r in rows] == ["ok"] * len(rows) and len(rows) == 2 + 4 * 2 + 1
