@@ -103,11 +103,18 @@ def _cell_line(row: dict) -> str:
             f"{inter} | {plans} |")
 
 
+def _scale_text(scale) -> str:
+    """The share of each workload's requests that ran (older results hold one number)."""
+    if not isinstance(scale, dict):
+        return f"scale {scale:g} of each workload's requests"
+    return "requests kept per workload: " + ", ".join(f"({k}) {v:g}" for k, v in scale.items())
+
+
 def markdown(result: dict) -> str:
     lines = record.heading("Offline throughput", result) + [
         f"{result['model']} (random weights, all {result['layers']} layers, "
         f"{result.get('dtype', 'bfloat16')}), profile "
-        f"{result['profile']}; scale {result['scale']:g} of each workload's requests; "
+        f"{result['profile']}; {_scale_text(result['scale'])}; "
         f"transformers on the first {result['hf_requests']} requests of each, in static "
         f"batches of {result['hf_batch']}"
         + (f", at most {result['hf_budget_s']:.0f} s per workload (a batch ends early at "

@@ -16,6 +16,7 @@ max_tokens is its length (as in vLLM's throughput benchmark), so on (b) a predic
 above it is cut to it; the estimator learns from the requests that finish.
 
 Time: `--scale` keeps a fraction of each workload's requests (the distributions kept;
+one number for every workload, or per workload as `a=1,b=1,c=0.25`, unlisted ones at 0.25;
 default 0.25, which with the defaults fits about 8 minutes on an H200); transformers runs on
 the first `--hf-requests` of each workload (the table says so); cells run in priority order
 (transformers first, before pipedecode's pool takes the memory; then each workload's
@@ -24,7 +25,7 @@ is reported as not run. One runner (one KV pool, its CUDA graphs) serves every p
 cell, warmed up first by a sweep of every batch-size bucket (untimed), so no cell pays for
 graph captures but an interleaved split's own.
 
-Usage: python benchmarks/offline_throughput.py [--scale 0.25] [--only a,b,c] [--budget-s 420]
+Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c] [--budget-s 420]
        [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--out DIR]
 """
 
@@ -233,7 +234,7 @@ def run(args, model, profile, workloads: dict) -> dict:
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     result = {**record.environment(), "model": args.model, "layers": shape.num_layers,
               "dtype": dtype,
-              "profile": profile.name, "scale": args.scale, "workloads": list(workloads),
+              "profile": profile.name, "scale": {k: args.scale[k] for k in workloads}, "workloads": list(workloads),
               "requests": {k: w.num_requests for k, w in workloads.items()},
               "hf_requests": args.hf_requests, "hf_batch": args.hf_batch,
               "hf_budget_s": args.hf_budget_s,
@@ -250,7 +251,8 @@ def run(args, model, profile, workloads: dict) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-3-8b")
-    parser.add_argument("--scale", type=float, default=0.25)
+    parser.add_argument("--scale", default="0.25",
+                        help="fraction of each workload's requests: 0.25, or a=1,b=1,c=0.25")
     parser.add_argument("--only", default="a,b,c", help="workloads, e.g. a,c")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="no cell starts after this many seconds")
@@ -266,7 +268,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [k for k in args.only if k not in SIZES]
     if bad:
         parser.error(f"--only: unknown workloads {bad}; use a, b, c")
+    try:
+        args.scale = parse_scale(args.scale)
+    except ValueError as exc:
+        parser.error(f"--scale: {exc}")
     return args
+
+
+def parse_scale(text: str, default: float = 0.25) -> dict[str, float]:
+    """`0.5` (every workload) or `a=1,c=0.25` (the others at `default`) -> {workload: scale}."""
+    if "=" not in text:
+        return dict.fromkeys(SIZES, float(text))
+    scale = dict.fromkeys(SIZES, default)
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in SIZES:
+            raise ValueError(f"unknown workload {key.strip()!r} in {text!r}; use a, b, c")
+        scale[key.strip()] = float(value)
+    return scale
 
 
 def main(argv=None) -> int:
@@ -277,7 +296,7 @@ def main(argv=None) -> int:
     from pipedecode.profiles.registry import resolve_profile
     from pipedecode.models import build_model
 
-    workloads = {k: make_workload(k, args.scale) for k in args.only}
+    workloads = {k: make_workload(k, args.scale[k]) for k in args.only}
     profile = resolve_profile(args.profile)
     model = build_model(args.model, dtype=torch.bfloat16, seed=0, device="cuda")
     model.generation_config.eos_token_id = model.config.eos_token_id = None

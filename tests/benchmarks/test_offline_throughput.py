@@ -85,7 +85,7 @@ def _row(workload, system, out, policy=None, interleave=None, **extra):
 
 def _result(rows):
     return {"gpu": "NVIDIA H200", "date": "2030-01-02T03:04+00:00", "commit": "abc1234",
-            "model": "llama-3-8b", "layers": 32, "profile": "h200", "scale": 0.25,
+            "model": "llama-3-8b", "layers": 32, "profile": "h200", "scale": {"a": 1.0, "b": 0.25},
             "workloads": ["a", "b"], "requests": {"a": 64, "b": 250}, "hf_requests": 64,
             "hf_batch": 64, "max_num_seqs": 1024, "kv_pool_gib": 90.5, "notes": "n.",
             "bounds": {"a": {"output_tokens_per_s": 6000.0, "total_tokens_per_s": 12000.0,
@@ -128,6 +128,7 @@ def test_markdown_and_short_table():
            "3 in 0.4 s |" in md
     assert "| pipedecode temporal, interleave off, oracle lengths | not run (time budget) |" in md
     assert "Roofline bound: 6,000 output / 12,000 total tokens/s" in md
+    assert "requests kept per workload: (a) 1, (b) 0.25" in md
     assert "- (a) pipedecode >= 3x transformers: **met**" in md
     assert "**not measured**" in md
     table = offline_report.short_table(result).splitlines()
@@ -156,4 +157,14 @@ def test_the_whole_flow_on_a_tiny_model_on_the_cpu():
     offline_report.markdown(result)
     args.budget_s = 0.0
     late = offline_throughput.run(args, model, BUILTIN["h100"], workloads)
+    assert late["scale"] == {"a": 0.25, "b": 0.25}
     assert {r["status"] for r in late["rows"]} == {"not run (time budget)"}
+
+
+def test_scale_is_one_number_or_one_per_workload():
+    assert offline_throughput.parse_scale("0.5") == {"a": 0.5, "b": 0.5, "c": 0.5}
+    assert offline_throughput.parse_scale("a=1,c=0.1") == {"a": 1.0, "b": 0.25, "c": 0.1}
+    with pytest.raises(ValueError, match="unknown workload 'd'"):
+        offline_throughput.parse_scale("d=1")
+    with pytest.raises(SystemExit):
+        offline_throughput.parse_args(["--scale", "a=x"])
