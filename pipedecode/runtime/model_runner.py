@@ -251,7 +251,7 @@ class PagedModelRunner:
         return step.output
 
     def _keep(self, seqs: Seq, logits: torch.Tensor) -> torch.Tensor:
-        rows = logits.float().cpu()
+        rows = logits.detach().to("cpu", torch.float32, copy=True)   # never a view of a step's buffer
         for seq, row in zip(seqs, rows):
             self.kept_logits[(seq.seq_id, len(seq.token_ids))] = row
         return logits

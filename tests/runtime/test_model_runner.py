@@ -311,14 +311,17 @@ def test_gpu_graph_replay_per_bucket_equals_eager():
 @gpu
 @pytest.mark.parametrize("layers", [2, 4])
 def test_gpu_bf16_logits_within_tolerance_of_float32(layers):
-    """Llama-3-8B shapes with random weights and `layers` layers: the paged runner in bf16
-    against itself in float32 (the same weights, upcast), 8 ragged prompts, 8 greedy tokens.
-    Logits wherever the two runs' tokens still agree are within 3e-2 (relative: the norm of
-    the difference over float32's) -- transformers' own bf16 is at ~1e-2 of float32 on smaller
-    shapes (benchmarks/check_correctness.py). Tokens: a random model's top two logits are
-    close (a gap of ~0.2 logit std), so bf16 rounding flips some; the first token agrees for
-    at least 6 of the 8 requests and all 8 tokens for at least 4 (the test prints how many)."""
+    """Llama-3-8B shapes with random weights and `layers` layers, 8 ragged prompts, 8 greedy
+    tokens: the paged runner in bf16 and in float32 (the same weights, upcast) against
+    transformers eager in float32 and in bf16, teacher-forced on the float32 run's tokens.
+    The float32 runner is within 1e-3 of transformers float32 (relative: the norm of the
+    difference over float32's). The bf16 runner's distance from float32, at every position
+    where its tokens still equal the float32 run's, is within 1.5x of transformers' own bf16
+    distance from float32 at the same positions (worst and median), and within 1.5x of it from
+    transformers bf16: bf16 rounding of random 4096-wide weights moves logits by ~1e-1
+    relative, so the reference's own error is the yardstick, not a fixed number."""
     import copy
+    import statistics
 
     from pipedecode.engine.llm import LLM
 
@@ -335,14 +338,28 @@ def test_gpu_bf16_logits_within_tolerance_of_float32(layers):
         runs[name] = (_tokens(outputs), llm.runner.kept_logits)
         del llm
     (t32, l32), (t16, l16) = runs["float32"], runs["bf16"]
-    same, first, worst = 0, 0, 0.0
-    for i, prompt in enumerate(prompts):
-        parted = next((t for t in range(new) if t32[i][t] != t16[i][t]), new)
-        same, first = same + (parted == new), first + (parted > 0)
-        for t in range(min(parted + 1, new)):      # logits at t see equal tokens before t
-            key = (i, len(prompt) + t)
-            worst = max(worst, float((l16[key] - l32[key]).norm() / l32[key].norm()))
-    print(f"{layers} layers: first token equal for {first} of 8 requests, all {new} for "
-          f"{same} of 8; worst logits error {worst:.2e}")
-    assert worst < 3e-2
-    assert first >= 6 and same >= 4, f"first token equal {first}/8, all tokens {same}/8"
+
+    def rel(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+
+    err = {"pd32-hf32": [], "pd16-pd32": [], "hf16-hf32": [], "pd16-hf16": []}
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            ids = torch.tensor([prompt + t32[i][:-1]], device="cuda")
+            hf = {name: m(ids).logits[0, len(prompt) - 1:].float().cpu()
+                  for name, m in (("32", model32), ("16", model16))}
+            parted = next((t for t in range(new) if t32[i][t] != t16[i][t]), new)
+            for t in range(new):
+                key = (i, len(prompt) + t)
+                err["pd32-hf32"].append(rel(l32[key], hf["32"][t]))
+                if t <= parted:                       # logits at t see equal tokens before t
+                    err["pd16-pd32"].append(rel(l16[key], l32[key]))
+                    err["hf16-hf32"].append(rel(hf["16"][t], hf["32"][t]))
+                    err["pd16-hf16"].append(rel(l16[key], hf["16"][t]))
+    summary = {k: (max(v), statistics.median(v)) for k, v in err.items()}
+    print(f"{layers} layers, {len(err['pd16-pd32'])} positions compared; "
+          + "; ".join(f"{k} worst {w:.2e} median {m:.2e}" for k, (w, m) in summary.items()))
+    assert summary["pd32-hf32"][0] < 1e-3
+    for k in ("pd16-pd32", "pd16-hf16"):
+        for at in (0, 1):                             # worst, median
+            assert summary[k][at] <= 1.5 * summary["hf16-hf32"][at], (k, summary)
