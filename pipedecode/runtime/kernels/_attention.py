@@ -108,7 +108,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, bt_ptr, o_ptr, po_p
                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, DOT_F32: tl.constexpr,
                   HAS_STARTS: tl.constexpr, KV_EVICT: tl.constexpr, FUSED: tl.constexpr,
-                  PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+                  PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // num_kv_heads
@@ -152,13 +152,14 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, lens_ptr, starts_ptr, bt_ptr, o_ptr, po_p
             if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k)) * qk_scale                  # [GROUP_PAD, BLOCK_N], log2 units
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale   # [GROUP_PAD, BLOCK_N]
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v_ptr.dtype.element_ty).to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v_ptr.dtype.element_ty).to(v.dtype), v,
+                                                input_precision=PRECISION)
             m_i = m_new
         head_ok = (g < GROUP)[:, None]
         if SINGLE:
@@ -268,7 +269,10 @@ def decode_attention(q, k_cache, v_cache, context_lens, out, *, sm_count: int, s
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_N=cfg.block_n, SINGLE=single, DOT_F32=not q.is_cuda, HAS_STARTS=has_starts,
         KV_EVICT=cfg.kv_eviction, FUSED=fused, PAGED=paged,
-        BLOCK_SIZE=k_cache.shape[2] if paged else 1, num_warps=cfg.num_warps,
+        BLOCK_SIZE=k_cache.shape[2] if paged else 1,
+        # float32 stays IEEE on the GPU (tl.dot's default is tf32); bf16/fp16 dots ignore it
+        PRECISION="ieee" if q.dtype == torch.float32 or not q.is_cuda else "tf32",
+        num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
     if not single and not fused:
         _combine_kernel[(batch * num_heads,)](

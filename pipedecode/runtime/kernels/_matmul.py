@@ -36,7 +36,7 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo, k_hi,
          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr,
-         DOT_F32: tl.constexpr, EVEN_K: tl.constexpr):
+         DOT_F32: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr):
     """acc[BM, BN] (and the up half's acc_u in PAIR mode) over K columns [k_lo, k_hi)."""
     rk = tl.arange(0, BK)
     a_p = a_ptr + rm[:, None].to(tl.int64) * s_am + (k_lo + rk)[None, :]
@@ -55,7 +55,7 @@ def _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo, k_hi,
         if DOT_F32:   # the CPU interpreter's bf16 dot is wrong (triton 3.9): same math in f32
             a = a.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(a, tl.trans(w), acc)
+        acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
         if PAIR:
             if EVEN_K:
                 u = tl.load(u_p, mask=(rn < N)[:, None], other=0.0)
@@ -63,7 +63,7 @@ def _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo, k_hi,
                 u = tl.load(u_p, mask=(rn < N)[:, None] & kmask[None, :], other=0.0)
             if DOT_F32:
                 u = u.to(tl.float32)
-            acc_u = tl.dot(a, tl.trans(u), acc_u)
+            acc_u = tl.dot(a, tl.trans(u), acc_u, input_precision=PRECISION)
             u_p += BK
         a_p += BK
         w_p += BK
@@ -89,7 +89,8 @@ def _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am
                 pair_offset, num_pid_m, num_pid_n, dp_tiles, tail_tiles, splits, chunk_iters,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                 HAS_BIAS: tl.constexpr, PAIR: tl.constexpr, DOT_F32: tl.constexpr,
-                EVEN_K: tl.constexpr, FIX_ROWS: tl.constexpr, ACC: tl.constexpr):
+                EVEN_K: tl.constexpr, FIX_ROWS: tl.constexpr, ACC: tl.constexpr,
+                PRECISION: tl.constexpr):
     """This program's chunks of the tail tiles (tiles dp_tiles.., see tiling.TailPlan)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -105,7 +106,7 @@ def _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, part_ptr, lock_ptr, M, N, K, s_am
         k_lo = chunk * chunk_iters * BK        # a multiple of BK: the loads stay aligned
         acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo,
                           tl.minimum(k_lo + chunk_iters * BK, K), BM, BN, BK, PAIR, DOT_F32,
-                          EVEN_K)
+                          EVEN_K, PRECISION)
         mine = part_ptr + (t_loc * splits + chunk).to(tl.int64) * slot_elems
         tl.store(mine + offs, acc)
         if PAIR:
@@ -139,7 +140,8 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
                        PAIR: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr,
-                       TAIL: tl.constexpr, FIX_ROWS: tl.constexpr, ACC: tl.constexpr):
+                       TAIL: tl.constexpr, FIX_ROWS: tl.constexpr, ACC: tl.constexpr,
+                       PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     # with TAIL the units are the whole tiles [0, num_units) (whole waves); the tail follows
@@ -151,7 +153,8 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
         rn = pid_n * BN + tl.arange(0, BN)
         k_lo = ks * k_per_split
         acc, acc_u = _mma(a_ptr, w_ptr, M, N, s_am, s_wn, pair_offset, rm, rn, k_lo,
-                          tl.minimum(k_lo + k_per_split, K), BM, BN, BK, PAIR, DOT_F32, EVEN_K)
+                          tl.minimum(k_lo + k_per_split, K), BM, BN, BK, PAIR, DOT_F32, EVEN_K,
+                          PRECISION)
         if SPLIT_K == 1:
             _epilogue(acc, acc_u, c_ptr, bias_ptr, rm, rn, M, N, s_cm, HAS_BIAS, PAIR, ACC)
         else:
@@ -165,7 +168,8 @@ def _persistent_kernel(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K,
     if TAIL:
         _split_tail(a_ptr, w_ptr, c_ptr, bias_ptr, ws_ptr, lock_ptr, M, N, K, s_am, s_wn, s_cm,
                     pair_offset, num_pid_m, num_pid_n, num_units, tail_tiles, splits, chunk_iters,
-                    BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K, FIX_ROWS, ACC)
+                    BM, BN, BK, GROUP_M, HAS_BIAS, PAIR, DOT_F32, EVEN_K, FIX_ROWS, ACC,
+                    PRECISION)
 
 
 @triton.jit
@@ -245,6 +249,8 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, bias, cfg: 
         HAS_BIAS=has_bias, PAIR=pair, DOT_F32=not x.is_cuda,
         EVEN_K=k_per_split * cfg.split_k == k, TAIL=tail_tiles > 0,
         FIX_ROWS=min(cfg.block_m, 32), ACC=accumulate,
+        # float32 stays IEEE on the GPU (tl.dot's default is tf32); bf16/fp16 dots ignore it
+        PRECISION="ieee" if x.dtype == torch.float32 or not x.is_cuda else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **limits)
     if cfg.split_k > 1:
         block = 1024
