@@ -168,3 +168,14 @@ def test_scale_is_one_number_or_one_per_workload():
         offline_throughput.parse_scale("d=1")
     with pytest.raises(SystemExit):
         offline_throughput.parse_args(["--scale", "a=x"])
+
+
+def test_cells_keep_each_workload_together_and_alternate_interleave_order():
+    cells = offline_throughput._cells(["a", "b", "c"])
+    assert [c["system"] for c in cells[:3]] == ["transformers"] * 3
+    ours = cells[3:]
+    assert [c["workload"] for c in ours] == ["a"] * 4 + ["b"] * 5 + ["c"] * 4
+    first = {k: next(c["interleave"] for c in ours if c["workload"] == k) for k in "abc"}
+    assert first == {"a": False, "b": True, "c": False}
+    oracle = [c for c in ours if c["predictor"] == "oracle"]
+    assert len(oracle) == 1 and oracle[0]["workload"] == "b" and not oracle[0]["interleave"]
