@@ -170,6 +170,13 @@ def warm_up(model, runner) -> float:
     llm.generate([[5 + i % 1000] * 16 for i in range(len(lengths))],
                  [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths],
                  use_tqdm=False)
+    # prefills of ragged prompts up to 1024 tokens too: the first timed cell's prefill ran
+    # 0.7 s longer than the same cell's later (Triton compiling for the shapes it met first)
+    most = min(1024, model.config.max_position_embeddings - 2)
+    ragged = [[7 + i] * max(1, n * most // 1024)
+              for i, n in enumerate((1024, 777, 513, 300, 129, 100, 64, 33))]
+    llm.generate(ragged, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True),
+                 use_tqdm=False)
     return _sync_time() - start
 
 
