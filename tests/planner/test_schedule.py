@@ -148,7 +148,7 @@ def test_a_version_1_file_still_loads_and_may_not_claim_coresident(tmp_path):
     import os
 
     shipped = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks",
-                                            "results", "decode_step_schedules_h200", "*.json")))
+                                            "results", "decode_step_schedules_h100", "*.json")))
     data = json.loads(open(shipped[0]).read())
     assert data["version"] == 1 and "mode_reason" not in data
     old = Schedule.from_dict(data)
