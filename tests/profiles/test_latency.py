@@ -57,14 +57,20 @@ def test_interpolating_at_the_sm_counts_around_the_partition_only_changes_nothin
     for (n, k), rows in gemms.items():
         for sms in list(rows) + [1, 8, 20, 140, 200] + [rng.uniform(1, 160) for _ in range(8)]:
             tokens = rng.choice([1, 7, 64, 300, 4096, 20000])
-            analytic = lambda t, s: analytic_gemm_us(profile, t, n, k, s)  # noqa: E731
+
+            def analytic(t, s, n=n, k=k):
+                return analytic_gemm_us(profile, t, n, k, s)
+
             got = _interp_2d(rows, tokens, sms, analytic)
             assert got == every_count(rows, tokens, sms, analytic), (n, k, tokens, sms)
             assert got == gemm_latency_us(profile, tokens, n, k, sms)
     for key, rows in attention.items():
         for sms in (8, 16, 40, 132, 150):
             kv = rng.choice([1e3, 1e5, 3e6])
-            analytic = lambda w, s: analytic_attention_us(profile, 64, w / 64, *key, s)  # noqa: E731
+
+            def analytic(w, s, key=key):
+                return analytic_attention_us(profile, 64, w / 64, *key, s)
+
             assert _interp_2d(rows, kv, sms, analytic) == every_count(rows, kv, sms, analytic)
 
 
