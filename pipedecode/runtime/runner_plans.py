@@ -9,7 +9,7 @@ reused whenever the batch comes back to it, and by a neighbouring bin's batches 
 within the same ratio of the plan's (a batch crossing a bin's edge does not plan again for a
 change of a few percent). Every step is served by a plan made at a mean context within
 `REPLAN_FRACTION` of its own. Planning costs about a millisecond where the bucket is too small
-to overlap (the planner decides without its ILP) and ~0.1 s where the ILP is solved. Every
+to overlap (the planner decides without its ILP) and 50-100 ms where the ILP is solved. Every
 sequential answer carries its reason: interleaving switched off, the planner failing (it needs
 PuLP's CBC) or choosing sequential (its `mode_reason`), or the executor's measurement finding
 the interleaved step slower on this GPU (`runs_sequential`). Knows nothing of tensors,
