@@ -12,10 +12,11 @@ from dataclasses import replace
 
 from pipedecode.planner.cost import CostModel
 from pipedecode.planner.ilp import (SplitChoice, build_split_lp, decode_split, exact_step_us,
-                                    refine)
+                                    micro_batches_too_small, refine, sequential_without_ilp)
 from pipedecode.planner.problem import Problem, build_problem
 from pipedecode.planner.schedule import MicroBatch, Schedule, Slot, interleaved_pattern
 from pipedecode.planner.solvers import solve_lp
+from pipedecode.profiles.latency import coresident_budgets
 
 DEFAULT_TIME_LIMIT_S = 30.0
 
@@ -78,12 +79,19 @@ def sequential_slots(cost: CostModel, mb: MicroBatch) -> tuple[Slot, ...]:
 
 
 def solve(problem: Problem, solver: str = "cbc", *,
-          time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> Schedule:
+          time_limit_s: float = DEFAULT_TIME_LIMIT_S, closed_form: bool = True) -> Schedule:
     """The Schedule for `problem`: ILP over sequential, interleaved (each split) and co-resident
-    (each attention budget), exact re-pricing, sequential if the choice is not faster."""
+    (each attention budget), exact re-pricing, sequential if the choice is not faster.
+
+    Where the ILP's constraints admit no overlapped option (`ilp.sequential_without_ilp`: too
+    few requests for the micro-batches, or no option at all) the sequential answer is taken
+    without building or solving it; the Schedule is the same. closed_form=False solves the ILP
+    even then (tests and benchmarks compare the two)."""
     cost = CostModel(problem.model, problem.profile)
-    solution = solve_lp(build_split_lp(problem, cost), solver, time_limit_s=time_limit_s)
-    choice = refine(problem, cost, decode_split(problem, solution))
+    choice = sequential_without_ilp(problem, cost) if closed_form else None
+    if choice is None:
+        solution = solve_lp(build_split_lp(problem, cost), solver, time_limit_s=time_limit_s)
+        choice = refine(problem, cost, decode_split(problem, solution))
     tokens, kv_tokens = len(problem.context_lens), sum(problem.context_lens)
     sequential_us = cost.sequential_step_us(tokens, kv_tokens)
     common = dict(model=problem.model, device=problem.profile.name,
@@ -140,12 +148,14 @@ def _overlapped(problem: Problem, cost: CostModel, choice: SplitChoice, step_us:
 def refusals(problem: Problem) -> list[str]:
     """Why an overlapped mode cannot be priced or run for this problem (empty: none)."""
     notes = []
-    if not problem.coresident_options:
+    if not problem.coresident_options and coresident_budgets(problem.profile):
+        notes.append("coresident not priced: turned off (coresident_options=())")
+    elif not problem.coresident_options:
         notes.append(f"coresident not priced: the {problem.profile.name} profile has no "
                      f"co-resident samples (`pipedecode profile` measures them on a Hopper GPU)")
     fewest, n = problem.min_micro_batch_tokens, problem.num_micro_batches
     requests = len(problem.context_lens)
-    if fewest > 1 and requests < n * fewest:
+    if fewest > 1 and micro_batches_too_small(problem):
         notes.append(f"overlapped modes refused: {n} micro-batches of {requests} requests hold "
                      f"at most {requests // n} tokens each, fewer than {fewest} (twice the ridge "
                      f"point in tokens, 2 x peak FLOP/s / (HBM bytes/s x "

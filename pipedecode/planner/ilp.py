@@ -15,6 +15,8 @@ Stage latencies are convex piecewise-linear under-estimates (lower convex hull o
 sampled over micro-batch sizes); the chosen plan is re-priced exactly afterwards. Named
 constraints per option include `compute_bound_mb<j>_<tag>`: every micro-batch of an overlapped
 step holds at least `Problem.min_micro_batch_tokens` requests (`cost.min_micro_batch_tokens`).
+Where those constraints leave no overlapped option feasible (`overlap_feasible`, their closed
+form), the answer is sequential without building or solving the ILP (`sequential_without_ilp`).
 """
 
 from __future__ import annotations
@@ -150,6 +152,36 @@ def split_objective_us(problem: Problem, cost: CostModel, s: int,
     return total
 
 
+def fewest_tokens(problem: Problem) -> int:
+    """The fewest requests each micro-batch of an overlapped option holds: one (constraints
+    nonempty_mb*), or `Problem.min_micro_batch_tokens` where larger (compute_bound_mb*)."""
+    return max(1, problem.min_micro_batch_tokens)
+
+
+def micro_batches_too_small(problem: Problem) -> bool:
+    """True when `num_micro_batches` micro-batches of the batch cannot each hold
+    `fewest_tokens`: every overlapped option then violates nonempty_mb* or compute_bound_mb*."""
+    return len(problem.context_lens) < problem.num_micro_batches * fewest_tokens(problem)
+
+
+def overlap_feasible(problem: Problem) -> bool:
+    """Whether some overlapped option of the ILP has a feasible point: the closed form of its
+    constraints. assign_bucket*, largest_first_mb*, nonempty_mb* and compute_bound_mb* only
+    bound each micro-batch's total (a bucket's integer count may go to any micro-batch), so
+    they hold together iff the batch fills `num_micro_batches` micro-batches of
+    `fewest_tokens`; kv_cache_fits and one_split are the same for every option."""
+    return bool(options(problem)) and not micro_batches_too_small(problem)
+
+
+def sequential_without_ilp(problem: Problem, cost: CostModel) -> SplitChoice | None:
+    """The ILP's answer where its constraints decide it: sequential (at the ILP's objective)
+    when no overlapped option is feasible and the KV cache fits; None where it must be solved
+    (a KV cache over budget is left to the solver, which reports the infeasible problem)."""
+    if overlap_feasible(problem) or problem.kv_bytes > problem.kv_budget_bytes:
+        return None
+    return SplitChoice(0, (), split_objective_us(problem, cost, 0, ()))
+
+
 def build_split_lp(problem: Problem, cost: CostModel, *,
                    allow_sequential: bool = True) -> LinearProgram:
     """The named-constraint ILP for the mode, the split or budget, and the grouping."""
@@ -187,9 +219,9 @@ def _add_option(b: Builder, problem: Problem, pr: SidePrices, tag: str, y: str,
         objective[t] = float(layers)
         partner = tokens[(j + 1) % m]
         b.add(f"nonempty_mb{j}_{tag}", {**tokens[j], y: -1.0}, ">=", 0)
-        if problem.min_micro_batch_tokens > 1:
+        if problem.min_micro_batch_tokens > 1:      # fewest_tokens > 1: not just nonempty
             b.add(f"compute_bound_mb{j}_{tag}",
-                  {**tokens[j], y: -float(problem.min_micro_batch_tokens)}, ">=", 0)
+                  {**tokens[j], y: -float(fewest_tokens(problem))}, ">=", 0)
         if j:
             b.add(f"largest_first_mb{j}_{tag}", {**tokens[0], **{v: -1.0 for v in tokens[j]}},
                   ">=", 0)
@@ -240,7 +272,7 @@ def exact_step_us(problem: Problem, cost: CostModel, choice: SplitChoice) -> flo
     """The exact cost model's step time of an overlapped choice (inf where a micro-batch is
     empty or under `min_micro_batch_tokens`)."""
     sizes = sizes_of(problem, choice.counts)
-    if min(t for t, _ in sizes) < max(1, problem.min_micro_batch_tokens):
+    if min(t for t, _ in sizes) < fewest_tokens(problem):
         return float("inf")
     if choice.mode == "coresident":
         return cost.coresident_step_us(sizes, choice.smem_bytes)

@@ -229,8 +229,9 @@ def _interp_2d(rows: dict[int, tuple[list, list]], work: float, sm_count: float,
         return _interp_1d(xs, ys, work, lambda w: analytic(w, s))
 
     sms = list(rows)
-    values = [at_sms(s) for s in sms]
-    return _interp_1d(sms, values, sm_count, lambda s: analytic(work, s))
+    at = bisect_left(sms, sm_count)
+    near = sms[max(at - 1, 0):at + 1]   # all _interp_1d reads: the counts around, or the end one
+    return _interp_1d(near, [at_sms(s) for s in near], sm_count, lambda s: analytic(work, s))
 
 
 def _interp_1d(xs: list, ys: list, x: float, analytic: Callable[[float], float]) -> float:

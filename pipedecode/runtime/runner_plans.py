@@ -4,11 +4,15 @@ Owns the bucket sizes a decode batch is padded to (`bucket_sizes`, `bucket_for`)
 `BucketPlans`: the planner's answer (micro-batches and the SM split, or sequential and why)
 for the running batch, per bucket and mean-context bin. Bins are `REPLAN_FRACTION` wide in
 ratio (mean contexts [1.25^k, 1.25^(k+1))), so a step plans anew only when its batch changes
-materially, into another bucket or its mean context into another bin, and a plan once made is
-reused whenever the batch comes back to it (planning costs ~0.1 s). Every sequential answer
-carries its reason: interleaving switched off, the planner missing or
-failing (it needs PuLP's CBC), the planner predicting no gain, or the executor's measurement
-finding the interleaved step slower on this GPU (`runs_sequential`). Knows nothing of tensors,
+materially, into another bucket or its mean context into another bin; a plan once made is
+reused whenever the batch comes back to it, and by a neighbouring bin's batches whose mean is
+within the same ratio of the plan's (a batch crossing a bin's edge does not plan again for a
+change of a few percent). Every step is served by a plan made at a mean context within
+`REPLAN_FRACTION` of its own. Planning costs about a millisecond where the bucket is too small
+to overlap (the planner decides without its ILP) and 50-100 ms where the ILP is solved. Every
+sequential answer carries its reason: interleaving switched off, the planner failing (it needs
+PuLP's CBC) or choosing sequential (its `mode_reason`), or the executor's measurement finding
+the interleaved step slower on this GPU (`runs_sequential`). Knows nothing of tensors,
 executors or sequences: it sees sizes and token counts.
 
 Buckets: 1, 2, 4, 8, 16, 32, then multiples of 32 up to 512 and multiples of 64 beyond, and
@@ -91,9 +95,12 @@ class BucketPlan:
 
 
 def default_planner(shape: ModelShape, profile: DeviceProfile, context_lens: list[int]):
+    """pipedecode.planner.plan over what the paged runner runs: sequential or interleaved
+    (co-resident mode is not priced: the runner would run it sequentially)."""
     from pipedecode.planner import plan
 
-    return plan(shape, profile, context_lens, time_limit_s=PLAN_TIME_LIMIT_S)
+    return plan(shape, profile, context_lens, time_limit_s=PLAN_TIME_LIMIT_S,
+                coresident_options=())
 
 
 class BucketPlans:
@@ -125,11 +132,21 @@ class BucketPlans:
         rows = bucket_for(num_seqs, self.sizes)
         mean = max(kv_tokens / num_seqs, 1.0)
         key = (rows, int(math.log(mean) / self._log_step))
-        plan = self.plans.get(key)
+        plan = self.plans.get(key) or self._neighbour(key, mean)
         if plan is None:
             plan = self.plans[key] = self._plan(rows, num_seqs, mean)
         self.last_of[rows] = plan
         return plan
+
+    def _neighbour(self, key: tuple[int, int], mean: float) -> BucketPlan | None:
+        """The plan of an adjacent bin of the same bucket made at a mean context within
+        `REPLAN_FRACTION` of `mean` (in ratio), the nearer of the two; None if neither is."""
+        rows, k = key
+        near = [(abs(math.log(mean / p.mean_context_tokens)), p)
+                for p in (self.plans.get((rows, k - 1)), self.plans.get((rows, k + 1)))
+                if p is not None]
+        near = [(d, p) for d, p in near if d < self._log_step]
+        return min(near, key=lambda t: t[0])[1] if near else None
 
     def last(self, num_seqs: int) -> BucketPlan | None:
         """The plan `micro_batches` last used for a batch of `num_seqs`."""
@@ -153,14 +170,18 @@ class BucketPlans:
             schedule = self.planner(self.shape, self.profile, lens)
         except Exception as exc:  # noqa: BLE001 - planning is an optimisation; say why not
             return BucketPlan(rows, mean, reason=f"planning failed ({type(exc).__name__}: "
-                                                 f"{exc}); the planner needs PuLP's CBC")
+                                                 f"{exc})")
         finally:
             self.plan_seconds += time.perf_counter() - start
         times = dict(predicted_step_us=schedule.predicted_step_us,
                      sequential_step_us=schedule.sequential_step_us)
         m = len(schedule.micro_batches)
-        if schedule.mode != "interleaved" or m < 2:
-            return BucketPlan(rows, mean, reason="the planner predicts interleaving no faster "
-                                                 "than sequential", **times)
-        return BucketPlan(rows, mean, m, int(schedule.memory_sms), int(schedule.compute_sms),
-                          **times)
+        if schedule.mode == "interleaved" and m >= 2:
+            return BucketPlan(rows, mean, m, int(schedule.memory_sms),
+                              int(schedule.compute_sms), **times)
+        why = schedule.mode_reason or \
+            "the planner predicts interleaving no faster than sequential"
+        if schedule.mode != "sequential":
+            why = f"the planner chose {schedule.mode} mode, which the paged runner does not " \
+                  f"run ({why}); sequential"
+        return BucketPlan(rows, mean, reason=why, **times)

@@ -141,3 +141,60 @@ def test_micro_batches_too_small_to_stay_compute_bound_are_refused(llama8b, core
     assert {"compute_bound_mb0_co65536", "compute_bound_mb1_s48"} <= names
     big = plan(llama8b, profile, [512] * (2 * fewest + 2), memory_sms_options=())
     assert big.mode == "coresident" and min(mb.tokens for mb in big.micro_batches) >= fewest
+
+
+# ---- the closed form: sequential without the ILP where its constraints admit nothing else --
+def _closed_form_cases(llama8b, coresident_profile):
+    from pipedecode.planner.cost import min_micro_batch_tokens
+
+    h200, co = BUILTIN["h200"], coresident_profile(0.1)
+    rng = random.Random(7)
+    mixed = [rng.randint(16, 4096) for _ in range(2 * min_micro_batch_tokens(h200) - 1)]
+    return [  # (profile, contexts, options, the ILP skipped)
+        (h200, [256] * 2, {}, True),
+        (h200, mixed, {}, True),                                    # one below 2 x fewest
+        (h200, [512] * (2 * min_micro_batch_tokens(h200)), {}, False),   # at it: solved
+        (h200, [512] * 384 + [2048] * 128, {}, False),              # interleaved
+        (h200, [300] * 500, dict(num_micro_batches=3), True),       # 3 x 180 > 500
+        (h200, [100], dict(min_micro_batch_tokens=0), True),        # one request
+        (h200, [512] * 1024, dict(memory_sms_options=()), True),    # no option at all
+        (co, [512] * (2 * min_micro_batch_tokens(co) - 2), {}, True),
+        (co, [512] * 1024, dict(memory_sms_options=()), False),     # coresident
+    ]
+
+
+def test_the_closed_form_gives_the_ilps_schedule(llama8b, coresident_profile, monkeypatch):
+    import pipedecode.planner.api as api
+
+    solved = []
+    real = api.solve_lp
+    monkeypatch.setattr(api, "solve_lp", lambda *a, **k: solved.append(1) or real(*a, **k))
+    modes = set()
+    for profile, contexts, options, skipped in _closed_form_cases(llama8b, coresident_profile):
+        problem = build_problem(llama8b, profile, contexts, **options)
+        solved.clear()
+        fast = solve(problem)
+        assert len(solved) == (0 if skipped else 1), (len(contexts), options)
+        ilp = solve(problem, closed_form=False)
+        assert len(solved) == (1 if skipped else 2)
+        assert fast == ilp, (len(contexts), options)           # mode, reason, every time
+        assert fast.to_json() == ilp.to_json()
+        assert fast.mode == "sequential" or not skipped
+        modes.add(fast.mode)
+    assert modes == {"sequential", "interleaved", "coresident"}
+
+
+def test_an_over_budget_kv_cache_still_reaches_the_solver(llama8b):
+    import dataclasses
+
+    problem = build_problem(llama8b, BUILTIN["h200"], [512] * 4)
+    over = dataclasses.replace(problem, kv_budget_bytes=problem.kv_bytes - 1)
+    with pytest.raises(PlanningError, match="found no solution"):
+        solve(over)
+
+
+def test_coresident_turned_off_is_told_apart_from_a_profile_without_samples(llama8b,
+                                                                            coresident_profile):
+    off = plan(llama8b, coresident_profile(0.1), [512] * 64, coresident_options=())
+    assert "coresident not priced: turned off (coresident_options=())" in off.mode_reason
+    assert "no co-resident samples" not in off.mode_reason

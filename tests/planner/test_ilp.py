@@ -155,3 +155,47 @@ def test_coresident_options_match_brute_force(llama8b, solver, penalty):
     assert problem.coresident_options == (49152, 65536)
     choice = _solve_and_check(problem, solver)
     assert choice.mode == ("coresident" if penalty == 0.0 else "sequential")
+
+
+@pytest.mark.parametrize("solver", ["cbc", "ortools"])
+@pytest.mark.parametrize("micro_batches", [2, 3])
+def test_overlap_feasible_is_where_the_ilp_without_sequential_has_a_solution(llama8b, solver,
+                                                                              micro_batches):
+    from pipedecode.errors import PlanningError
+    from pipedecode.planner.ilp import fewest_tokens, overlap_feasible
+
+    rng = random.Random(micro_batches)
+    for fewest in (0, 3):
+        edge = micro_batches * max(1, fewest)
+        for requests in (edge - 1, edge, edge + 1):
+            contexts = [rng.choice([64, 512, 4096]) for _ in range(requests)]
+            problem = build_problem(llama8b, BUILTIN["h100"], contexts,
+                                    memory_sms_options=(64,), min_micro_batch_tokens=fewest,
+                                    num_micro_batches=micro_batches)
+            assert fewest_tokens(problem) == max(1, fewest)
+            lp = build_split_lp(problem, CostModel(llama8b, problem.profile),
+                                allow_sequential=False)
+            try:
+                solve_lp(lp, solver)
+                solved = True
+            except PlanningError:
+                solved = False
+            assert overlap_feasible(problem) == solved == (requests >= edge), (fewest, requests)
+
+
+def test_the_compute_bound_constraint_and_the_closed_form_share_the_threshold(llama8b):
+    from pipedecode.planner.cost import min_micro_batch_tokens
+    from pipedecode.planner.ilp import fewest_tokens, overlap_feasible
+
+    profile = BUILTIN["h200"]
+    fewest = min_micro_batch_tokens(profile)            # twice the ridge point, in tokens
+    problem = build_problem(llama8b, profile, [512] * (2 * fewest), memory_sms_options=(48,))
+    assert problem.min_micro_batch_tokens == fewest_tokens(problem) == fewest
+    lp = build_split_lp(problem, CostModel(llama8b, profile))
+    bound = {c.name: dict(c.terms) for c in lp.constraints}["compute_bound_mb1_s48"]
+    assert bound["y_48"] == -fewest and overlap_feasible(problem)
+    assert not overlap_feasible(build_problem(llama8b, profile, [512] * (2 * fewest - 1),
+                                              memory_sms_options=(48,)))
+    # no overlapped option at all: nothing is feasible but sequential, whatever the batch
+    assert not overlap_feasible(build_problem(llama8b, profile, [512] * 1024,
+                                              memory_sms_options=(), coresident_options=()))

@@ -40,6 +40,40 @@ def test_gemm_table_exact_at_points_linear_between_scaled_outside():
     assert gemm_latency_us(p, 64, 1024, 4096, 64) == pytest.approx(expected)
 
 
+def test_interpolating_at_the_sm_counts_around_the_partition_only_changes_nothing():
+    import random
+
+    from pipedecode.profiles import load_profile
+    from pipedecode.profiles.latency import _index, _interp_1d, _interp_2d
+
+    def every_count(rows, work, sm_count, analytic):      # interpolate at each, then across
+        values = [_interp_1d(*rows[s], work, lambda w, s=s: analytic(w, s)) for s in rows]
+        return _interp_1d(list(rows), values, sm_count, lambda s: analytic(work, s))
+
+    profile = load_profile("h200")
+    gemms, attention = _index(profile)
+    assert gemms and attention
+    rng = random.Random(0)
+    for (n, k), rows in gemms.items():
+        for sms in list(rows) + [1, 8, 20, 140, 200] + [rng.uniform(1, 160) for _ in range(8)]:
+            tokens = rng.choice([1, 7, 64, 300, 4096, 20000])
+
+            def analytic(t, s, n=n, k=k):
+                return analytic_gemm_us(profile, t, n, k, s)
+
+            got = _interp_2d(rows, tokens, sms, analytic)
+            assert got == every_count(rows, tokens, sms, analytic), (n, k, tokens, sms)
+            assert got == gemm_latency_us(profile, tokens, n, k, sms)
+    for key, rows in attention.items():
+        for sms in (8, 16, 40, 132, 150):
+            kv = rng.choice([1e3, 1e5, 3e6])
+
+            def analytic(w, s, key=key):
+                return analytic_attention_us(profile, 64, w / 64, *key, s)
+
+            assert _interp_2d(rows, kv, sms, analytic) == every_count(rows, kv, sms, analytic)
+
+
 def test_attention_table_interpolates_in_kv_tokens():
     points = (AttentionPoint(8, 1024, 32, 8, 128, 64, 10.0),
               AttentionPoint(8, 4096, 32, 8, 128, 64, 34.0))

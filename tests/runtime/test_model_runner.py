@@ -2,6 +2,8 @@
 on the CPU; its buckets, plans and staged inputs; and on a GPU, bf16 against float32, CUDA-graph
 replay against eager, tiny models against transformers."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -206,6 +208,76 @@ def test_a_missing_solver_is_sequential_with_its_reason():
     assert plans.micro_batches(5, 50) == 1
     assert "planning failed (ImportError: No module named 'pulp')" in plans.last(5).reason
     assert plans.micro_batches(1, 5) == 1 and "one row" in plans.last(1).reason
+
+
+def test_a_batch_crossing_a_bin_edge_reuses_the_neighbouring_plan_within_the_fraction():
+    planner = CountingPlanner()
+    plans = BucketPlans(model_shape("tiny-llama"), BUILTIN["h100"], bucket_sizes(64),
+                        planner=planner)
+    edge = 1.25 ** 21                                           # 108.4: bins 20 | 21
+    plans.micro_batches(32, 32 * 100)                           # planned in bin 20 at 100
+    plans.micro_batches(32, 32 * 110)                           # bin 21, 110 / 100 < 1.25
+    assert 100 < edge < 110 and len(planner.calls) == 1 and set(plans.plans) == {(32, 20)}
+    assert plans.last(32).mean_context_tokens == 100
+    plans.micro_batches(32, 32 * 126)                           # 126 / 100 > 1.25: planned
+    assert len(planner.calls) == 2 and set(plans.plans) == {(32, 20), (32, 21)}
+    plans.micro_batches(32, 32 * 96)                            # bin 20 again: its own plan
+    assert plans.last(32).mean_context_tokens == 100 and len(planner.calls) == 2
+    plans.micro_batches(40, 40 * 110)                           # another bucket: planned
+    assert len(planner.calls) == 3 and (64, 21) in plans.plans
+    # every plan sits in its own bin
+    for (_, k), plan in plans.plans.items():
+        assert int(math.log(plan.mean_context_tokens) / math.log1p(REPLAN_FRACTION)) == k
+    # bin 20 left empty between plans at 85 (bin 19) and 110 (bin 21): the nearer serves
+    planner = CountingPlanner()
+    plans = BucketPlans(model_shape("tiny-llama"), BUILTIN["h100"], bucket_sizes(64),
+                        planner=planner)
+    plans.micro_batches(32, 32 * 85)
+    plans.micro_batches(32, 32 * 110)                           # bin 19 is no neighbour of 21
+    assert set(plans.plans) == {(32, 19), (32, 21)} and len(planner.calls) == 2
+    for mean, served in ((95, 85), (100, 110), (106, 110)):    # all three in bin 20
+        plans.micro_batches(32, 32 * mean)
+        assert plans.last(32).mean_context_tokens == served, mean
+    assert len(planner.calls) == 2
+
+
+def test_the_default_planner_decides_small_buckets_without_its_ilp(monkeypatch):
+    import pipedecode.planner.api as api
+    from pipedecode.planner.cost import min_micro_batch_tokens
+
+    solved = []
+    real = api.solve_lp
+    monkeypatch.setattr(api, "solve_lp", lambda *a, **k: solved.append(1) or real(*a, **k))
+    profile = BUILTIN["h200"]
+    fewest = min_micro_batch_tokens(profile)                    # 180 on the analytic H200
+    sizes = bucket_sizes(1024)
+    plans = BucketPlans(model_shape("llama-3-8b"), profile, sizes)
+    below = [r for r in sizes if 1 < r < 2 * fewest]
+    for rows in below:
+        assert plans.micro_batches(rows, rows * 512) == 1
+        assert f"fewer than {fewest}" in plans.last(rows).reason
+        assert plans.last(rows).predicted_step_us == plans.last(rows).sequential_step_us
+    assert not solved and plans.num_plans == len(below)
+    above = next(r for r in sizes if r >= 2 * fewest)            # 384: the ILP splits it
+    assert plans.micro_batches(above, above * 512) == 2 and len(solved) == 1
+
+
+def test_a_coresident_answer_runs_sequentially_and_says_so():
+    from types import SimpleNamespace
+
+    def coresident(shape, profile, lens):    # the parts of a Schedule BucketPlans reads
+        return SimpleNamespace(mode="coresident", micro_batches=(0, 1), memory_sms=132,
+                               compute_sms=132, predicted_step_us=9.0, sequential_step_us=10.0,
+                               mode_reason="coresident (attention within 64 KiB per SM): "
+                                           "predicted 0.01 ms, sequential 0.01 ms")
+
+    plans = BucketPlans(model_shape("tiny-llama"), BUILTIN["h200"], bucket_sizes(8),
+                        planner=coresident)
+    assert plans.micro_batches(5, 50) == 1
+    reason = plans.last(5).reason
+    assert reason.startswith("the planner chose coresident mode, which the paged runner does "
+                             "not run (coresident (attention within 64 KiB")
+    assert reason.endswith("); sequential")
 
 
 # ---- staged inputs ----------------------------------------------------------------------
