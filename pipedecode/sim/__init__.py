@@ -4,6 +4,8 @@
   workloads.py   seeded offline workloads (ShareGPT-shaped, uniform, fixed), shared with the
                  engine's offline throughput benchmark
   layout.py      layers into balanced pipeline stages, tensor shards, memory and KV blocks
+  engine_costs.py  what the engine adds to the cost model's GPU time: decode padding to the
+                 runner's buckets, greedy sampling, host time per step (measured rates)
   executors.py   what a micro-batch costs on each stage and link (from the CostModel)
   loop.py        the discrete-event loop around the engine's real Scheduler and policies
   strategies.py  one point: TD-Pipe, plain pipeline, tensor-parallel estimate, replicas

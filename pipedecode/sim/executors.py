@@ -4,20 +4,23 @@ Owns `StagePipeline` (N pipeline stages, the activation transfer to the next sta
 and the token ids' return to the controller after the last) and `TensorParallel` (every layer
 on N GPUs at once, two ring all-reduces per layer). Both price from the one `CostModel` and a
 `Link`, and answer `service(batch) -> Service`: the time on each server in the order the
-micro-batch visits them, and the GPU compute time it holds. Knows nothing of scheduling or of
-the clock: `pipedecode.sim.loop` queues micro-batches on the servers.
+micro-batch visits them, and the GPU compute time it holds. Knows nothing of scheduling, of
+the clock or of host time: `pipedecode.sim.loop` queues micro-batches on the servers and
+charges the controller's host work.
 
-Pricing. A decode micro-batch of n sequences holding kv tokens: one layer
-`sequential_layer_us(n, kv)`, the head `head_us(n)`. A prefill of prompts (recomputed ones at
-their full length): `prefill_us(lens)`, its head `head_us(len(lens))`, its layers sharing the
-rest equally (Llama's layers all have one shape). Pipeline stage i: layers[i] layers, plus the
-head on the last. Transfers: [hidden, residual] of every token, hidden_size x dtype bytes each,
-over the link to the next stage (latency + bytes / bandwidth, overlapped with compute: each
-link is its own server); the controller's per-micro-batch metadata is assumed sent ahead and
-off the critical path. Tensor parallel (an analytic ESTIMATE, optimistic for it): the whole
-step's time / N (every kernel, head and launch included, splits perfectly) plus, per layer,
-two all-reduces of tokens x hidden x dtype bytes (`ring_allreduce_us`); sampling on the split
-logits is taken as free.
+Pricing. A decode micro-batch of n sequences holding kv tokens runs the runner's bucket of
+r >= n rows (`EngineCosts.decode_rows`; padded rows hold one token each): one layer
+`sequential_layer_us(r, kv + r - n)`, the head `head_us(r)` and the greedy sampling of r rows
+(`EngineCosts.sampling_us`). A prefill of prompts (recomputed ones at their full length):
+`prefill_us(lens)`, its head `head_us(len(lens))` and the sampling of len(lens) rows, its
+layers sharing the rest equally (Llama's layers all have one shape). Pipeline stage i:
+layers[i] layers, plus the head and the sampling on the last. Transfers: [hidden, residual]
+of every row, hidden_size x dtype bytes each, over the link to the next stage (latency + bytes
+/ bandwidth, overlapped with compute: each link is its own server); the controller's
+per-micro-batch metadata is assumed sent ahead and off the critical path. Tensor parallel (an
+analytic ESTIMATE, optimistic for it): the whole step's time / N (every kernel, head, sampling
+and launch included, splits perfectly) plus, per layer, two all-reduces of tokens x hidden x
+dtype bytes (`ring_allreduce_us`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from pipedecode.engine.scheduler import ScheduledBatch
 from pipedecode.planner.cost import CostModel
+from pipedecode.sim.engine_costs import EngineCosts
 from pipedecode.sim.layout import PipelineLayout, TensorLayout
 from pipedecode.sim.links import Link, ring_allreduce_us, transfer_us
 
@@ -89,20 +93,29 @@ def batch_tokens(batch: ScheduledBatch) -> tuple[int, int, list[int]]:
     return len(batch.seqs), sum(s.num_tokens for s in batch.seqs), []
 
 
-def _whole_model_us(cost: CostModel, batch: ScheduledBatch) -> tuple[float, float, int]:
-    """(the batch on the whole model on one GPU, its head, tokens through the layers)."""
+def _whole_model_us(cost: CostModel, engine: EngineCosts,
+                    batch: ScheduledBatch) -> tuple[float, float, int]:
+    """(the batch on the whole model on one GPU, its head with the sampling, tokens through
+    the layers: a decode step's padded rows included)."""
     tokens, kv_tokens, lens = batch_tokens(batch)
     if lens:
-        return cost.prefill_us(lens), cost.head_us(len(lens)), tokens
-    return cost.sequential_step_us(tokens, kv_tokens), cost.head_us(tokens), tokens
+        sample = engine.sampling_us(cost, len(lens))
+        return cost.prefill_us(lens) + sample, cost.head_us(len(lens)) + sample, tokens
+    rows = engine.decode_rows(tokens)
+    sample = engine.sampling_us(cost, rows)
+    return (cost.sequential_step_us(rows, kv_tokens + rows - tokens) + sample,
+            cost.head_us(rows) + sample, rows)
 
 
 class StagePipeline:
     """Servers: stage 0, link 0->1, stage 1, ..., stage N-1, return link (N > 1); one server
-    (the GPU) for N = 1, which then prices exactly as the one-GPU engine's cost model."""
+    (the GPU) for N = 1, which then prices as the one-GPU engine: the cost model and `engine`'s
+    padding and sampling."""
 
-    def __init__(self, layout: PipelineLayout, cost: CostModel, link: Link) -> None:
+    def __init__(self, layout: PipelineLayout, cost: CostModel, link: Link,
+                 engine: EngineCosts | None = None) -> None:
         self.layout, self.cost, self.link = layout, cost, link
+        self.engine = engine or EngineCosts.off()
         n = layout.num_stages
         self.num_gpus = n
         self.num_servers = 1 if n == 1 else 2 * n
@@ -114,17 +127,19 @@ class StagePipeline:
 
     def stage_us(self, batch: ScheduledBatch) -> np.ndarray:
         """The batch's compute time on each stage."""
-        full, head, _ = _whole_model_us(self.cost, batch)
+        return self._stages(*_whole_model_us(self.cost, self.engine, batch)[:2])
+
+    def _stages(self, full: float, head: float) -> np.ndarray:
         if self.layout.num_stages == 1:
             return np.array([full])
         layer = (full - head) / self.cost.model.num_layers
         return self._layers * layer + self._last * head
 
     def service(self, batch: ScheduledBatch) -> Service:
-        stages = self.stage_us(batch)
+        full, head, tokens = _whole_model_us(self.cost, self.engine, batch)
+        stages = self._stages(full, head)
         if self.layout.num_stages == 1:
             return Service(stages, float(stages[0]))
-        tokens = batch_tokens(batch)[0]
         servers = np.empty(self.num_servers)
         servers[0::2] = stages
         servers[1:-1:2] = transfer_us(self.link, tokens * self._activation_bytes)
@@ -135,8 +150,10 @@ class StagePipeline:
 class TensorParallel:
     """One server: the N GPUs of a tensor-parallel group run each micro-batch together."""
 
-    def __init__(self, layout: TensorLayout, cost: CostModel, link: Link) -> None:
+    def __init__(self, layout: TensorLayout, cost: CostModel, link: Link,
+                 engine: EngineCosts | None = None) -> None:
         self.layout, self.cost, self.link = layout, cost, link
+        self.engine = engine or EngineCosts.off()
         self.num_gpus = layout.num_gpus
         self.num_servers = 1
 
@@ -147,7 +164,7 @@ class TensorParallel:
                                      self.num_gpus)
 
     def service(self, batch: ScheduledBatch) -> Service:
-        full, _, tokens = _whole_model_us(self.cost, batch)
+        full, _, tokens = _whole_model_us(self.cost, self.engine, batch)
         n = self.num_gpus
         compute = full / n
         comm = self.cost.model.num_layers * self.allreduce_us(tokens) if n > 1 else 0.0

@@ -13,7 +13,14 @@ max(its arrival, the server free) and arrives at j + 1 when done. Over all serve
 with P_j the service time before server j: start_j - P_j = max(issue, max_{i <= j} (free_i -
 P_i)), a cumulative maximum. The controller calls `schedule()` whenever a slot is free (at the
 start and each time a micro-batch returns), `step_overhead_us` of controller time each call
-(0 by default: scheduling is assumed hidden behind the GPUs).
+(0 by default), and spends the engine's host time (`EngineCosts.host_us`, per sequence of the
+batch) scheduling and staging a batch before issuing it and sampling and post-processing it
+after it returns. On one GPU the engine's loop is synchronous, so that time adds to every
+step; with more micro-batches in flight it overlaps the other GPUs' work.
+
+Phases, as the engine's StatsRecorder times them (meaningful at N = 1): a batch's timed time
+is its GPU compute (padding and sampling included) plus its staging and sampling host time;
+scheduling and post-processing fall outside the timed steps (`untimed_host_us`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from pipedecode.engine.predictor import OnlineLengthEstimator
 from pipedecode.engine.scheduler import Scheduler, SchedulerConfig
 from pipedecode.engine.sequence import Sequence
 from pipedecode.planner.cost import CostModel
+from pipedecode.sim.engine_costs import BEFORE_GPU, HOST_PARTS, TIMED, EngineCosts
 from pipedecode.sim.workloads import Workload
 
 SIM_TOKEN_ID = 7             # every sampled token; never a stop token
@@ -86,10 +94,18 @@ class RunResult:
     num_gpus: int
     loaded_us: float = 0.0
     loaded_output_tokens: int = 0
+    timed_prefill_us: float = 0.0
+    timed_decode_us: float = 0.0
+    untimed_host_us: float = 0.0
+    decode_tokens: int = 0
 
     @property
     def bubble_fraction(self) -> float:
         return 1.0 - self.compute_gpu_us / (self.num_gpus * self.makespan_us)
+
+    @property
+    def decode_steps(self) -> int:
+        return self.batches - self.prefill_batches
 
 
 class RememberingEstimator(OnlineLengthEstimator):
@@ -151,13 +167,42 @@ def queue_through(free_us: np.ndarray, servers_us: np.ndarray, issue_us: float) 
     return start + servers_us
 
 
+class _Phases:
+    """The engine's host time around each batch, and the run as the engine's timer sees it."""
+
+    def __init__(self, engine: EngineCosts) -> None:
+        self.engine = engine
+        self.untimed = tuple(p for p in HOST_PARTS if p not in TIMED)
+        self.after_gpu = tuple(p for p in HOST_PARTS if p not in BEFORE_GPU)
+        self.prefill_us = self.decode_us = self.untimed_us = 0.0
+        self.decode_tokens = 0
+
+    def before_gpu_us(self, batch) -> float:
+        return self.engine.host_us(BEFORE_GPU, len(batch.seqs))
+
+    def after_gpu_us(self, batch) -> float:
+        return self.engine.host_us(self.after_gpu, len(batch.seqs))
+
+    def add(self, batch, compute_us: float) -> None:
+        n = len(batch.seqs)
+        timed = compute_us + self.engine.host_us(TIMED, n)
+        if batch.kind == "prefill":
+            self.prefill_us += timed
+        else:
+            self.decode_us += timed
+            self.decode_tokens += n
+        self.untimed_us += self.engine.host_us(self.untimed, n)
+
+
 def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock: VirtualClock,
-        *, step_overhead_us: float = 0.0) -> RunResult:
+        *, step_overhead_us: float = 0.0, engine: EngineCosts | None = None) -> RunResult:
     """Drive `sched` holding `seqs` to the end on `executor` (`service(batch)`, `num_servers`,
-    `num_gpus`). A switch: a prefill issued right after a decode while requests run."""
+    `num_gpus`), the controller spending `engine`'s host time (None: none). A switch: a
+    prefill issued right after a decode while requests run."""
     free = np.zeros(executor.num_servers)
     in_flight: list = []                       # heap of (done_us, order, batch)
     order = itertools.count()
+    phases = _Phases(engine or EngineCosts.off())
     controller_us = compute_us = 0.0
     batches = prefills = switches = 0
     last_kind, returned, finished, loaded = None, 0, 0, None
@@ -168,9 +213,11 @@ def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock:
             batch = sched.schedule()
             if batch is None:
                 break
+            controller_us += phases.before_gpu_us(batch)
             service = executor.service(batch)
             free = queue_through(free, service.servers_us, controller_us)
             compute_us += service.compute_us
+            phases.add(batch, service.compute_us)
             heapq.heappush(in_flight, (float(free[-1]), next(order), batch))
             batches += 1
             if batch.kind == "prefill":
@@ -184,9 +231,12 @@ def run(sched: Scheduler, seqs: list[Sequence], executor, num_slots: int, clock:
                                f"and {len(sched.running)} running requests")
         done_us, _, batch = heapq.heappop(in_flight)
         clock.now_us = done_us
+        controller_us = max(controller_us, done_us) + phases.after_gpu_us(batch)
         finished += len(sched.postprocess(batch, [SIM_TOKEN_ID] * len(batch.seqs)))
         returned += len(batch.seqs)
-    return RunResult(clock.now_us, len(seqs), sum(s.num_prompt_tokens for s in seqs),
+    return RunResult(max(clock.now_us, controller_us), len(seqs),
+                     sum(s.num_prompt_tokens for s in seqs),
                      sum(s.num_output_tokens for s in seqs), sched.prefill_tokens, batches,
                      prefills, switches, sched.num_preemptions, compute_us, executor.num_gpus,
-                     *(loaded or (0.0, 0)))
+                     *(loaded or (0.0, 0)), phases.prefill_us, phases.decode_us,
+                     phases.untimed_us, phases.decode_tokens)

@@ -84,6 +84,7 @@ def markdown(result: SweepResult, title: str = "Pipeline simulation",
         f"- Scheduling: {a['seats']}; {a['micro_batches']}; output lengths predicted by "
         f"{a['predictor']}; {a['controller']}.",
         f"- Costs: {a['costs']}.",
+        *([f"- Engine: {a['engine']}."] if "engine" in a else []),
         f"- Replicas: {a['replicas']}.",
         f"- Workload: `{w['spec']}` seed {w['seed']}, {w['requests']} requests per point, mean "
         f"prompt {w['mean_prompt_tokens']:.0f} and output {w['mean_output_tokens']:.0f} tokens "

@@ -26,6 +26,7 @@ from pipedecode.planner.cost import CostModel
 from pipedecode.planner.problem import resolve_model
 from pipedecode.profiles.schema import DeviceProfile
 from pipedecode.sim import layout as layouts
+from pipedecode.sim.engine_costs import HOST_FACTOR, EngineCosts
 from pipedecode.sim.executors import MemoCostModel, StagePipeline, TensorParallel
 from pipedecode.sim.links import Link
 from pipedecode.sim.loop import RunResult, SchedulingConfig, VirtualClock, build_scheduler, run
@@ -39,8 +40,9 @@ DEFAULT_SEQS_PER_GPU = 256           # the engine's max_num_seqs, per GPU of a r
 class SimOptions:
     """seqs_per_gpu: max_num_seqs of a replica is this times its GPUs. micro_batches: slots
     in flight of a pipeline (None: one per stage). kv_blocks: usable KV blocks of a replica
-    in place of those its memory holds (a measured engine's pool). The rest as in
-    SchedulingConfig."""
+    in place of those its memory holds (a measured engine's pool). host_factor, padding,
+    sampling: the engine's costs around the GPU step (`engine_costs.EngineCosts`; host_factor
+    0, padding and sampling False: the cost model alone). The rest as in SchedulingConfig."""
 
     seqs_per_gpu: int = DEFAULT_SEQS_PER_GPU
     max_num_batched_tokens: int = 8192
@@ -49,14 +51,18 @@ class SimOptions:
     predictor: str = "online"
     step_overhead_us: float = 0.0
     kv_blocks: int | None = None
+    host_factor: float = HOST_FACTOR
+    padding: bool = True
+    sampling: bool = True
 
     def __post_init__(self) -> None:
         for name in ("seqs_per_gpu", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SimOptions.{name} must be positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.step_overhead_us) and self.step_overhead_us >= 0):
-            raise ValueError(f"SimOptions.step_overhead_us must be a number >= 0, "
-                             f"got {self.step_overhead_us}")
+        for name in ("step_overhead_us", "host_factor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"SimOptions.{name} must be a number >= 0, got {value}")
         for name in ("micro_batches", "kv_blocks"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -69,7 +75,9 @@ class PointResult:
     stage_layers: the pipeline's layers per stage (empty for tensor); kv_blocks: usable KV blocks
     of a replica. loaded_output_tokens_per_s:
     output tokens per second until the waiting queue first emptied, summed over replicas
-    (None where a replica admitted its whole batch at once)."""
+    (None where a replica admitted its whole batch at once). prefill_s, decode_s,
+    untimed_host_s: the run as the one-GPU engine's timer sees it (`loop` docstring), summed
+    over replicas; decode_steps and decode_tokens: decode batches and the sequences in them."""
 
     model: str
     device: str
@@ -92,7 +100,16 @@ class PointResult:
     batches: int
     prefill_batches: int
     loaded_output_tokens_per_s: float | None
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    untimed_host_s: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0
     wall_s: float = 0.0                       # CPU seconds the simulation took
+
+    @property
+    def mean_decode_batch(self) -> float:
+        return self.decode_tokens / self.decode_steps if self.decode_steps else 0.0
 
     @property
     def output_tokens_per_s(self) -> float:
@@ -104,7 +121,8 @@ class PointResult:
 
     def to_dict(self) -> dict:
         return dict(asdict(self), output_tokens_per_s=self.output_tokens_per_s,
-                    total_tokens_per_s=self.total_tokens_per_s)
+                    total_tokens_per_s=self.total_tokens_per_s,
+                    mean_decode_batch=self.mean_decode_batch)
 
 
 def _representative(cost: CostModel, workload: Workload, seqs: int, slots: int,
@@ -124,15 +142,17 @@ def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: st
     size, count = size_and_count
     cost = MemoCostModel(shape, profile)
     seqs = options.seqs_per_gpu * size
+    engine = EngineCosts(seqs, host_factor=options.host_factor, padding=options.padding,
+                         sampling=options.sampling)
     if strategy == "tensor":
         lay = layouts.tensor_layout(shape, profile, size, block_size=options.block_size)
-        executor, slots, stage_layers = TensorParallel(lay, cost, link), 1, ()
+        executor, slots, stage_layers = TensorParallel(lay, cost, link, engine), 1, ()
     else:
         slots = options.micro_batches or size
         layer_us, head_us = _representative(cost, workload, seqs, slots, count)
         lay = layouts.pipeline_layout(shape, profile, size, layer_us=layer_us, head_us=head_us,
                                       block_size=options.block_size)
-        executor, stage_layers = StagePipeline(lay, cost, link), lay.layers
+        executor, stage_layers = StagePipeline(lay, cost, link, engine), lay.layers
     config = SchedulingConfig(
         "temporal" if strategy == "tdpipe" else "prefill-first", num_slots=slots,
         max_num_seqs=seqs, max_num_batched_tokens=options.max_num_batched_tokens,
@@ -168,7 +188,7 @@ def simulate_point(model, profile: DeviceProfile, link: Link, gpus: int, strateg
         sched, seqs = build_scheduler(workload.requests(r, replicas), executor.cost, blocks,
                                       options.block_size, max_len, config, clock)
         results.append(run(sched, seqs, executor, config.num_slots, clock,
-                           step_overhead_us=config.step_overhead_us))
+                           step_overhead_us=config.step_overhead_us, engine=executor.engine))
     makespan = max(r.makespan_us for r in results)
     compute = sum(r.compute_gpu_us for r in results)
     return PointResult(
@@ -185,4 +205,9 @@ def simulate_point(model, profile: DeviceProfile, link: Link, gpus: int, strateg
         prefill_batches=sum(r.prefill_batches for r in results),
         loaded_output_tokens_per_s=None if any(r.loaded_us == 0 for r in results) else
         sum(r.loaded_output_tokens / r.loaded_us * 1e6 for r in results),
+        prefill_s=sum(r.timed_prefill_us for r in results) / 1e6,
+        decode_s=sum(r.timed_decode_us for r in results) / 1e6,
+        untimed_host_s=sum(r.untimed_host_us for r in results) / 1e6,
+        decode_steps=sum(r.decode_steps for r in results),
+        decode_tokens=sum(r.decode_tokens for r in results),
         wall_s=time.perf_counter() - started)

@@ -97,7 +97,13 @@ def assumptions(spec: SweepSpec) -> dict:
         predictor="the engine's OnlineLengthEstimator, learning as requests finish (requests do "
                   "not ignore EOS; their max_tokens stops them)" if o.predictor == "online"
         else "an oracle (ignore_eos: the engine knows every max_tokens)",
-        controller=f"{o.step_overhead_us:g} us of controller time per scheduling call",
+        controller=f"{o.step_overhead_us:g} us of controller time per scheduling call, and the "
+                   f"engine's host time per sequence of each batch (schedule, stage, sample, "
+                   f"postprocess: the CPU benchmark's rates x {o.host_factor:g}, the GPU "
+                   f"machine's host speed fitted on a measured run)",
+        engine=f"decode steps padded to the runner's batch buckets: "
+               f"{'yes' if o.padding else 'no'}; the greedy sampling on the GPU: "
+               f"{'yes' if o.sampling else 'no'} (pipedecode.sim.engine_costs)",
         costs="every GPU time from the CostModel on the device profile; transfers overlap "
               "compute; tensor parallel is an analytic estimate (step / N + two ring "
               "all-reduces per layer), optimistic for it",

@@ -3,6 +3,7 @@ import pytest
 from pipedecode.models import model_shape
 from pipedecode.planner.cost import CostModel
 from pipedecode.profiles import load_profile
+from pipedecode.sim.engine_costs import EngineCosts
 from pipedecode.sim.executors import MemoCostModel, StagePipeline, TensorParallel
 from pipedecode.sim.layout import pipeline_layout, tensor_layout
 from pipedecode.sim.links import Link, ring_allreduce_us, transfer_us
@@ -63,3 +64,28 @@ def test_the_remembering_cost_model_answers_as_the_cost_model():
     for tokens, kv in ((1, 100), (37, 9000), (256, 100000), (37, 9000)):
         assert memo.sequential_step_us(tokens, kv) == COST.sequential_step_us(tokens, kv)
         assert memo.prefill_us([tokens, 2 * tokens]) == COST.prefill_us([tokens, 2 * tokens])
+
+
+def test_with_the_engines_costs_a_decode_runs_its_bucket_and_pays_the_sampling():
+    engine = EngineCosts(max_num_seqs=1024)
+    pipe = StagePipeline(pipeline_layout(M8B, H200, 1, layer_us=1.0, head_us=0.0), COST, LINK,
+                         engine)
+    decode = batch("decode", [100, 300, 50])                  # 3 rows run as a bucket of 4
+    expected = COST.sequential_step_us(4, 451) + engine.sampling_us(COST, 4)
+    assert pipe.service(decode).servers_us[0] == pytest.approx(expected)
+    assert expected > COST.sequential_step_us(3, 450)
+    prefill = batch("prefill", [100, 300, 50])                 # no padding: 3 logits rows
+    assert pipe.service(prefill).servers_us[0] == \
+        pytest.approx(COST.prefill_us([100, 300, 50]) + engine.sampling_us(COST, 3))
+
+
+def test_a_pipelines_last_stage_samples_and_its_links_carry_the_padded_rows():
+    engine = EngineCosts(max_num_seqs=1024)
+    pipe = StagePipeline(pipeline_layout(M8B, H200, 2, layer_us=1.0, head_us=0.0), COST, LINK,
+                         engine)
+    service = pipe.service(batch("decode", [100, 300, 50]))
+    layer = COST.sequential_layer_us(4, 451)
+    head = COST.head_us(4) + engine.sampling_us(COST, 4)
+    assert service.servers_us[0::2] == pytest.approx([16 * layer, 16 * layer + head])
+    assert service.servers_us[1] == pytest.approx(transfer_us(LINK, 4 * 2 * 4096 * 2))
+    assert service.servers_us[3] == pytest.approx(transfer_us(LINK, 3 * 8))   # 3 token ids

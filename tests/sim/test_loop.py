@@ -9,6 +9,7 @@ from pipedecode.models import model_shape
 from pipedecode.planner.cost import CostModel
 from pipedecode.planner.switch import prefill_batches, switch_intensity
 from pipedecode.profiles import load_profile
+from pipedecode.sim.engine_costs import EngineCosts
 from pipedecode.sim.executors import MemoCostModel, StagePipeline
 from pipedecode.sim.layout import pipeline_layout
 from pipedecode.sim.links import LINKS
@@ -173,3 +174,38 @@ def test_temporal_switches_where_the_intensity_rule_with_four_stages_says():
         stages, clock)
     assert result.switches == policy.switches == sum(decisions) > 0
     assert decisions.count(False) > decisions.count(True)     # most steps keep decoding
+
+
+def _host(schedule=1.0, stage=2.0, sample=3.0, postprocess=4.0) -> EngineCosts:
+    return EngineCosts(host_us_per_seq=(("schedule", schedule), ("stage", stage),
+                                        ("sample", sample), ("postprocess", postprocess)),
+                       host_factor=1.0, padding=False, sampling=False)
+
+
+def test_on_one_gpu_the_hosts_time_adds_to_every_step_and_splits_as_the_engine_times_it():
+    # 4 requests of 4 prompt + 3 output tokens: a prefill of 4 and 2 decode steps of 4, each
+    # 4 us of GPU and 4 x (1 + 2 + 3 + 4) = 40 us of host: 3 x 44 us
+    config = SchedulingConfig("prefill-first")
+    clock = VirtualClock()
+    sched, seqs = build_scheduler(fixed(4, 4, 3), MEMO, 4000, 16, 4096, config, clock)
+    result = run(sched, seqs, PerSequenceStages(1), 1, clock, engine=_host())
+    assert result.makespan_us == 132.0 and result.decode_steps == 2
+    # timed: GPU + staging + sampling; untimed: scheduling + postprocess
+    assert (result.timed_prefill_us, result.timed_decode_us) == (4 + 20.0, 2 * (4 + 20.0))
+    assert result.untimed_host_us == 3 * 20.0 and result.decode_tokens == 8
+    assert result.timed_prefill_us + result.timed_decode_us + result.untimed_host_us == \
+        result.makespan_us
+    # the last token is returned at the GPU's end; its postprocess ends the run
+    assert max(s.finish_time_s for s in seqs) * 1e6 == 132.0 - 4 * (3 + 4)
+
+
+def test_with_micro_batches_in_flight_the_hosts_time_overlaps_the_other_stages():
+    config = SchedulingConfig("prefill-first", num_slots=2)
+    without, _, _, _ = _sim(fixed(8, 4, 6), PerSequenceStages(2, us_per_seq=10.0), config)
+    clock = VirtualClock()
+    sched, seqs = build_scheduler(fixed(8, 4, 6), MEMO, 4000, 16, 4096, config, clock)
+    host = _host(0.5, 0.5, 0.5, 0.5)                           # 2 us per sequence of a batch
+    with_host = run(sched, seqs, PerSequenceStages(2, us_per_seq=10.0), 2, clock, engine=host)
+    total_host = 2.0 * (8 + 2 * 4 * 5)                 # a prefill of 8, 10 decodes of 4
+    assert with_host.makespan_us > without.makespan_us
+    assert with_host.makespan_us < without.makespan_us + total_host

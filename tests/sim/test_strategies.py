@@ -66,3 +66,18 @@ def test_a_given_kv_pool_replaces_the_one_memory_holds():
     assert p.kv_blocks == 100
     with pytest.raises(ValueError, match="kv_blocks must be positive"):
         SimOptions(kv_blocks=0)
+
+
+def test_on_one_gpu_the_phases_add_up_to_the_makespan_and_the_engines_terms_cost_time():
+    full = simulate_point("llama-3-8b", H200, LINKS["pcie5"], 1, "pipeline", W)
+    assert full.prefill_s + full.decode_s + full.untimed_host_s == \
+        pytest.approx(full.makespan_s, rel=1e-9)
+    assert full.decode_tokens == W.output_tokens - W.num_requests     # prefill gives one each
+    assert full.mean_decode_batch == pytest.approx(full.decode_tokens / full.decode_steps)
+    gpu_only = simulate_point("llama-3-8b", H200, LINKS["pcie5"], 1, "pipeline", W,
+                              SimOptions(host_factor=0.0, padding=False, sampling=False))
+    assert gpu_only.untimed_host_s == 0.0 and gpu_only.decode_steps == full.decode_steps
+    assert gpu_only.makespan_s < full.makespan_s
+    assert full.to_dict()["mean_decode_batch"] == full.mean_decode_batch
+    with pytest.raises(ValueError, match="host_factor must be a number >= 0"):
+        SimOptions(host_factor=-0.5)
