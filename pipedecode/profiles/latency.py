@@ -172,7 +172,13 @@ def gemm_latency_us(profile: DeviceProfile, tokens: float, n: int, k: int,
     analytic = lambda t, s: analytic_gemm_us(profile, t, n, k, s)  # noqa: E731
     if rows is None:
         return analytic(tokens, sm_count)
-    return _interp_2d(rows, tokens, sm_count, analytic)
+    latency_us = _interp_2d(rows, tokens, sm_count, analytic)
+    if tokens > max(xs[-1] for xs, _ in rows.values()):
+        # extrapolated beyond the largest measured size: never faster than the peak allows
+        # (a table of moderately efficient shapes scaled by the analytic ratio can pass it)
+        peak_us = counts.gemm(tokens, n, k, 2).flops / (flops_per_sm(profile) * sm_count) * 1e6
+        latency_us = max(latency_us, peak_us)
+    return latency_us
 
 
 def attention_latency_us(profile: DeviceProfile, batch: float, context_len: float,

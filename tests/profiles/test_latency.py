@@ -40,6 +40,22 @@ def test_gemm_table_exact_at_points_linear_between_scaled_outside():
     assert gemm_latency_us(p, 64, 1024, 4096, 64) == pytest.approx(expected)
 
 
+def test_gemm_extrapolated_beyond_the_table_never_beats_the_peak():
+    """A table point faster than the analytic model (here 1 us at 256 tokens) scaled up to 8192
+    tokens would pass the tensor cores' peak; the answer is held at what the peak allows."""
+    from pipedecode import counts
+    from pipedecode.profiles.latency import flops_per_sm
+
+    points = (GemmPoint(64, 4096, 4096, 128, 0.5), GemmPoint(256, 4096, 4096, 128, 1.0))
+    p = _with_tables(gemm_latency=points)
+    peak_us = counts.gemm(8192, 4096, 4096, 2).flops / (flops_per_sm(p) * 128) * 1e6
+    scaled = 1.0 * analytic_gemm_us(p, 8192, 4096, 4096, 128) / \
+        analytic_gemm_us(p, 256, 4096, 4096, 128)
+    assert scaled < peak_us                                  # what the ratio alone would say
+    assert gemm_latency_us(p, 8192, 4096, 4096, 128) == pytest.approx(peak_us)
+    assert gemm_latency_us(p, 256, 4096, 4096, 128) == pytest.approx(1.0)   # measured: kept
+
+
 def test_interpolating_at_the_sm_counts_around_the_partition_only_changes_nothing():
     import random
 
@@ -63,7 +79,9 @@ def test_interpolating_at_the_sm_counts_around_the_partition_only_changes_nothin
 
             got = _interp_2d(rows, tokens, sms, analytic)
             assert got == every_count(rows, tokens, sms, analytic), (n, k, tokens, sms)
-            assert got == gemm_latency_us(profile, tokens, n, k, sms)
+            beyond = tokens > max(xs[-1] for xs, _ in rows.values())   # held at the peak
+            answer = gemm_latency_us(profile, tokens, n, k, sms)
+            assert answer >= got if beyond else answer == got
     for key, rows in attention.items():
         for sms in (8, 16, 40, 132, 150):
             kv = rng.choice([1e3, 1e5, 3e6])
