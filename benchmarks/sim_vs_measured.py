@@ -163,7 +163,8 @@ def report(comparisons, source: dict, factor: tuple[float, str], terms: list[str
         "- Not modelled (left to the cost model, `pipedecode.planner.cost`): the prefill's "
         "attention is priced at its roofline floor, its residual stream as bf16 and its RoPE "
         "as one fused pass (the prefill runs a float32 residual and RoPE in torch ops), and its "
-        "GEMMs extrapolated past the profile's 2048 tokens; the decode step's own error against "
+        "GEMMs past the profile's 2048 tokens are extrapolated (held at the tensor cores' "
+        "peak, not measured there); the decode step's own error against "
         "measured graph replays is `decode_step_h200.md`'s pred. err column. Where two "
         "policies' cells of one workload simulate alike but measure apart, the difference is "
         "the engine's run, not its scheduling.", ""])
