@@ -118,14 +118,17 @@ class CostModel:
         `sizes` is [(tokens, kv_tokens)] per micro-batch.
         """
         compute_sms = self.profile.sm_count - memory_sms
-        phases = []
+        return [self.phase_us(self.attention_us(tokens, kv_tokens, memory_sms),
+                              self.linear_us(other, compute_sms), moved, memory_sms)
+                for tokens, kv_tokens, other, moved in self._phase_pairs(sizes)]
+
+    def _phase_pairs(self, sizes: list[tuple[int, int]]):
+        """Per phase j: (tokens, kv_tokens) of micro-batch j, whose attention runs, the tokens
+        of micro-batch (j + 1) % n, whose post/pre_attn runs beside it, and their HBM bytes."""
         for j, (tokens, kv_tokens) in enumerate(sizes):
-            prev_tokens = sizes[(j + 1) % len(sizes)][0]
-            mem = self.attention_us(tokens, kv_tokens, memory_sms)
-            comp = self.linear_us(prev_tokens, compute_sms)
-            moved = self.attention_bytes(tokens, kv_tokens) + self.linear_bytes(prev_tokens)
-            phases.append(self.phase_us(mem, comp, moved, memory_sms))
-        return phases
+            other = sizes[(j + 1) % len(sizes)][0]
+            yield (tokens, kv_tokens, other,
+                   self.attention_bytes(tokens, kv_tokens) + self.linear_bytes(other))
 
     def fill_drain_us(self, sizes: list[tuple[int, int]]) -> float:
         """Prologue (pre_attn of layer 0 of micro-batch 0) and epilogue (the last layer's
@@ -219,15 +222,11 @@ class CostModel:
     def coresident_phases_us(self, sizes: list[tuple[int, int]], smem_bytes: int) -> list[float]:
         """Phase j: attention of micro-batch j beside post/pre_attn of micro-batch (j+1) % n,
         as in `interleaved_phases_us`, both on every SM."""
-        phases = []
-        for j, (tokens, kv_tokens) in enumerate(sizes):
-            other = sizes[(j + 1) % len(sizes)][0]
-            mem = self.coresident_attention_us(tokens, kv_tokens, smem_bytes)
-            comp = self.coresident_linear_us(other, smem_bytes)
-            moved = self.attention_bytes(tokens, kv_tokens) + self.linear_bytes(other)
-            phases.append(self.coresident_phase_us(mem, comp, moved, smem_bytes,
-                                                   (tokens + other) / 2))
-        return phases
+        return [self.coresident_phase_us(
+                    self.coresident_attention_us(tokens, kv_tokens, smem_bytes),
+                    self.coresident_linear_us(other, smem_bytes), moved, smem_bytes,
+                    (tokens + other) / 2)
+                for tokens, kv_tokens, other, moved in self._phase_pairs(sizes)]
 
     def coresident_fill_drain_us(self, sizes: list[tuple[int, int]], smem_bytes: int) -> float:
         """The prologue and epilogue (as `fill_drain_us`), then each micro-batch's final norm and
