@@ -170,8 +170,8 @@ def warm_up(model, runner) -> float:
     llm.generate([[5 + i % 1000] * 16 for i in range(len(lengths))],
                  [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths],
                  use_tqdm=False)
-    # prefills of ragged prompts up to 1024 tokens too: the first timed cell's prefill ran
-    # 0.7 s longer than the same cell's later: one-time costs of shapes met first (compiles)
+    # prefills of ragged prompts up to 1024 tokens too, the shapes the cells meet (the first
+    # timed cell still prefills ~0.7 s longer than the later ones; the cause is not found)
     most = min(1024, model.config.max_position_embeddings - 2)
     ragged = [[7 + i] * max(1, n * most // 1024)
               for i, n in enumerate((1024, 777, 513, 300, 129, 100, 64, 33))]
