@@ -91,16 +91,17 @@ def _temporal_target(result: dict) -> list[dict]:
 
 def _cell_line(row: dict) -> str:
     if row["status"] != "ok":
-        return f"| {label(row)} | {row['status']} | | | | | | | |"
+        return f"| {label(row)} | {row['status']} | | | | | | | | | |"
     subset = f"{row['requests']} (subset)" if row.get("subset") else str(row["requests"])
     inter = f"{row['interleaved_steps']}/{row['decode_steps']}" \
         if row["system"] == "pipedecode" else "-"
     plans = f"{row['plans']} in {row['plan_s']:.1f} s" if row.get("plans") else "-"
     kv = f"{row['peak_kv']:.0%}" if row.get("peak_kv") is not None else "-"
     pre = row.get("preemptions", "-")
+    phases = f"{row['prefill_s']:.2f} | {row['decode_s']:.2f}" if "prefill_s" in row else "- | -"
     return (f"| {label(row)} | {subset} | {row['output_tokens_per_s']:,.0f} | "
             f"{row['total_tokens_per_s']:,.0f} | {row['peak_gpu_gib']:.1f} | {pre} | {kv} | "
-            f"{inter} | {plans} |")
+            f"{inter} | {plans} | {phases} |")
 
 
 def _scale_text(scale) -> str:
@@ -108,6 +109,10 @@ def _scale_text(scale) -> str:
     if not isinstance(scale, dict):
         return f"scale {scale:g} of each workload's requests"
     return "requests kept per workload: " + ", ".join(f"({k}) {v:g}" for k, v in scale.items())
+
+
+def _interleave_text(kept: list[str]) -> str:
+    return "" if len(kept) == 2 else f"; only the interleave-{kept[0]} cells ran"
 
 
 def markdown(result: dict) -> str:
@@ -122,7 +127,8 @@ def markdown(result: dict) -> str:
            if result.get("hf_budget_s") else "")
         + " (its tokens/s extrapolate to the workload); "
         f"pipedecode max_num_seqs {result['max_num_seqs']}, KV pool {result['kv_pool_gib']:.1f} "
-        f"GiB. {result['notes']}", ""]
+        f"GiB" + _interleave_text(result.get("interleave", ["off", "on"]))
+        + f". {result['notes']}", ""]
     for w in result["workloads"]:
         b = result["bounds"].get(w)
         lines += [f"## ({w}) {NAMES[w]}: {result['requests'][w]} of {SIZES[w]} requests", ""]
@@ -131,8 +137,8 @@ def markdown(result: dict) -> str:
                       f"{b['total_tokens_per_s']:,.0f} total tokens/s ({b['seconds']:.1f} s, "
                       f"batch up to {b['largest_batch']}, {b['prefill_share']:.0%} prefill).", ""]
         lines += ["| system | requests | output tok/s | total tok/s | peak GPU GiB | "
-                  "preemptions | peak KV | interleaved steps | plans |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "preemptions | peak KV | interleaved steps | plans | prefill s | decode s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_cell_line(r) for r in result["rows"] if r["workload"] == w] + [""]
     lines += ["## Targets", ""]
     for t in result["targets"]:

@@ -26,7 +26,8 @@ cell, warmed up first by a sweep of every batch-size bucket (untimed), so no cel
 graph captures but an interleaved split's own.
 
 Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c] [--budget-s 420]
-       [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--out DIR]
+       [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--interleave both|off|on]
+       [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,20 +48,23 @@ from offline_workloads import SIZES, make_workload, roofline_bound  # noqa: E402
 GIB = 2 ** 30
 
 
-def _cells(keys: list[str]) -> list[dict]:
+def _cells(keys: list[str], interleave: tuple[bool, ...] = (False, True)) -> list[dict]:
     """Every cell, in the order they run: transformers on every workload, then each workload's
-    pipedecode cells back to back, interleaving off and on alternating which goes first from
-    one workload to the next (so neither side always runs later in the measurement)."""
+    pipedecode cells back to back. The order alternates so that no side always runs later in
+    the measurement: interleaving off and on (those in `interleave`) from one workload to the
+    next, and temporal and prefill-first from one group of cells to the next."""
     cells = [dict(workload=k, system="transformers") for k in keys]
+    group = 0
     for i, k in enumerate(keys):
-        for on in ((False, True) if i % 2 == 0 else (True, False)):
-            cells.append(dict(workload=k, system="pipedecode", policy="temporal",
-                              interleave=on, predictor="online"))
-            cells.append(dict(workload=k, system="pipedecode", policy="prefill-first",
-                              interleave=on, predictor="online"))
+        for on in (interleave if i % 2 == 0 else interleave[::-1]):
+            policies = ("temporal", "prefill-first")
+            for policy in (policies if group % 2 == 0 else policies[::-1]):
+                cells.append(dict(workload=k, system="pipedecode", policy=policy,
+                                  interleave=on, predictor="online"))
             if k == "b" and not on:
                 cells.append(dict(workload=k, system="pipedecode", policy="temporal",
                                   interleave=on, predictor="oracle"))
+            group += 1
     return cells
 
 
@@ -210,7 +214,7 @@ def _run_cells(model, shape, profile, workloads, args, start: float) -> list[dic
     rows, state = [], {}
     prompts = {k: w.prompts(shape.vocab_size) for k, w in workloads.items()}
     deadline = start + args.budget_s
-    for cell in _cells(list(workloads)):
+    for cell in _cells(list(workloads), args.interleave):
         w = workloads[cell["workload"]]
         row = dict(cell, status="ok")
         if time.perf_counter() >= deadline:
@@ -248,6 +252,7 @@ def run(args, model, profile, workloads: dict) -> dict:
               "hf_requests": args.hf_requests, "hf_batch": args.hf_batch,
               "hf_budget_s": args.hf_budget_s,
               "max_num_seqs": args.max_num_seqs, "kv_pool_gib": args.kv_pool_gib,
+              "interleave": ["on" if on else "off" for on in args.interleave],
               "budget_s": args.budget_s, "wall_s": time.perf_counter() - start,
               "warmup_s": args.warmup_s, "bounds": bounds, "rows": rows,
               "runner": args.runner_info}
@@ -270,10 +275,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hf-budget-s", type=float, default=40.0,
                         help="seconds of transformers per workload (its batches end early)")
     parser.add_argument("--max-num-seqs", type=int, default=1024)
+    parser.add_argument("--interleave", choices=("both", "off", "on"), default="both",
+                        help="pipedecode cells with interleaving off, on or both (default)")
     parser.add_argument("--profile", default=None, help="device profile (default: this GPU's)")
     parser.add_argument("--out", default=record.RESULTS)
     args = parser.parse_args(argv)
     args.only = [k for k in args.only.split(",") if k]
+    args.interleave = {"both": (False, True), "off": (False,), "on": (True,)}[args.interleave]
     bad = [k for k in args.only if k not in SIZES]
     if bad:
         parser.error(f"--only: unknown workloads {bad}; use a, b, c")

@@ -125,9 +125,12 @@ def test_markdown_and_short_table():
     assert md.startswith("# Offline throughput: NVIDIA H200") and "abc1234" in md
     assert "| transformers generate (static batches) | 32 (subset) | 1,000 | 2,000 | 12.0 |" in md
     assert "| pipedecode temporal, interleave on | 10 | 3,500 | 7,000 | 12.0 | 0 | 50% | 7/40 | " \
-           "3 in 0.4 s |" in md
+           "3 in 0.4 s | 1.00 | 3.00 |" in md
     assert "| pipedecode temporal, interleave off, oracle lengths | not run (time budget) |" in md
     assert "Roofline bound: 6,000 output / 12,000 total tokens/s" in md
+    assert "only the interleave" not in md
+    assert "; only the interleave-off cells ran." in offline_report.markdown(
+        dict(result, interleave=["off"]))
     assert "requests kept per workload: (a) 1, (b) 0.25" in md
     assert "- (a) pipedecode >= 3x transformers: **met**" in md
     assert "**not measured**" in md
@@ -170,12 +173,26 @@ def test_scale_is_one_number_or_one_per_workload():
         offline_throughput.parse_args(["--scale", "a=x"])
 
 
-def test_cells_keep_each_workload_together_and_alternate_interleave_order():
+def test_cells_keep_each_workload_together_and_alternate_their_order():
     cells = offline_throughput._cells(["a", "b", "c"])
     assert [c["system"] for c in cells[:3]] == ["transformers"] * 3
     ours = cells[3:]
     assert [c["workload"] for c in ours] == ["a"] * 4 + ["b"] * 5 + ["c"] * 4
     first = {k: next(c["interleave"] for c in ours if c["workload"] == k) for k in "abc"}
     assert first == {"a": False, "b": True, "c": False}
+    leading = [c["policy"] for c, prev in zip(ours, [None] + ours[:-1])
+               if prev is None or (prev["workload"], prev["interleave"])
+               != (c["workload"], c["interleave"])]
+    assert leading == ["temporal", "prefill-first"] * 3
     oracle = [c for c in ours if c["predictor"] == "oracle"]
     assert len(oracle) == 1 and oracle[0]["workload"] == "b" and not oracle[0]["interleave"]
+
+
+def test_interleave_option_keeps_only_those_cells():
+    args = offline_throughput.parse_args(["--interleave", "off", "--only", "c"])
+    cells = offline_throughput._cells(args.only, args.interleave)
+    assert [(c["system"], c.get("policy"), c.get("interleave")) for c in cells] == [
+        ("transformers", None, None), ("pipedecode", "temporal", False),
+        ("pipedecode", "prefill-first", False)]
+    with pytest.raises(SystemExit):
+        offline_throughput.parse_args(["--interleave", "sometimes"])

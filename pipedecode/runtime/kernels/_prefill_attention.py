@@ -97,7 +97,9 @@ def _attend(q, k_base, v_base, s_kt, s_vt, lo, hi, n, offs_m, d, m_i, l_i, acc, 
     return m_i, l_i, acc
 
 
-@triton.jit
+# m_tiles varies with the longest prompt of each batch: unspecialised, so a new batch shape
+# never compiles a second variant (Triton keys ints on ==1 and %16 otherwise)
+@triton.jit(do_not_specialize=["m_tiles"])
 def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr, qk_scale,
                     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, m_tiles,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
