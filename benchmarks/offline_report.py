@@ -82,11 +82,19 @@ def _temporal_target(result: dict) -> list[dict]:
             t, p = t[0], p[0]
             out.append(_target(f"{name} (interleave {'on' if on else 'off'})",
                                t["output_tokens_per_s"] >= p["output_tokens_per_s"],
-                               f"{t['output_tokens_per_s']:,.0f} vs {p['output_tokens_per_s']:,.0f}"
-                               f" output tokens/s; preemptions {t['preemptions']} vs "
+                               f"{_tokens_text(t)} vs {_tokens_text(p)}"
+                               f" output tokens/s; decode steps {t['decode_steps']} vs "
+                               f"{p['decode_steps']}, preemptions {t['preemptions']} vs "
                                f"{p['preemptions']}, peak KV {t['peak_kv']:.0%} vs "
                                f"{p['peak_kv']:.0%}"))
     return out or [_target(name, None, "not measured: a cell did not run")]
+
+
+def _tokens_text(row: dict) -> str:
+    """Output tokens/s, with the range of the runs when the cell ran several times."""
+    runs = row.get("output_tokens_per_s_runs")
+    spread = f" ({min(runs):,.0f}-{max(runs):,.0f} in {len(runs)} runs)" if runs else ""
+    return f"{row['output_tokens_per_s']:,.0f}{spread}"
 
 
 def _cell_line(row: dict) -> str:
@@ -99,7 +107,7 @@ def _cell_line(row: dict) -> str:
     kv = f"{row['peak_kv']:.0%}" if row.get("peak_kv") is not None else "-"
     pre = row.get("preemptions", "-")
     phases = f"{row['prefill_s']:.2f} | {row['decode_s']:.2f}" if "prefill_s" in row else "- | -"
-    return (f"| {label(row)} | {subset} | {row['output_tokens_per_s']:,.0f} | "
+    return (f"| {label(row)} | {subset} | {_tokens_text(row)} | "
             f"{row['total_tokens_per_s']:,.0f} | {row['peak_gpu_gib']:.1f} | {pre} | {kv} | "
             f"{inter} | {plans} | {phases} |")
 

@@ -2,7 +2,8 @@
 
 Llama-3-8B with random weights (all layers, bf16; no EOS, so outputs end at max_tokens), the
 three workloads of offline_workloads.py (a: uniform 100..1024, b: ShareGPT-shaped lognormal,
-c: 1024/1024), each cell timed once, every request arriving at once. Columns: transformers
+c: 1024/1024), each cell timed once (`--repeats`: several times back to back, the median
+kept), every request arriving at once. Columns: transformers
 `generate` in static batches (left-padded, max_new_tokens the batch's longest output, greedy;
 only the requested tokens count), pipedecode prefill-first and temporal, each with
 interleaving on (the planner decides per batch size, the executor's measurement guards) and
@@ -27,7 +28,7 @@ graph captures but an interleaved split's own.
 
 Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c] [--budget-s 420]
        [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--interleave both|off|on]
-       [--out DIR]
+       [--repeats 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -210,6 +211,16 @@ def _pipedecode_cell(model, profile, w, prompts, cell, args, state: dict) -> dic
     return run_pipedecode(model, state["runner"], w, prompts, cell)
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median output tokens/s (the lower middle of an even count), with every
+    run's output tokens/s beside it when there are several."""
+    ranked = sorted(runs, key=lambda r: r["output_tokens_per_s"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    if len(runs) > 1:
+        row["output_tokens_per_s_runs"] = [r["output_tokens_per_s"] for r in runs]
+    return row
+
+
 def _run_cells(model, shape, profile, workloads, args, start: float) -> list[dict]:
     rows, state = [], {}
     prompts = {k: w.prompts(shape.vocab_size) for k, w in workloads.items()}
@@ -224,8 +235,9 @@ def _run_cells(model, shape, profile, workloads, args, start: float) -> list[dic
             if cell["system"] == "transformers":
                 row.update(run_transformers(model, w, prompts[w.key], args, deadline))
             else:
-                row.update(_pipedecode_cell(model, profile, w, prompts[w.key], cell, args,
-                                            state))
+                row.update(median_run([_pipedecode_cell(model, profile, w, prompts[w.key], cell,
+                                                        args, state)
+                                       for _ in range(args.repeats)]))
         except Exception as exc:  # noqa: BLE001 - one failed cell is reported, the rest run
             row["status"] = f"error: {type(exc).__name__}: {exc}"[:200]
         print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()},
@@ -253,6 +265,7 @@ def run(args, model, profile, workloads: dict) -> dict:
               "hf_budget_s": args.hf_budget_s,
               "max_num_seqs": args.max_num_seqs, "kv_pool_gib": args.kv_pool_gib,
               "interleave": ["on" if on else "off" for on in args.interleave],
+              "repeats": args.repeats,
               "budget_s": args.budget_s, "wall_s": time.perf_counter() - start,
               "warmup_s": args.warmup_s, "bounds": bounds, "rows": rows,
               "runner": args.runner_info}
@@ -275,6 +288,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hf-budget-s", type=float, default=40.0,
                         help="seconds of transformers per workload (its batches end early)")
     parser.add_argument("--max-num-seqs", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each pipedecode cell, back to back; the median is kept "
+                             "and every run's tokens/s listed")
     parser.add_argument("--interleave", choices=("both", "off", "on"), default="both",
                         help="pipedecode cells with interleaving off, on or both (default)")
     parser.add_argument("--profile", default=None, help="device profile (default: this GPU's)")
@@ -282,6 +298,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.only = [k for k in args.only.split(",") if k]
     args.interleave = {"both": (False, True), "off": (False,), "on": (True,)}[args.interleave]
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     bad = [k for k in args.only if k not in SIZES]
     if bad:
         parser.error(f"--only: unknown workloads {bad}; use a, b, c")

@@ -196,3 +196,18 @@ def test_interleave_option_keeps_only_those_cells():
         ("pipedecode", "prefill-first", False)]
     with pytest.raises(SystemExit):
         offline_throughput.parse_args(["--interleave", "sometimes"])
+
+
+def test_repeats_keep_the_median_run_and_list_them_all():
+    runs = [dict(output_tokens_per_s=v, decode_s=v / 10) for v in (30.0, 10.0, 20.0)]
+    row = offline_throughput.median_run(runs)
+    assert row["output_tokens_per_s"] == 20.0 and row["decode_s"] == 2.0
+    assert row["output_tokens_per_s_runs"] == [30.0, 10.0, 20.0]
+    assert offline_throughput.median_run(runs[:2])["output_tokens_per_s"] == 10.0
+    assert "output_tokens_per_s_runs" not in offline_throughput.median_run(runs[:1])
+    assert offline_report._tokens_text(dict(row, output_tokens_per_s=2000.0,
+                                            output_tokens_per_s_runs=[1900.0, 2000.0, 2100.5])) \
+        == "2,000 (1,900-2,100 in 3 runs)"
+    assert offline_throughput.parse_args(["--repeats", "3"]).repeats == 3
+    with pytest.raises(SystemExit):
+        offline_throughput.parse_args(["--repeats", "0"])
