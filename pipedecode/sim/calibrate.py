@@ -164,14 +164,16 @@ def phase_markdown(comparisons: list[Comparison]) -> str:
     out."""
     names = ("elapsed_s", "prefill_s", "decode_s", "untimed_s", "decode_steps",
              "mean_decode_batch")
-    lines = ["| workload | policy | " + " | ".join(n.replace("_", " ") for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+    lines = ["| workload | seats | policy | " + " | ".join(n.replace("_", " ") for n in names)
+             + " |", "|---|---|---|" + "---|" * len(names)]
     for c in comparisons:
         got = {name: (a, b) for name, a, b in c.phases()}
         if not got:
             continue
         cells = [_pair(*got[n]) if n in got else "-" for n in names]
-        lines.append(f"| `{c.measured.workload}` | {c.measured.policy} | {' | '.join(cells)} |")
+        m = c.measured
+        lines.append(f"| `{m.workload}` x {m.requests} | {m.max_num_seqs} | {m.policy} | "
+                     f"{' | '.join(cells)} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -183,12 +185,13 @@ def _pair(measured: float, simulated: float) -> str:
 
 def markdown(comparisons: list[Comparison]) -> str:
     """A table: measured vs simulated tokens/s per run, the errors, within 10% or not."""
-    lines = ["| model | device | workload | policy | measured output tok/s | simulated | error | "
-             "measured total tok/s | simulated | error | within 10% |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | device | workload | seats | policy | measured output tok/s | simulated | "
+             "error | measured total tok/s | simulated | error | within 10% |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
         m, s = c.measured, c.simulated
-        lines.append(f"| {m.model} | {m.device} | `{m.workload}` x {m.requests} | {m.policy} | "
+        lines.append(f"| {m.model} | {m.device} | `{m.workload}` x {m.requests} | "
+                     f"{m.max_num_seqs} | {m.policy} | "
                      f"{m.output_tokens_per_s:,.0f} | {s.output_tokens_per_s:,.0f} | "
                      f"{100 * c.output_error:+.1f}% | {m.total_tokens_per_s:,.0f} | "
                      f"{s.total_tokens_per_s:,.0f} | {100 * c.total_error:+.1f}% | "

@@ -1,6 +1,7 @@
-"""What the engine spends on a step besides the cost model's GPU price: padding, sampling, host.
+"""What the engine spends on a step besides the cost model's GPU price: padding, sampling,
+prefill launches, host.
 
-Owns `EngineCosts` and its three terms, each read off the engine's own code or taken from an
+Owns `EngineCosts` and its four terms, each read off the engine's own code or taken from an
 independent measurement (never from the runs the simulator is compared with, but for the one
 host speed factor, fitted on one workload and said so):
 
@@ -13,6 +14,12 @@ host speed factor, fitted on one workload and said so):
                   float32 and takes their argmax on the GPU: two kernels moving rows x vocab x
                   (2 read + 4 written + 4 read) bytes (bf16 logits), priced by the cost model's
                   floor (bytes / HBM bandwidth) plus a launch each.
+  prefill launch  a prefill runs eagerly: the host launches about 22 kernels per layer, which
+                  on the H200 machine takes 25.3-28.0 ms for Llama-3-8B's 32 layers whatever
+                  the batch (`benchmarks/results/prefill_overhead_h200.md`: the enqueue time
+                  of prefills of 16 to 8192 tokens), so a prefill lasts at least that long:
+                  it is priced at max(the cost model's GPU time, PREFILL_LAUNCH_US_PER_LAYER
+                  per layer). Prefills under about 1000 tokens are bound by it.
   host            the engine's loop is synchronous (the sampled tokens are read back every
                   step), so its host work adds to each step, per sequence of the batch: the
                   scheduler forming it and the runner staging its inputs before the GPU starts,
@@ -47,9 +54,12 @@ TIMED = ("stage", "sample")                 # inside the engine's timed step (St
 # at 256/1024 sequences (prefill-first; temporal within 4%)
 BENCH_HOST_US_PER_SEQ = {"schedule": 0.2070, "stage": 0.3314, "sample": 0.1058,
                          "postprocess": 0.3389}
-# (c)'s two cells spent 0.447 and 0.429 s outside the timed steps; these rates give 0.140 s
+# (c)'s two cells spent 0.433 and 0.394 s outside the timed steps; these rates give 0.140 s
 # for each (its 1023 decode steps of 250 sequences and 32 prefills)
-HOST_FACTOR = 3.136        # the H200 machine's host over that CPU, fitted on workload (c)
+HOST_FACTOR = 2.960        # the H200 machine's host over that CPU, fitted on workload (c)
+# prefill_overhead_h200.json: the median enqueue time of one prefill, 25.3-28.0 ms over 10
+# shapes (16 to 8192 tokens, 672-768 kernels), 25.7 ms at the median, over 32 layers
+PREFILL_LAUNCH_US_PER_LAYER = 804.0
 LOGITS_BYTES_PER_ELEMENT = 2 + 4 + 4        # bf16 read, float32 written, float32 read (argmax)
 
 
@@ -74,6 +84,7 @@ class EngineCosts:
     host_factor: float = HOST_FACTOR
     padding: bool = True
     sampling: bool = True
+    prefill_launch_us_per_layer: float = PREFILL_LAUNCH_US_PER_LAYER
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -81,6 +92,10 @@ class EngineCosts:
         if not (math.isfinite(self.host_factor) and self.host_factor >= 0):
             raise ValueError(f"EngineCosts.host_factor must be a number >= 0, "
                              f"got {self.host_factor}")
+        launch = self.prefill_launch_us_per_layer
+        if not (math.isfinite(launch) and launch >= 0):
+            raise ValueError(f"EngineCosts.prefill_launch_us_per_layer must be a number >= 0, "
+                             f"got {launch}")
         rates = dict(self.host_us_per_seq)
         if sorted(rates) != sorted(HOST_PARTS) or min(rates.values()) < 0:
             raise ValueError(f"EngineCosts.host_us_per_seq needs rates >= 0 for exactly "
@@ -90,8 +105,14 @@ class EngineCosts:
 
     @classmethod
     def off(cls, max_num_seqs: int = 256) -> "EngineCosts":
-        """The GPU's cost model alone: no padding, no sampling, no host time."""
-        return cls(max_num_seqs, host_factor=0.0, padding=False, sampling=False)
+        """The GPU's cost model alone: no padding, no sampling, no host time, no prefill
+        launch floor."""
+        return cls(max_num_seqs, host_factor=0.0, padding=False, sampling=False,
+                   prefill_launch_us_per_layer=0.0)
+
+    def prefill_us(self, gpu_us: float, num_layers: int) -> float:
+        """A prefill whose kernels take `gpu_us`: at least its launches' time on the host."""
+        return max(gpu_us, num_layers * self.prefill_launch_us_per_layer)
 
     def decode_rows(self, num_seqs: int) -> int:
         """Rows the decode step of `num_seqs` sequences runs (its bucket, or itself when no

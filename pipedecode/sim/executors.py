@@ -12,7 +12,8 @@ Pricing. A decode micro-batch of n sequences holding kv tokens runs the runner's
 r >= n rows (`EngineCosts.decode_rows`; padded rows hold one token each): one layer
 `sequential_layer_us(r, kv + r - n)`, the head `head_us(r)` and the greedy sampling of r rows
 (`EngineCosts.sampling_us`). A prefill of prompts (recomputed ones at their full length):
-`prefill_us(lens)`, its head `head_us(len(lens))` and the sampling of len(lens) rows, its
+`prefill_us(lens)`, or its kernels' launch time on the host where that is longer
+(`EngineCosts.prefill_us`), its head `head_us(len(lens))` and the sampling of len(lens) rows, its
 layers sharing the rest equally (Llama's layers all have one shape). Pipeline stage i:
 layers[i] layers, plus the head and the sampling on the last. Transfers: [hidden, residual]
 of every row, hidden_size x dtype bytes each, over the link to the next stage (latency + bytes
@@ -100,7 +101,8 @@ def _whole_model_us(cost: CostModel, engine: EngineCosts,
     tokens, kv_tokens, lens = batch_tokens(batch)
     if lens:
         sample = engine.sampling_us(cost, len(lens))
-        return cost.prefill_us(lens) + sample, cost.head_us(len(lens)) + sample, tokens
+        full = engine.prefill_us(cost.prefill_us(lens), cost.model.num_layers)
+        return full + sample, cost.head_us(len(lens)) + sample, tokens
     rows = engine.decode_rows(tokens)
     sample = engine.sampling_us(cost, rows)
     return (cost.sequential_step_us(rows, kv_tokens + rows - tokens) + sample,

@@ -26,7 +26,7 @@ from pipedecode.planner.cost import CostModel
 from pipedecode.planner.problem import resolve_model
 from pipedecode.profiles.schema import DeviceProfile
 from pipedecode.sim import layout as layouts
-from pipedecode.sim.engine_costs import HOST_FACTOR, EngineCosts
+from pipedecode.sim.engine_costs import HOST_FACTOR, PREFILL_LAUNCH_US_PER_LAYER, EngineCosts
 from pipedecode.sim.executors import MemoCostModel, StagePipeline, TensorParallel
 from pipedecode.sim.links import Link
 from pipedecode.sim.loop import RunResult, SchedulingConfig, VirtualClock, build_scheduler, run
@@ -54,6 +54,7 @@ class SimOptions:
     host_factor: float = HOST_FACTOR
     padding: bool = True
     sampling: bool = True
+    prefill_launch: bool = True
 
     def __post_init__(self) -> None:
         for name in ("seqs_per_gpu", "max_num_batched_tokens", "block_size"):
@@ -143,7 +144,9 @@ def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: st
     cost = MemoCostModel(shape, profile)
     seqs = options.seqs_per_gpu * size
     engine = EngineCosts(seqs, host_factor=options.host_factor, padding=options.padding,
-                         sampling=options.sampling)
+                         sampling=options.sampling,
+                         prefill_launch_us_per_layer=PREFILL_LAUNCH_US_PER_LAYER
+                         if options.prefill_launch else 0.0)
     if strategy == "tensor":
         lay = layouts.tensor_layout(shape, profile, size, block_size=options.block_size)
         executor, slots, stage_layers = TensorParallel(lay, cost, link, engine), 1, ()

@@ -86,3 +86,23 @@ def test_the_shipped_host_factor_is_the_fit_on_workload_c_of_the_h200_run():
     runs = [Measured.from_dict(r) for r in sim_vs_measured.runs(json.loads(OFFLINE.read_text()))]
     factor, source = sim_vs_measured.host_factor(runs, "c", None)
     assert factor == pytest.approx(HOST_FACTOR, rel=1e-3) and "fixed:1024:1024" in source
+
+
+def test_several_measured_files_are_compared_together_each_named(tmp_path):
+    sim = compare(Measured(output_tokens_per_s=1.0, total_tokens_per_s=1.0, **RUN)).simulated
+    paths = []
+    for name, seats in (("one.json", 8), ("two.json", 4)):
+        path = tmp_path / name
+        path.write_text(json.dumps({"gpu": "NVIDIA H200", "commit": "abc1234", "runs": [dict(
+            RUN, max_num_seqs=seats, output_tokens_per_s=sim.output_tokens_per_s,
+            total_tokens_per_s=sim.total_tokens_per_s)]}))
+        paths.append(str(path))
+    out = tmp_path / "cmp.md"
+    sim_vs_measured.main(paths + ["--out", str(out)])
+    text = out.read_text()
+    assert "Measured: `one.json` on NVIDIA H200" in text and "; `two.json` on NVIDIA H200" in text
+    assert "| `fixed:64:16` x 40 | 8 | prefill-first |" in text
+    assert "| `fixed:64:16` x 40 | 4 | prefill-first |" in text
+    written = json.loads((tmp_path / "cmp.json").read_text())
+    assert [s["name"] for s in written["measured_sources"]] == ["one.json", "two.json"]
+    assert len(written["runs"]) == 2

@@ -6,7 +6,8 @@ import pytest
 from pipedecode.models import model_shape
 from pipedecode.planner.cost import CostModel
 from pipedecode.profiles import load_profile
-from pipedecode.sim.engine_costs import (BENCH_HOST_US_PER_SEQ, HOST_PARTS, EngineCosts,
+from pipedecode.sim.engine_costs import (BENCH_HOST_US_PER_SEQ, HOST_PARTS,
+                                         PREFILL_LAUNCH_US_PER_LAYER, EngineCosts,
                                          per_sequence_rates)
 
 H200 = load_profile("h200")
@@ -60,6 +61,21 @@ def test_host_time_is_the_factor_times_the_parts_rates_per_sequence():
     assert EngineCosts.off().host_us(HOST_PARTS, 500) == 0.0
     off = EngineCosts.off()
     assert (off.decode_rows(250), off.sampling_us(COST, 250)) == (250, 0.0)
+
+
+def test_a_prefill_lasts_at_least_its_measured_launches():
+    measured = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+                           / "prefill_overhead_h200.json").read_text())
+    enqueue_us = sorted(r["enqueue_us"] for r in measured["rows"])
+    per_layer = enqueue_us[len(enqueue_us) // 2] / measured["layers"]
+    assert PREFILL_LAUNCH_US_PER_LAYER == pytest.approx(per_layer, rel=0.01)
+    engine = EngineCosts()
+    assert engine.prefill_us(1000.0, 32) == pytest.approx(32 * PREFILL_LAUNCH_US_PER_LAYER)
+    assert engine.prefill_us(90_000.0, 32) == 90_000.0
+    assert engine.prefill_us(1000.0, 16) == pytest.approx(16 * PREFILL_LAUNCH_US_PER_LAYER)
+    assert EngineCosts.off().prefill_us(1000.0, 32) == 1000.0
+    with pytest.raises(ValueError, match="prefill_launch_us_per_layer must be a number >= 0"):
+        EngineCosts(prefill_launch_us_per_layer=-1.0)
 
 
 def test_bad_engine_costs_are_refused_with_the_field():

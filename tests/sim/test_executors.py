@@ -3,7 +3,7 @@ import pytest
 from pipedecode.models import model_shape
 from pipedecode.planner.cost import CostModel
 from pipedecode.profiles import load_profile
-from pipedecode.sim.engine_costs import EngineCosts
+from pipedecode.sim.engine_costs import PREFILL_LAUNCH_US_PER_LAYER, EngineCosts
 from pipedecode.sim.executors import MemoCostModel, StagePipeline, TensorParallel
 from pipedecode.sim.layout import pipeline_layout, tensor_layout
 from pipedecode.sim.links import Link, ring_allreduce_us, transfer_us
@@ -75,8 +75,14 @@ def test_with_the_engines_costs_a_decode_runs_its_bucket_and_pays_the_sampling()
     assert pipe.service(decode).servers_us[0] == pytest.approx(expected)
     assert expected > COST.sequential_step_us(3, 450)
     prefill = batch("prefill", [100, 300, 50])                 # no padding: 3 logits rows
+    launches = 32 * PREFILL_LAUNCH_US_PER_LAYER                # longer than its 450 tokens' GPU
+    assert COST.prefill_us([100, 300, 50]) < launches
     assert pipe.service(prefill).servers_us[0] == \
-        pytest.approx(COST.prefill_us([100, 300, 50]) + engine.sampling_us(COST, 3))
+        pytest.approx(launches + engine.sampling_us(COST, 3))
+    big = batch("prefill", [2048] * 4)                         # the GPU's time is the longer
+    assert pipe.service(big).servers_us[0] == \
+        pytest.approx(COST.prefill_us([2048] * 4) + engine.sampling_us(COST, 4))
+    assert COST.prefill_us([2048] * 4) > launches
 
 
 def test_a_pipelines_last_stage_samples_and_its_links_carry_the_padded_rows():
