@@ -154,6 +154,7 @@ def run_pipedecode(model, runner, workload, prompts, cell: dict) -> dict:
             "peak_gpu_gib": _peak_gib(),
             "preemptions": s.preemptions, "peak_kv": s.peak_kv_usage,
             "prefill_s": s.prefill_s, "decode_s": s.decode_s, "decode_steps": decode_steps,
+            "prefill_batches": s.prefill_batches,
             "interleaved_steps": inter, "plans": runner.plans.num_plans - plans_before[0],
             "plan_s": runner.plans.plan_seconds - plans_before[1],
             "mean_decode_batch": s.decode_tokens / decode_steps if decode_steps else 0.0}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class GenerateStats:
     """Totals of one generate call. prefill_tokens counts recomputed (preempted) tokens too;
-    peak_kv_blocks is the most blocks held at once, of kv_blocks usable ones."""
+    peak_kv_blocks is the most blocks held at once, of kv_blocks usable ones; prefill_batches
+    and decode_steps count the runner's calls of each kind."""
 
     requests: int
     prompt_tokens: int
@@ -27,6 +28,8 @@ class GenerateStats:
     peak_kv_blocks: int
     kv_blocks: int
     policy: str
+    prefill_batches: int = 0
+    decode_steps: int = 0
 
     @property
     def peak_kv_usage(self) -> float:
@@ -56,6 +59,7 @@ class StatsRecorder:
         self.total = total_requests
         self.prefill_s = self.decode_s = 0.0
         self.prefill_tokens = self.decode_tokens = 0
+        self.prefill_batches = self.decode_steps = 0
         self.done = 0
         self.bar = None
         if use_tqdm:
@@ -68,9 +72,11 @@ class StatsRecorder:
         if kind == "prefill":
             self.prefill_s += seconds
             self.prefill_tokens += tokens
+            self.prefill_batches += 1
         else:
             self.decode_s += seconds
             self.decode_tokens += tokens
+            self.decode_steps += 1
         self.done += finished
         if self.bar is not None:
             prefill = self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0
@@ -90,4 +96,4 @@ class StatsRecorder:
         return GenerateStats(requests, prompt_tokens, output_tokens, self.prefill_tokens,
                              self.decode_tokens, self.prefill_s, self.decode_s,
                              time.perf_counter() - self.start, preemptions, peak_kv_blocks,
-                             kv_blocks, policy)
+                             kv_blocks, policy, self.prefill_batches, self.decode_steps)

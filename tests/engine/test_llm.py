@@ -106,6 +106,9 @@ def test_stats_and_timing():
     assert stats.preemptions == sum(o.metrics.preemptions for o in outputs) > 0
     assert stats.prefill_tokens > stats.prompt_tokens          # recomputed tokens count
     assert 0 < stats.peak_kv_blocks <= stats.kv_blocks == 11
+    kinds = [kind for kind, _, _ in llm.runner.calls]
+    assert (stats.prefill_batches, stats.decode_steps) == \
+        (kinds.count("prefill"), kinds.count("decode")) and stats.prefill_batches > 1
     for o in outputs:
         m = o.metrics
         assert m.arrival_time_s <= m.first_token_time_s <= m.finish_time_s
