@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--step-overhead-us", type=float, default=0.0,
                         help="controller CPU time per scheduling call in microseconds, on the "
                              "critical path (default 0: scheduling hidden behind the GPUs)")
+    parser.add_argument("--no-prefill-launch", dest="prefill_launch", action="store_false",
+                        help="price a prefill at its GPU time alone, as if its kernel launches "
+                             "were hidden (CUDA graphs); by default it lasts at least their "
+                             "measured host time, which bounds small prefills")
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes simulating points at once (default 1)")
     parser.add_argument("--out", action="append", default=[], metavar="PATH",
@@ -105,7 +109,8 @@ def _spec(args: argparse.Namespace):
         options = SimOptions(seqs_per_gpu=args.seqs_per_gpu,
                              max_num_batched_tokens=args.max_num_batched_tokens,
                              micro_batches=args.micro_batches, predictor=args.predictor,
-                             step_overhead_us=args.step_overhead_us)
+                             step_overhead_us=args.step_overhead_us,
+                             prefill_launch=args.prefill_launch)
         return SweepSpec(models=tuple(args.model or ("llama-3-8b", "llama-3-70b")),
                          device=args.device, links=tuple(args.link or ("pcie5", "nvlink4")),
                          strategies=tuple(args.strategy or STRATEGIES), gpus=args.gpus,

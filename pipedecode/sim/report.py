@@ -41,6 +41,8 @@ def command_line(spec) -> str:
         words.append(f"--micro-batches {o.micro_batches}")
     if o.step_overhead_us:
         words.append(f"--step-overhead-us {o.step_overhead_us:g}")
+    if not o.prefill_launch:
+        words.append("--no-prefill-launch")
     return " ".join(words)
 
 

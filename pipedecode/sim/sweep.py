@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pipedecode.errors import InsufficientMemoryError
 from pipedecode.planner.problem import DEFAULT_MEMORY_UTILIZATION, resolve_model
 from pipedecode.profiles import load_profile
+from pipedecode.sim.engine_costs import PREFILL_LAUNCH_US_PER_LAYER
 from pipedecode.sim.links import get_link
 from pipedecode.sim.strategies import STRATEGIES, PointResult, SimOptions, simulate_point
 from pipedecode.sim.workloads import make_workload
@@ -103,7 +104,11 @@ def assumptions(spec: SweepSpec) -> dict:
                    f"machine's host speed fitted on a measured run)",
         engine=f"decode steps padded to the runner's batch buckets: "
                f"{'yes' if o.padding else 'no'}; the greedy sampling on the GPU: "
-               f"{'yes' if o.sampling else 'no'} (pipedecode.sim.engine_costs)",
+               f"{'yes' if o.sampling else 'no'}; a prefill lasting at least its kernels' "
+               f"launch time on the host ({PREFILL_LAUNCH_US_PER_LAYER:g} us per layer of a "
+               f"stage, measured on the H200 machine: the engine's prefill runs eagerly, so "
+               f"small prefills are bound by it and a policy that makes fewer of them gains): "
+               f"{'yes' if o.prefill_launch else 'no'} (pipedecode.sim.engine_costs)",
         costs="every GPU time from the CostModel on the device profile; transfers overlap "
               "compute; tensor parallel is an analytic estimate (step / N + two ring "
               "all-reduces per layer), optimistic for it",

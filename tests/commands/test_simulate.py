@@ -85,3 +85,21 @@ def test_bad_gpu_lists_are_argparse_errors(capsys):
         main(["simulate", "--gpus", "two"])
     assert exit_info.value.code == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_without_the_prefill_launch_floor_small_prefills_run_faster(capsys, tmp_path):
+    argv = ["simulate", "--model", "llama-3-8b", "--gpus", "1", "--strategy", "pipeline",
+            "--requests", "64", "--seqs-per-gpu", "4", "--workload", "fixed:16:4"]
+    assert main(argv) == 0
+    floored = capsys.readouterr().out
+    out = tmp_path / "sim.md"
+    assert main(argv + ["--no-prefill-launch", "--out", str(out)]) == 0
+    hidden = capsys.readouterr().out
+
+    def out_tokens_per_s(text):
+        line = next(x for x in text.splitlines() if x.startswith("llama-3-8b"))
+        return float(line.split()[5])
+
+    assert out_tokens_per_s(hidden) > 1.5 * out_tokens_per_s(floored)
+    text = out.read_text()
+    assert "--no-prefill-launch" in text and "launch time on the host" in text
