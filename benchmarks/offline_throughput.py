@@ -162,7 +162,8 @@ def run_pipedecode(model, runner, workload, prompts, cell: dict) -> dict:
 
 def warm_up(model, runner) -> float:
     """Every bucket's graph captured, untimed: max_num_seqs requests of 16 tokens whose
-    lengths make decode step j run exactly bucket j's rows (largest first)."""
+    lengths make decode step j run exactly bucket j's rows (largest first), then every
+    small prefill's graph."""
     from pipedecode.engine import LLM, SamplingParams
 
     cfg = runner.config
@@ -183,6 +184,8 @@ def warm_up(model, runner) -> float:
               for i, n in enumerate((1024, 777, 513, 300, 129, 100, 64, 33))]
     llm.generate(ragged, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True),
                  use_tqdm=False)
+    if runner.prefill_graphs is not None:      # every small prefill's graph, as the decode's
+        runner.prefill_graphs.capture_all()
     return _sync_time() - start
 
 

@@ -1,5 +1,5 @@
 """One engine prefill call by batch shape: its wall time against its GPU kernel time and the
-cost model's price.
+cost model's price, eager and from the runner's CUDA graph.
 
 Llama-3-8B (random weights, all layers, bf16) on a PagedModelRunner with a small KV pool. For
 each shape (prompts x tokens per prompt) the runner's device half of a prefill
@@ -9,7 +9,9 @@ times, and per shape the result holds the medians of
   aside);
 - enqueue: the call until it returns (the host's launches; the GPU may still be running);
 - kernels: the GPU's own time, the kernels of one call summed (torch.profiler), and their count;
-- the cost model's `prefill_us` for the same prompts.
+- the cost model's `prefill_us` for the same prompts;
+- graph wall: the same call replaying its bucket's CUDA graph (runtime/prefill_graphs.py),
+  where a bucket holds the shape.
 Where wall is well above kernels, the prefill waits on the host's launches, not on the GPU.
 
 Usage: python benchmarks/prefill_overhead.py [--shapes 1x16,1x128,4x128,16x512] [--repeats 10]
@@ -72,13 +74,8 @@ def kernel_time_us(fn) -> tuple[float, int]:
     return sum(e.device_time_total for e in kernels), len(kernels)
 
 
-def measure(runner, cost, shape: tuple[int, int], repeats: int) -> dict:
-    prompts, tokens = shape
-    ids, starts, slots = prefill_inputs(prompts, tokens, runner.shape.vocab_size)
-
-    def call():
-        return runner.run_prefill(ids, starts, slots)
-
+def _timed(call, repeats: int) -> tuple[float, float]:
+    """(median wall, median enqueue) of `call` in us, after one untimed call."""
     call()
     torch.cuda.synchronize()
     walls, enqueues = [], []
@@ -90,13 +87,31 @@ def measure(runner, cost, shape: tuple[int, int], repeats: int) -> dict:
         torch.cuda.synchronize()
         walls.append((time.perf_counter() - start) * 1e6)
         enqueues.append((enqueued - start) * 1e6)
-    kernel_us, kernels = kernel_time_us(call)
-    wall = statistics.median(walls)
+    return statistics.median(walls), statistics.median(enqueues)
+
+
+def measure(runner, cost, shape: tuple[int, int], repeats: int) -> dict:
+    """One shape, eager (the runner's prefill graphs set aside) and from its CUDA graph."""
+    prompts, tokens = shape
+    ids, starts, slots = prefill_inputs(prompts, tokens, runner.shape.vocab_size)
+
+    def call():
+        return runner.run_prefill(ids, starts, slots)
+
+    graphs, runner.prefill_graphs = runner.prefill_graphs, None
+    try:
+        wall, enqueue = _timed(call, repeats)
+        kernel_us, kernels = kernel_time_us(call)
+    finally:
+        runner.prefill_graphs = graphs
+    graph_wall = None
+    if graphs is not None and graphs.run(ids, starts, slots) is not None:
+        graph_wall = _timed(call, repeats)[0]
     return {"prompts": prompts, "tokens_per_prompt": tokens, "tokens": prompts * tokens,
-            "wall_us": wall, "enqueue_us": statistics.median(enqueues),
-            "kernel_us": kernel_us, "kernels": kernels,
+            "wall_us": wall, "enqueue_us": enqueue, "kernel_us": kernel_us, "kernels": kernels,
             "cost_model_us": cost.prefill_us([tokens] * prompts),
-            "wall_over_kernels": wall / kernel_us if kernel_us else float("nan")}
+            "wall_over_kernels": wall / kernel_us if kernel_us else float("nan"),
+            "graph_wall_us": graph_wall}
 
 
 def markdown(result: dict) -> str:
@@ -106,15 +121,20 @@ def markdown(result: dict) -> str:
         f"layer, the last tokens' logits), medians of {result['repeats']} calls. Wall: until the "
         "GPU is done; enqueue: until the call returns; kernels: the GPU's own time, one call's "
         "kernels summed (torch.profiler). Wall well above kernels means the prefill waits on "
-        "the host's launches.", "",
+        "the host's launches. Graph wall: the same call replaying its bucket's CUDA graph "
+        "(prefills of up to 1024 tokens and 64 prompts).", "",
         "| prompts x tokens | tokens | wall ms | enqueue ms | kernels ms | kernels | "
-        "cost model ms | wall / kernels |",
-        "|---|---|---|---|---|---|---|---|"]
+        "cost model ms | wall / kernels | graph wall ms | eager / graph |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        graph = r.get("graph_wall_us")
+        graph_cells = f"{graph / 1e3:.2f} | {r['wall_us'] / graph:.2f}x" if graph else \
+            "- (eager: past the graphs' buckets) | -"
         lines.append(f"| {r['prompts']} x {r['tokens_per_prompt']} | {r['tokens']} | "
                      f"{r['wall_us'] / 1e3:.2f} | {r['enqueue_us'] / 1e3:.2f} | "
                      f"{r['kernel_us'] / 1e3:.2f} | {r['kernels']} | "
-                     f"{r['cost_model_us'] / 1e3:.2f} | {r['wall_over_kernels']:.2f} |")
+                     f"{r['cost_model_us'] / 1e3:.2f} | {r['wall_over_kernels']:.2f} | "
+                     f"{graph_cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,9 @@ sizes the block pool (runner_memory.py) and allocates one `PagedKVCache` and one
 buffers, for the largest padded batch, whose first rows every smaller step uses. Then:
 
 - `prefill(seqs)`: one varlen batch (runtime/prefill.py) on the whole GPU, every token's K/V
-  into its sequence's blocks; the logits of each last token.
+  into its sequence's blocks; the logits of each last token. With graphs, a batch of up to
+  1024 tokens replays its bucket's CUDA graph (prefill_graphs.py), since an eager one that
+  small waits on the host's kernel launches.
 - `decode(seqs, micro_batches)`: one step on the executor for the batch's bucket
   (runner_plans.py), padded with null-block rows. Sequential steps of a bucket share one
   executor; an interleaved split (micro-batches x rows each x SM split) has its own, whose
@@ -46,6 +48,7 @@ from pipedecode.runtime.executor import Executor, run_serial
 from pipedecode.runtime.kv_cache import PagedKVCache
 from pipedecode.runtime.ops import KernelSet, kernel_set
 from pipedecode.runtime.prefill import prefill
+from pipedecode.runtime.prefill_graphs import PrefillGraphs
 from pipedecode.runtime.program import manual_schedule
 from pipedecode.runtime.runner_inputs import StepInputs
 from pipedecode.runtime.runner_memory import cpu_kv_bytes, gpu_kv_bytes, usable_kv_bytes
@@ -64,7 +67,8 @@ class PagedModelRunner:
                  kernels: KernelSet | str = "auto", use_graphs: bool = True,
                  planner: Planner | None = None, keep_logits: bool = False,
                  weights: PackedWeights | None = None,
-                 num_blocks_of: Callable[[int], int] | None = None) -> None:
+                 num_blocks_of: Callable[[int], int] | None = None,
+                 prefill_graphs: bool = True) -> None:
         """kernels: a KernelSet or its name (auto: hybrid on CUDA, torch on the CPU).
         use_graphs: replay CUDA graphs (CUDA only). planner(shape, profile, context_lens) ->
         Schedule: who decides interleaving (default pipedecode.planner.plan; a
@@ -73,7 +77,8 @@ class PagedModelRunner:
         against a reference; it syncs each step). weights: a pipeline stage's weights (its
         layers, see step.py) in place of packing the whole model. num_blocks_of(blocks): the
         pool size to use given the blocks this runner's memory holds (a pipeline's stages
-        agree on the least)."""
+        agree on the least). prefill_graphs: replay prefills of up to 1024 tokens and 64
+        prompts from CUDA graphs (with use_graphs; prefill_graphs.py)."""
         self.config = config
         self.packing = hf_packing(model) if weights is None else None
         self._model = model
@@ -98,6 +103,10 @@ class PagedModelRunner:
                                 kernels=self.kernels, paged=self.cache)
         self.inputs = StepInputs(self.max_rows, self._rows.block_tables.shape[1], self.device,
                                  table_capacity=2 * self.max_rows + 64)
+        # small prefills from CUDA graphs (a whole model's, with graphs on; prefill_graphs.py)
+        whole = weights.embed.shape[0] > 0 and weights.lm_head.shape[0] > 0
+        self.prefill_graphs = PrefillGraphs(weights, self.cache, self.kernels) \
+            if self.use_graphs and prefill_graphs and whole else None
         self.plans = BucketPlans(self.shape, config.profile, self.sizes,
                                  interleave=config.interleave, planner=planner)
         self._plans_by: dict[bool, BucketPlans] = {}    # the other setting's, kept by reuse
@@ -206,6 +215,10 @@ class PagedModelRunner:
         """The device half: logits of each prompt's last token [prompts, vocab], or (a stage
         before the last) the residual stream [tokens, hidden] float32; `hidden` is the
         previous stage's (a stage after the first)."""
+        if hidden is None and self.prefill_graphs is not None:
+            logits = self.prefill_graphs.run(ids, starts, slots)
+            if logits is not None:
+                return logits
         dev = self.device
         return prefill(self.weights, self.cache, self.kernels, torch.from_numpy(ids).to(dev),
                        torch.from_numpy(starts).to(dev), torch.from_numpy(slots).to(dev),
@@ -330,5 +343,7 @@ class PagedModelRunner:
                 "plans": {f"{rows}/{b}": p.describe()
                           for (rows, b), p in sorted(self.plans.plans.items())},
                 "slower": {"/".join(map(str, k)): why for k, why in self.plans.slower.items()},
+                "prefill_graphs": self.prefill_graphs.describe() if self.prefill_graphs
+                else "none (eager prefills: no CUDA graphs, or a pipeline stage)",
                 "memory": dict(self.memory), "num_blocks": self.num_blocks,
                 "block_size": self.block_size, "buckets": list(self.sizes)}

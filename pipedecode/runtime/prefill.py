@@ -13,6 +13,8 @@ partitions, schedules or graphs: prefill runs on the whole device, eagerly.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from pipedecode.runtime.kernels.reference import apply_rope
@@ -59,13 +61,16 @@ def _check_hidden(weights: PackedWeights, tokens: int, hidden: torch.Tensor | No
                          f"{tuple(hidden.shape)}")
 
 
-def _buffers(weights: PackedWeights, tokens: int) -> dict[str, torch.Tensor]:
+def prefill_buffers(weights: PackedWeights, tokens: int,
+                    fill: Callable[..., torch.Tensor] = torch.empty) -> dict[str, torch.Tensor]:
+    """The activations of a prefill of `tokens` tokens, [tokens, width] each; a prefill of
+    fewer tokens may use their first rows."""
     shape, dt, dev = weights.shape, weights.dtype, weights.device
     q_dim = shape.num_heads * shape.head_dim
     inter = weights.layers[0].gate_up.shape[0] // 2
     sizes = {"h": shape.hidden_size, "tmp": shape.hidden_size, "attn": q_dim,
              "qkv": weights.layers[0].qkv.shape[0], "gate_up": 2 * inter, "act": inter}
-    return {name: torch.empty(tokens, n, dtype=dt, device=dev) for name, n in sizes.items()}
+    return {name: fill(tokens, n, dtype=dt, device=dev) for name, n in sizes.items()}
 
 
 @torch.no_grad()
@@ -85,17 +90,36 @@ def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
     """
     bounds = _check(weights, cache, token_ids, cu_seqlens, slot_mapping)
     _check_hidden(weights, token_ids.shape[0], hidden)
+    dev = weights.device
+    token_ids, cu_seqlens = token_ids.to(dev), cu_seqlens.to(dev)
+    _, positions = packed_positions(cu_seqlens)
+    if logits_rows is None:
+        logits_rows = cu_seqlens[1:].long() - 1
+    return prefill_forward(weights, cache, kernels, token_ids, cu_seqlens, slot_mapping.to(dev),
+                           positions, max_seqlen=max(b - a for a, b in zip(bounds[:-1],
+                                                                           bounds[1:])),
+                           logits_rows=logits_rows.to(dev), hidden=hidden)
+
+
+def prefill_forward(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
+                    token_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                    slot_mapping: torch.Tensor, positions: torch.Tensor, *, max_seqlen: int,
+                    logits_rows: torch.Tensor, hidden: torch.Tensor | None = None,
+                    buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """`prefill` on inputs already on the device and checked: positions int64 [tokens] (each
+    token's within its prompt), max_seqlen a host-side bound on the prompts' lengths,
+    logits_rows the token rows whose logits to return. No host sync, so a CUDA graph can
+    capture it. `buffers` (`prefill_buffers`, at least as many rows as tokens): the
+    activations, reused; tokens past the last prompt's (cu_seqlens[-1]) are padding, computed
+    row by row like the others and attended by none."""
     shape, eps = weights.shape, weights.rms_eps
     heads, kv_heads, dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
     q_dim, kv_dim = heads * dim, kv_heads * dim
     n = token_ids.shape[0]
     dev = weights.device
-    token_ids, cu_seqlens = token_ids.to(dev), cu_seqlens.to(dev)
-    slot_mapping = slot_mapping.to(dev)
-    _, positions = packed_positions(cu_seqlens)
     cos, sin = weights.rope_cos[positions], weights.rope_sin[positions]     # [n, dim]
-    max_seqlen = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
-    buf = _buffers(weights, n)
+    buf = prefill_buffers(weights, n) if buffers is None else \
+        {name: b[:n] for name, b in buffers.items()}
     # [n, hidden]: the float32 residual stream
     x = weights.embed[token_ids].float() if hidden is None else hidden.to(dev)
     for layer, lw in enumerate(weights.layers):
@@ -113,9 +137,7 @@ def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
         kernels.linear_add(buf["act"], lw.down, out=x, scratch=buf["tmp"])
     if weights.lm_head.shape[0] == 0:       # a stage before the last: the residual stream
         return x
-    if logits_rows is None:
-        logits_rows = cu_seqlens[1:].long() - 1
-    last = x[logits_rows.to(dev)]
+    last = x[logits_rows]
     h = kernels.rms_norm(last, weights.final_norm, eps,
                          out=torch.empty(last.shape, dtype=weights.dtype, device=dev))
     logits = torch.empty(last.shape[0], shape.vocab_size, dtype=weights.dtype, device=dev)

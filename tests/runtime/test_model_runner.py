@@ -356,7 +356,9 @@ def _gpu_prompts(count, seed, low=20, high=200):
 @gpu
 def test_gpu_graph_replay_per_bucket_equals_eager():
     """The same requests on two runners, CUDA graphs against eager launches: every logits row
-    of every bucket (8, 4, 2, 1 rows as requests finish) bitwise equal."""
+    of every bucket (8, 4, 2, 1 rows as requests finish) bitwise equal. The prefills run
+    eagerly on both (their graphs pad the batch, which changes cuBLAS's GEMMs' rounding:
+    test_prefill_graphs.py holds them to a tolerance)."""
     from pipedecode.engine.llm import LLM
 
     model = build_model("llama-3-8b", dtype=torch.bfloat16, seed=0, num_hidden_layers=2).cuda()
@@ -366,7 +368,8 @@ def test_gpu_graph_replay_per_bucket_equals_eager():
     kept, keys = {}, None
     for graphs in (True, False):
         llm = LLM(model, policy="prefill-first", kv_cache_memory=1 << 30, interleave=False,
-                  runner=PagedModelRunner.factory(use_graphs=graphs, keep_logits=True))
+                  runner=PagedModelRunner.factory(use_graphs=graphs, keep_logits=True,
+                                                  prefill_graphs=False))
         llm.generate(prompts, params, use_tqdm=False)
         kept[graphs] = llm.runner.kept_logits
         assert all(ex.captured == graphs for ex in llm.runner.executors.values())
