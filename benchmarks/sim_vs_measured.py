@@ -57,12 +57,14 @@ def offline_runs(data: dict) -> list[dict]:
     """The pipedecode cells of an offline_throughput result (interleave off: the simulator
     prices decode steps sequentially) that ran, as measured runs of their workload's spec."""
     blocks = data.get("runner", {}).get("num_blocks")
+    # a runner that names no prefill graphs (made before it had them) prefilled eagerly
+    graphs = isinstance(data.get("runner", {}).get("prefill_graphs"), dict)
     runs = [dict(workload=SPECS[row["workload"]], policy=row["policy"],
                  output_tokens_per_s=row["output_tokens_per_s"],
                  total_tokens_per_s=row["total_tokens_per_s"], model=data.get("model"),
                  device=data.get("profile"), requests=data["requests"][row["workload"]],
                  max_num_seqs=data.get("max_num_seqs"), ignore_eos=row["workload"] != "b",
-                 kv_blocks=blocks - 1 if blocks else None,
+                 kv_blocks=blocks - 1 if blocks else None, prefill_graphs=graphs,
                  **{k: row.get(k) for k in PHASE_KEYS})
             for row in data["rows"] if row.get("system") == "pipedecode"
             and row.get("status") == "ok" and not row.get("interleave")
@@ -162,11 +164,12 @@ def report(comparisons, sources: list[dict], factor: tuple[float, str], terms: l
         "- Sampling: the greedy sampler (`pipedecode.engine.sampler`) copies the bf16 logits "
         "[rows, vocab] to float32 and takes their argmax: 10 bytes per logit at the profile's "
         "HBM bandwidth, two launches.",
-        "- Prefill launches: a prefill runs eagerly, and its host launches about 22 kernels "
-        "per layer in 25.3-28.0 ms for 32 layers whatever the batch "
-        "(`prefill_overhead_h200.md`), so a prefill is priced at no less than "
-        f"{engine_costs.PREFILL_LAUNCH_US_PER_LAYER:g} us per layer (measured on the H200 "
-        "machine, not fitted on these runs).",
+        "- Prefill launches: an eager prefill's host launches about 22 kernels per layer in "
+        "19-31 ms for 32 layers whatever the batch (`prefill_overhead_h200.md`), so it is "
+        f"priced at no less than {engine_costs.PREFILL_LAUNCH_US_PER_LAYER:g} us per layer "
+        "(measured on the H200 machine, not fitted on these runs). Runs whose runner replays "
+        "small prefills from CUDA graphs (up to 1024 tokens and 64 prompts; the runner's "
+        "description says so) price those at their GPU time over the padded tokens instead.",
         "- Host time: the engine's loop is synchronous, so each step adds its host work, per "
         "sequence of the batch: scheduler, input staging, the sampler's Python, postprocess, at "
         "the rates of `engine_host_overhead_cpu.json` (a 2-core CPU; fitted through the origin) "

@@ -36,7 +36,8 @@ class Measured:
     None: sized from the device's memory as the simulator sizes it. elapsed_s, prefill_s,
     decode_s, decode_steps, mean_decode_batch: the engine's phases (GenerateStats: prefill_s
     and decode_s time each step's runner call and sampling; the rest of elapsed_s is the
-    scheduler and postprocess), None where not measured."""
+    scheduler and postprocess), None where not measured. prefill_graphs: whether the engine
+    replayed its small prefills from CUDA graphs (runs made before it had them did not)."""
 
     workload: str
     policy: str
@@ -55,6 +56,7 @@ class Measured:
     decode_s: float | None = None
     decode_steps: int | None = None
     mean_decode_batch: float | None = None
+    prefill_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -138,7 +140,8 @@ def compare(measured: Measured, options: SimOptions | None = None) -> Comparison
     options = replace(options or SimOptions(), seqs_per_gpu=measured.max_num_seqs,
                       max_num_batched_tokens=measured.max_num_batched_tokens,
                       predictor="oracle" if measured.ignore_eos else "online",
-                      kv_blocks=measured.kv_blocks, micro_batches=None)
+                      kv_blocks=measured.kv_blocks, micro_batches=None,
+                      prefill_graphs=measured.prefill_graphs)
     result = simulate_point(measured.model, load_profile(measured.device), LINKS["pcie5"], 1,
                             STRATEGY_OF_POLICY[measured.policy], workload, options)
     return Comparison(measured, result)

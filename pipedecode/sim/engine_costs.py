@@ -14,12 +14,15 @@ host speed factor, fitted on one workload and said so):
                   float32 and takes their argmax on the GPU: two kernels moving rows x vocab x
                   (2 read + 4 written + 4 read) bytes (bf16 logits), priced by the cost model's
                   floor (bytes / HBM bandwidth) plus a launch each.
-  prefill launch  a prefill runs eagerly: the host launches about 22 kernels per layer, which
-                  on the H200 machine takes 25.3-28.0 ms for Llama-3-8B's 32 layers whatever
-                  the batch (`benchmarks/results/prefill_overhead_h200.md`: the enqueue time
-                  of prefills of 16 to 8192 tokens), so a prefill lasts at least that long:
-                  it is priced at max(the cost model's GPU time, PREFILL_LAUNCH_US_PER_LAYER
-                  per layer). Prefills under about 1000 tokens are bound by it.
+  prefill launch  an eager prefill: the host launches about 22 kernels per layer, which on
+                  the H200 machine takes 19-30 ms for Llama-3-8B's 32 layers whatever the
+                  batch (`benchmarks/results/prefill_overhead_h200.md`: the enqueue time of
+                  prefills of 16 to 8192 tokens), so it lasts at least that long: priced at
+                  max(the cost model's GPU time, PREFILL_LAUNCH_US_PER_LAYER per layer).
+                  The one-GPU runner replays a prefill that a bucket of
+                  `runtime.prefill_graphs` holds (up to 1024 tokens, 64 prompts) from a CUDA
+                  graph instead: priced at the cost model's GPU time with its GEMMs over the
+                  bucket's padded tokens. A pipeline stage prefills eagerly.
   host            the engine's loop is synchronous (the sampled tokens are read back every
                   step), so its host work adds to each step, per sequence of the batch: the
                   scheduler forming it and the runner staging its inputs before the GPU starts,
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 
 from pipedecode import counts
 from pipedecode.planner.cost import CostModel
+from pipedecode.runtime.prefill_graphs import bucket_for as bucket_for_prefill
 from pipedecode.runtime.runner_plans import bucket_for, bucket_sizes
 
 HOST_PARTS = ("schedule", "stage", "sample", "postprocess")
@@ -57,9 +61,9 @@ BENCH_HOST_US_PER_SEQ = {"schedule": 0.2070, "stage": 0.3314, "sample": 0.1058,
 # (c)'s two cells spent 0.433 and 0.394 s outside the timed steps; these rates give 0.140 s
 # for each (its 1023 decode steps of 250 sequences and 32 prefills)
 HOST_FACTOR = 2.960        # the H200 machine's host over that CPU, fitted on workload (c)
-# prefill_overhead_h200.json: the median enqueue time of one prefill, 25.3-28.0 ms over 10
-# shapes (16 to 8192 tokens, 672-768 kernels), 25.7 ms at the median, over 32 layers
-PREFILL_LAUNCH_US_PER_LAYER = 804.0
+# prefill_overhead_h200.json: the median enqueue time of one eager prefill, 19.5-31.4 ms over
+# 10 shapes (16 to 8192 tokens, 672-768 kernels), over 32 layers
+PREFILL_LAUNCH_US_PER_LAYER = 723.0
 LOGITS_BYTES_PER_ELEMENT = 2 + 4 + 4        # bf16 read, float32 written, float32 read (argmax)
 
 
@@ -85,6 +89,7 @@ class EngineCosts:
     padding: bool = True
     sampling: bool = True
     prefill_launch_us_per_layer: float = PREFILL_LAUNCH_US_PER_LAYER
+    prefill_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -108,11 +113,21 @@ class EngineCosts:
         """The GPU's cost model alone: no padding, no sampling, no host time, no prefill
         launch floor."""
         return cls(max_num_seqs, host_factor=0.0, padding=False, sampling=False,
-                   prefill_launch_us_per_layer=0.0)
+                   prefill_launch_us_per_layer=0.0, prefill_graphs=False)
 
-    def prefill_us(self, gpu_us: float, num_layers: int) -> float:
-        """A prefill whose kernels take `gpu_us`: at least its launches' time on the host."""
-        return max(gpu_us, num_layers * self.prefill_launch_us_per_layer)
+    def prefill_us(self, cost: CostModel, prompt_lens: list[int], *,
+                   graphs: bool = True) -> float:
+        """A prefill of these prompts on the whole model: replayed from its bucket's CUDA
+        graph where `graphs` (the runner has them) and a bucket holds it, its GEMMs over the
+        bucket's padded tokens; else eager, lasting at least its launches' host time."""
+        gpu_us = cost.prefill_us(prompt_lens)
+        bucket = bucket_for_prefill(sum(prompt_lens), len(prompt_lens)) \
+            if graphs and self.prefill_graphs else None
+        if bucket is None:
+            return max(gpu_us, cost.model.num_layers * self.prefill_launch_us_per_layer)
+        sms = cost.profile.sm_count
+        padded = cost.linear_us(bucket.tokens, sms) - cost.linear_us(sum(prompt_lens), sms)
+        return gpu_us + cost.model.num_layers * padded
 
     def decode_rows(self, num_seqs: int) -> int:
         """Rows the decode step of `num_seqs` sequences runs (its bucket, or itself when no

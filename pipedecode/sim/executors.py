@@ -12,15 +12,16 @@ Pricing. A decode micro-batch of n sequences holding kv tokens runs the runner's
 r >= n rows (`EngineCosts.decode_rows`; padded rows hold one token each): one layer
 `sequential_layer_us(r, kv + r - n)`, the head `head_us(r)` and the greedy sampling of r rows
 (`EngineCosts.sampling_us`). A prefill of prompts (recomputed ones at their full length):
-`prefill_us(lens)`, or its kernels' launch time on the host where that is longer
-(`EngineCosts.prefill_us`), its head `head_us(len(lens))` and the sampling of len(lens) rows, its
+`EngineCosts.prefill_us` (the cost model's `prefill_us(lens)`; on one GPU, a prefill a
+CUDA-graph bucket holds with its GEMMs over the padded tokens; else, eager, at least its
+kernels' launch time on the host), its head `head_us(len(lens))` and the sampling of len(lens) rows, its
 layers sharing the rest equally (Llama's layers all have one shape). Pipeline stage i:
 layers[i] layers, plus the head and the sampling on the last. Transfers: [hidden, residual]
 of every row, hidden_size x dtype bytes each, over the link to the next stage (latency + bytes
 / bandwidth, overlapped with compute: each link is its own server); the controller's
 per-micro-batch metadata is assumed sent ahead and off the critical path. Tensor parallel (an
 analytic ESTIMATE, optimistic for it): the whole step's time / N (every kernel, head, sampling
-and launch included, splits perfectly) plus, per layer, two all-reduces of tokens x hidden x
+and launch included, splits perfectly; its small prefills from CUDA graphs, as on one GPU) plus, per layer, two all-reduces of tokens x hidden x
 dtype bytes (`ring_allreduce_us`).
 """
 
@@ -94,14 +95,15 @@ def batch_tokens(batch: ScheduledBatch) -> tuple[int, int, list[int]]:
     return len(batch.seqs), sum(s.num_tokens for s in batch.seqs), []
 
 
-def _whole_model_us(cost: CostModel, engine: EngineCosts,
-                    batch: ScheduledBatch) -> tuple[float, float, int]:
+def _whole_model_us(cost: CostModel, engine: EngineCosts, batch: ScheduledBatch, *,
+                    graphs: bool) -> tuple[float, float, int]:
     """(the batch on the whole model on one GPU, its head with the sampling, tokens through
-    the layers: a decode step's padded rows included)."""
+    the layers: a decode step's padded rows included). graphs: whether a small prefill may
+    replay a CUDA graph (the one-GPU runner; a pipeline stage prefills eagerly)."""
     tokens, kv_tokens, lens = batch_tokens(batch)
     if lens:
         sample = engine.sampling_us(cost, len(lens))
-        full = engine.prefill_us(cost.prefill_us(lens), cost.model.num_layers)
+        full = engine.prefill_us(cost, lens, graphs=graphs)
         return full + sample, cost.head_us(len(lens)) + sample, tokens
     rows = engine.decode_rows(tokens)
     sample = engine.sampling_us(cost, rows)
@@ -129,7 +131,8 @@ class StagePipeline:
 
     def stage_us(self, batch: ScheduledBatch) -> np.ndarray:
         """The batch's compute time on each stage."""
-        return self._stages(*_whole_model_us(self.cost, self.engine, batch)[:2])
+        return self._stages(*_whole_model_us(self.cost, self.engine, batch,
+                                             graphs=self.layout.num_stages == 1)[:2])
 
     def _stages(self, full: float, head: float) -> np.ndarray:
         if self.layout.num_stages == 1:
@@ -138,7 +141,8 @@ class StagePipeline:
         return self._layers * layer + self._last * head
 
     def service(self, batch: ScheduledBatch) -> Service:
-        full, head, tokens = _whole_model_us(self.cost, self.engine, batch)
+        full, head, tokens = _whole_model_us(self.cost, self.engine, batch,
+                                             graphs=self.layout.num_stages == 1)
         stages = self._stages(full, head)
         if self.layout.num_stages == 1:
             return Service(stages, float(stages[0]))
@@ -166,7 +170,7 @@ class TensorParallel:
                                      self.num_gpus)
 
     def service(self, batch: ScheduledBatch) -> Service:
-        full, _, tokens = _whole_model_us(self.cost, self.engine, batch)
+        full, _, tokens = _whole_model_us(self.cost, self.engine, batch, graphs=True)
         n = self.num_gpus
         compute = full / n
         comm = self.cost.model.num_layers * self.allreduce_us(tokens) if n > 1 else 0.0

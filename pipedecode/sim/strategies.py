@@ -55,6 +55,7 @@ class SimOptions:
     padding: bool = True
     sampling: bool = True
     prefill_launch: bool = True
+    prefill_graphs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("seqs_per_gpu", "max_num_batched_tokens", "block_size"):
@@ -146,7 +147,8 @@ def _replica(shape: ModelShape, profile: DeviceProfile, link: Link, strategy: st
     engine = EngineCosts(seqs, host_factor=options.host_factor, padding=options.padding,
                          sampling=options.sampling,
                          prefill_launch_us_per_layer=PREFILL_LAUNCH_US_PER_LAYER
-                         if options.prefill_launch else 0.0)
+                         if options.prefill_launch else 0.0,
+                         prefill_graphs=options.prefill_graphs)
     if strategy == "tensor":
         lay = layouts.tensor_layout(shape, profile, size, block_size=options.block_size)
         executor, slots, stage_layers = TensorParallel(lay, cost, link, engine), 1, ()

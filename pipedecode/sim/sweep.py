@@ -104,11 +104,13 @@ def assumptions(spec: SweepSpec) -> dict:
                    f"machine's host speed fitted on a measured run)",
         engine=f"decode steps padded to the runner's batch buckets: "
                f"{'yes' if o.padding else 'no'}; the greedy sampling on the GPU: "
-               f"{'yes' if o.sampling else 'no'}; a prefill lasting at least its kernels' "
-               f"launch time on the host ({PREFILL_LAUNCH_US_PER_LAYER:g} us per layer of a "
-               f"stage, measured on the H200 machine: the engine's prefill runs eagerly, so "
-               f"small prefills are bound by it and a policy that makes fewer of them gains): "
-               f"{'yes' if o.prefill_launch else 'no'} (pipedecode.sim.engine_costs)",
+               f"{'yes' if o.sampling else 'no'}; an eager prefill lasting at least its "
+               f"kernels' launch time on the host ({PREFILL_LAUNCH_US_PER_LAYER:g} us per layer "
+               f"of a stage, measured on the H200 machine): "
+               f"{'yes' if o.prefill_launch else 'no'}; small prefills (up to 1024 tokens, 64 "
+               f"prompts) from CUDA graphs where the engine has them (one GPU; a pipeline "
+               f"stage prefills eagerly; the tensor-parallel estimate is given them): "
+               f"{'yes' if o.prefill_graphs else 'no'} (pipedecode.sim.engine_costs)",
         costs="every GPU time from the CostModel on the device profile; transfers overlap "
               "compute; tensor parallel is an analytic estimate (step / N + two ring "
               "all-reduces per layer), optimistic for it",

@@ -55,11 +55,13 @@ def test_an_offline_throughput_result_gives_its_sequential_pipedecode_cells():
     got = sim_vs_measured.runs(data)
     assert got == [{"workload": "sharegpt", "policy": "temporal", "output_tokens_per_s": 5000.0,
                     "total_tokens_per_s": 8000.0, "model": "llama-3-8b", "device": "h200",
-                    "requests": 200, "max_num_seqs": 1024, "ignore_eos": False}]
-    data["runner"] = {"num_blocks": 5001}
+                    "requests": 200, "max_num_seqs": 1024, "ignore_eos": False,
+                    "prefill_graphs": False}]
+    data["runner"] = {"num_blocks": 5001, "prefill_graphs": {"replays": 3}}
     data["rows"][1].update(elapsed_s=10.0, prefill_s=2.0, decode_s=7.5, decode_steps=300)
     got = sim_vs_measured.runs(data)[0]
     assert got["kv_blocks"] == 5000 and (got["elapsed_s"], got["decode_steps"]) == (10.0, 300)
+    assert got["prefill_graphs"] is True
     assert Measured.from_dict(got).untimed_s == pytest.approx(0.5)
 
 

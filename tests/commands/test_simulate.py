@@ -88,8 +88,10 @@ def test_bad_gpu_lists_are_argparse_errors(capsys):
 
 
 def test_without_the_prefill_launch_floor_small_prefills_run_faster(capsys, tmp_path):
-    argv = ["simulate", "--model", "llama-3-8b", "--gpus", "1", "--strategy", "pipeline",
-            "--requests", "64", "--seqs-per-gpu", "4", "--workload", "fixed:16:4"]
+    """Two pipeline stages prefill eagerly (one GPU would replay CUDA graphs)."""
+    argv = ["simulate", "--model", "llama-3-8b", "--gpus", "2", "--link", "nvlink4",
+            "--strategy", "pipeline", "--requests", "64", "--seqs-per-gpu", "2",
+            "--workload", "fixed:16:4"]
     assert main(argv) == 0
     floored = capsys.readouterr().out
     out = tmp_path / "sim.md"

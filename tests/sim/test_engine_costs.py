@@ -1,4 +1,5 @@
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -66,14 +67,20 @@ def test_host_time_is_the_factor_times_the_parts_rates_per_sequence():
 def test_a_prefill_lasts_at_least_its_measured_launches():
     measured = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results"
                            / "prefill_overhead_h200.json").read_text())
-    enqueue_us = sorted(r["enqueue_us"] for r in measured["rows"])
-    per_layer = enqueue_us[len(enqueue_us) // 2] / measured["layers"]
+    per_layer = statistics.median(r["enqueue_us"] for r in measured["rows"]) / measured["layers"]
     assert PREFILL_LAUNCH_US_PER_LAYER == pytest.approx(per_layer, rel=0.01)
-    engine = EngineCosts()
-    assert engine.prefill_us(1000.0, 32) == pytest.approx(32 * PREFILL_LAUNCH_US_PER_LAYER)
-    assert engine.prefill_us(90_000.0, 32) == 90_000.0
-    assert engine.prefill_us(1000.0, 16) == pytest.approx(16 * PREFILL_LAUNCH_US_PER_LAYER)
-    assert EngineCosts.off().prefill_us(1000.0, 32) == 1000.0
+    engine, floor = EngineCosts(), 32 * PREFILL_LAUNCH_US_PER_LAYER
+    small, big = [100, 37], [4096, 4096]
+    assert COST.prefill_us(small) < floor < COST.prefill_us(big)
+    assert engine.prefill_us(COST, small, graphs=False) == pytest.approx(floor)
+    assert engine.prefill_us(COST, big, graphs=False) == COST.prefill_us(big)
+    assert engine.prefill_us(COST, big) == COST.prefill_us(big)        # past every bucket
+    # from its graph: the GEMMs over the 256-token bucket's padded tokens
+    padded = COST.linear_us(256, H200.sm_count) - COST.linear_us(137, H200.sm_count)
+    assert engine.prefill_us(COST, small) == pytest.approx(COST.prefill_us(small) + 32 * padded)
+    assert engine.prefill_us(COST, small) < floor
+    assert EngineCosts(prefill_graphs=False).prefill_us(COST, small) == pytest.approx(floor)
+    assert EngineCosts.off().prefill_us(COST, small) == COST.prefill_us(small)
     with pytest.raises(ValueError, match="prefill_launch_us_per_layer must be a number >= 0"):
         EngineCosts(prefill_launch_us_per_layer=-1.0)
 

@@ -74,15 +74,19 @@ def test_with_the_engines_costs_a_decode_runs_its_bucket_and_pays_the_sampling()
     expected = COST.sequential_step_us(4, 451) + engine.sampling_us(COST, 4)
     assert pipe.service(decode).servers_us[0] == pytest.approx(expected)
     assert expected > COST.sequential_step_us(3, 450)
-    prefill = batch("prefill", [100, 300, 50])                 # no padding: 3 logits rows
-    launches = 32 * PREFILL_LAUNCH_US_PER_LAYER                # longer than its 450 tokens' GPU
-    assert COST.prefill_us([100, 300, 50]) < launches
+    prefill = batch("prefill", [100, 300, 50])                 # 3 logits rows, from a graph
     assert pipe.service(prefill).servers_us[0] == \
-        pytest.approx(launches + engine.sampling_us(COST, 3))
-    big = batch("prefill", [2048] * 4)                         # the GPU's time is the longer
+        pytest.approx(engine.prefill_us(COST, [100, 300, 50]) + engine.sampling_us(COST, 3))
+    big = batch("prefill", [2048] * 4)                         # eager; the GPU's is the longer
     assert pipe.service(big).servers_us[0] == \
         pytest.approx(COST.prefill_us([2048] * 4) + engine.sampling_us(COST, 4))
-    assert COST.prefill_us([2048] * 4) > launches
+    assert COST.prefill_us([2048] * 4) > 32 * PREFILL_LAUNCH_US_PER_LAYER
+    two = StagePipeline(pipeline_layout(M8B, H200, 2, layer_us=1.0, head_us=0.0), COST, LINK,
+                        engine)                                # a stage prefills eagerly
+    # the eager floor of the whole model, its layers' share (the head is the last stage's)
+    launches = (32 * PREFILL_LAUNCH_US_PER_LAYER - COST.head_us(3)) / 2
+    assert two.service(prefill).servers_us[0] == pytest.approx(launches)
+    assert engine.prefill_us(COST, [100, 300, 50]) < 2 * launches
 
 
 def test_a_pipelines_last_stage_samples_and_its_links_carry_the_padded_rows():
