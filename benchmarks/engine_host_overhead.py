@@ -11,7 +11,12 @@ Llama-3-8B takes 10-70 ms; the host must stay far below it, since a step's host 
 GPU work do not overlap (the sampled tokens are read back each step). The temporal policy's
 per-step switch check is included (policy "temporal").
 
-Usage: python benchmarks/engine_host_overhead.py [--seqs 256,1024] [--steps 200] [--out DIR]
+With requests queued and seats free (`--queued`), the temporal policy weighs a switch back
+to prefill at every decode step: its decision is timed on its own; `--seqs ''` measures only
+that, published as engine_host_overhead_queued.
+
+Usage: python benchmarks/engine_host_overhead.py [--seqs 256,1024] [--steps 200]
+       [--queued 256:500:32] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import record  # noqa: E402  (benchmarks/record.py)
 PARTS = ("schedule", "stage", "sample", "postprocess")
 
 
-def _engine(num_seqs: int, policy: str, seed: int = 0):
+def _engine(num_seqs: int, policy: str, seed: int = 0, waiting: int = 0, free_seats: int = 0):
     """A scheduler with num_seqs sequences prefilled and running, the runner's staging and a
-    sampler, as LLM builds them (Llama-3-8B's cost model for the temporal policy)."""
+    sampler, as LLM builds them (Llama-3-8B's cost model for the temporal policy). waiting:
+    requests queued once decoding has begun, with free_seats seats (and the blocks) to take
+    some: the temporal policy then weighs a switch back to prefill at every step."""
     from pipedecode.engine.block_manager import BlockManager
     from pipedecode.engine.params import SamplingParams
     from pipedecode.engine.policies import make_policy
@@ -47,12 +54,13 @@ def _engine(num_seqs: int, policy: str, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     lens = torch.randint(100, 1025, (num_seqs,), generator=gen).tolist()
     block, max_len = 16, 4096
-    blocks = sum(-(-(n + 600) // block) for n in lens) + 1
+    queued = torch.randint(100, 1025, (waiting,), generator=gen).tolist()
+    blocks = sum(-(-(n + 600) // block) for n in lens + queued) + 1
     cost = CostModel(model_shape("llama-3-8b"), BUILTIN["h200"])
     chosen = make_policy("temporal", cost, kv_threshold=1.0) if policy == "temporal" \
         else make_policy("prefill-first")
-    sched = Scheduler(SchedulerConfig(max_len, num_seqs, 10 ** 7, eos_token_ids={2}),
-                      BlockManager(blocks, block), chosen)
+    sched = Scheduler(SchedulerConfig(max_len, num_seqs + free_seats, 10 ** 7,
+                                      eos_token_ids={2}), BlockManager(blocks, block), chosen)
     params = SamplingParams(max_tokens=10 ** 4, temperature=0)
     for i, n in enumerate(lens):
         sched.add(Sequence(i, [7] * n, params))
@@ -60,6 +68,13 @@ def _engine(num_seqs: int, policy: str, seed: int = 0):
     if batch.kind != "prefill" or len(batch.seqs) != num_seqs:
         raise RuntimeError(f"the first batch admitted {len(batch.seqs)} of {num_seqs}")
     sched.postprocess(batch, [11] * num_seqs)
+    if waiting:
+        first = sched.schedule()                  # the decode phase begins (queue empty)
+        if first.kind != "decode":
+            raise RuntimeError(f"expected a decode step, got a {first.kind} batch")
+        sched.postprocess(first, [11] * num_seqs)
+        for i, n in enumerate(queued):
+            sched.add(Sequence(num_seqs + i, [7] * n, params))
     inputs = StepInputs(num_seqs, max_len // block, torch.device("cpu"), 2 * num_seqs + 64)
     return sched, inputs, Sampler()
 
@@ -90,15 +105,43 @@ def measure(num_seqs: int, steps: int, policy: str) -> dict:
     return row
 
 
+def measure_switch_check(num_seqs: int, waiting: int, free_seats: int, calls: int) -> dict:
+    """The temporal policy's decision at a decode step with `waiting` requests queued and
+    `free_seats` seats free: `admit`, timed `calls` times from the same state (the phase set
+    back to decode after each: what it admits is not prefilled), and how often it switched."""
+    sched, _, _ = _engine(num_seqs, "temporal", waiting=waiting, free_seats=free_seats)
+    policy, times, switched = sched.policy, [], 0
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        admitted = policy.admit(sched)
+        times.append((time.perf_counter() - t0) * 1e6)
+        switched += bool(admitted)
+        policy.phase = "decode"
+    return {"seqs": num_seqs, "waiting": waiting, "free_seats": free_seats, "calls": calls,
+            "admit_us": statistics.median(times),
+            "admit_p90_us": sorted(times)[int(0.9 * len(times))], "switched": switched}
+
+
 def markdown(result: dict) -> str:
     lines = record.heading("Engine host time per decode step", result) + [
-        "Host work of one decode step (no GPU): medians over the steps, microseconds.", "",
-        "| running sequences | policy | schedule | stage inputs | sample | postprocess | "
-        "total | total p90 |", "|---|---|---|---|---|---|---|---|"]
+        "Host work of one decode step (no GPU): medians over the steps, microseconds.", ""]
+    if result["rows"]:
+        lines += ["| running sequences | policy | schedule | stage inputs | sample | "
+                  "postprocess | total | total p90 |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['seqs']} | {r['policy']} | {r['schedule_us']:.0f} | "
                      f"{r['stage_us']:.0f} | {r['sample_us']:.0f} | {r['postprocess_us']:.0f} | "
                      f"{r['total_us']:.0f} | {r['total_p90_us']:.0f} |")
+    if result.get("queued"):
+        lines += ["", "The temporal policy's decision (`admit`) at a decode step with requests "
+                  "queued and seats free: it weighs a switch back to prefill (prefill-first "
+                  "would prefill them at once). Timed from one state, the phase set back to "
+                  "decode after each call.", "",
+                  "| running sequences | queued | free seats | admit us | admit p90 us | "
+                  "switched |", "|---|---|---|---|---|---|"]
+        lines += [f"| {q['seqs']} | {q['waiting']} | {q['free_seats']} | {q['admit_us']:.0f} | "
+                  f"{q['admit_p90_us']:.0f} | {q['switched']} of {q['calls']} |"
+                  for q in result["queued"]]
     return "\n".join(lines) + "\n"
 
 
@@ -107,19 +150,26 @@ def main(argv=None) -> int:
     parser.add_argument("--seqs", default="256,1024")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--policies", default="prefill-first,temporal")
+    parser.add_argument("--queued", default="256:500:32",
+                        help="also RUNNING:WAITING:FREE_SEATS, comma-separated: the temporal "
+                             "policy's decision with requests queued and seats free ('' for "
+                             "none)")
     parser.add_argument("--out", default=None, help="write JSON + markdown here too")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = {**record.environment("cpu"), "rows": []}
-    for n in (int(x) for x in args.seqs.split(",")):
+    result = {**record.environment("cpu"), "rows": [], "queued": []}
+    for n in (int(x) for x in args.seqs.split(",") if x):
         for policy in args.policies.split(","):
-            row = measure(n, args.steps, policy)
-            result["rows"].append(row)
-            print({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()},
-                  flush=True)
+            result["rows"].append(measure(n, args.steps, policy))
+    for spec in (s for s in args.queued.split(",") if s):
+        n, waiting, free = (int(x) for x in spec.split(":"))
+        result["queued"].append(measure_switch_check(n, waiting, free, args.steps))
+    for row in result["rows"] + result["queued"]:
+        print({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
     md = markdown(result)
-    if args.out:
-        record.publish(args.out, "engine_host_overhead", result, md)
+    if args.out:     # the queued rows alone are a result of their own
+        name = "engine_host_overhead" if args.seqs else "engine_host_overhead_queued"
+        record.publish(args.out, name, result, md)
     else:
         print(md)
     return 0

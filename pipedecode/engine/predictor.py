@@ -45,6 +45,7 @@ class OnlineLengthEstimator:
         self.bucket_weight = float(bucket_weight)
         self._count: dict[int, int] = {}
         self._sum: dict[int, float] = {}
+        self._n, self._total = 0, 0.0            # over every bucket
 
     @staticmethod
     def bucket(prompt_len: int) -> int:
@@ -52,8 +53,7 @@ class OnlineLengthEstimator:
         return max(int(prompt_len), 1).bit_length() - 1
 
     def global_mean(self) -> float:
-        n, total = sum(self._count.values()), sum(self._sum.values())
-        return (total + self.prior_weight * self.prior_tokens) / (n + self.prior_weight)
+        return (self._total + self.prior_weight * self.prior_tokens) / (self._n + self.prior_weight)
 
     def predict(self, prompt_token_ids: Sequence[int]) -> float:
         b = self.bucket(len(prompt_token_ids))
@@ -66,6 +66,7 @@ class OnlineLengthEstimator:
         b = self.bucket(prompt_len)
         self._count[b] = self._count.get(b, 0) + 1
         self._sum[b] = self._sum.get(b, 0.0) + output_len
+        self._n, self._total = self._n + 1, self._total + output_len
 
 
 class OracleLengths:

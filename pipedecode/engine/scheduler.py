@@ -110,6 +110,9 @@ class Scheduler:
         self.num_preemptions = 0
         self.prefill_tokens = 0                   # recomputed tokens included
         self.decode_tokens = 0
+        self.observations = 0                     # finished requests the predictor learned
+        # seq_id -> (the predictor, observations, tokens) of its last prediction
+        self._predicted: dict[int, tuple[LengthPredictor, int, int]] = {}
 
     # ---- requests ---------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -126,7 +129,13 @@ class Scheduler:
 
     def predict(self, seq: Sequence) -> int:
         """Predicted output length of `seq`, capped by max_tokens and the length limit; exact
-        where only max_tokens can stop it (ignore_eos, no stop tokens or strings)."""
+        where only max_tokens can stop it (ignore_eos, no stop tokens or strings). Asked
+        again before the predictor has learned from another finished request, the answer is
+        the one it gave (the temporal policy asks for every queued request each step)."""
+        known = self._predicted.get(seq.seq_id)
+        if known is not None and known[0] is self.predictor and known[1] == self.observations:
+            seq.predicted_output_len = known[2]
+            return known[2]
         p = seq.params
         cap = max(1, min(p.max_tokens, self.config.max_model_len - seq.num_prompt_tokens))
         if p.ignore_eos and not p.stop_token_ids and not p.stop:
@@ -134,6 +143,7 @@ class Scheduler:
         else:
             n = min(cap, max(1, round(self.predictor.predict(seq.prompt_token_ids))))
         seq.predicted_output_len = n
+        self._predicted[seq.seq_id] = (self.predictor, self.observations, n)
         return n
 
     # ---- batches ----------------------------------------------------------------------------
@@ -255,8 +265,10 @@ class Scheduler:
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         seq.stop_reason = stop_reason
         seq.finish_time_s = now
+        self._predicted.pop(seq.seq_id, None)
         if not seq.params.ignore_eos:
             self.predictor.observe(seq.num_prompt_tokens, seq.num_output_tokens)
+            self.observations += 1
 
     def abort_all(self, message: str) -> list[Sequence]:
         """Finish every unfinished sequence with reason "error" (blocks freed); them."""

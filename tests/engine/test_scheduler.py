@@ -164,6 +164,27 @@ def test_with_slots_a_sequence_is_never_in_two_batches():
         sched.postprocess(third, [7])
 
 
+def test_a_prediction_is_reused_until_the_predictor_learns_again():
+    class Counting(OnlineLengthEstimator):
+        calls = 0
+
+        def predict(self, prompt_token_ids):
+            Counting.calls += 1
+            return super().predict(prompt_token_ids)
+
+    sched = _scheduler(num_blocks=20)
+    sched.predictor = Counting(prior_tokens=10)
+    a, b = make_seq(0, 4, max_tokens=50), make_seq(1, 4, max_tokens=50)
+    assert [sched.predict(a) for _ in range(3)] == [10] * 3 and Counting.calls == 1
+    sched.add(a)
+    sched.postprocess(sched.schedule(), [EOS])              # a finishes after 1 token: learnt
+    assert sched.observations == 1 and Counting.calls == 1
+    assert sched.predict(b) < 10 and Counting.calls == 2
+    assert sched.predict(b) == b.predicted_output_len and Counting.calls == 2
+    sched.predictor = Counting(prior_tokens=40)             # another predictor: asked anew
+    assert sched.predict(b) == 40 and Counting.calls == 3
+
+
 def test_predictions_are_capped_and_exact_where_only_max_tokens_stops():
     sched = _scheduler(num_blocks=9, block_size=4)          # max_model_len 32
     sched.predictor = OnlineLengthEstimator(prior_tokens=100)
