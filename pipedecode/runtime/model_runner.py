@@ -48,7 +48,7 @@ from pipedecode.runtime.executor import Executor, run_serial
 from pipedecode.runtime.kv_cache import PagedKVCache
 from pipedecode.runtime.ops import KernelSet, kernel_set
 from pipedecode.runtime.prefill import prefill
-from pipedecode.runtime.prefill_graphs import PrefillGraphs
+from pipedecode.runtime.prefill_graphs import PrefillGraphs, capturable
 from pipedecode.runtime.program import manual_schedule
 from pipedecode.runtime.runner_inputs import StepInputs
 from pipedecode.runtime.runner_memory import cpu_kv_bytes, gpu_kv_bytes, usable_kv_bytes
@@ -103,10 +103,12 @@ class PagedModelRunner:
                                 kernels=self.kernels, paged=self.cache)
         self.inputs = StepInputs(self.max_rows, self._rows.block_tables.shape[1], self.device,
                                  table_capacity=2 * self.max_rows + 64)
-        # small prefills from CUDA graphs (a whole model's, with graphs on; prefill_graphs.py)
+        # small prefills from CUDA graphs (a whole model's, with graphs on and a kernel set
+        # whose prefill a graph can capture; prefill_graphs.py)
         whole = weights.embed.shape[0] > 0 and weights.lm_head.shape[0] > 0
         self.prefill_graphs = PrefillGraphs(weights, self.cache, self.kernels) \
-            if self.use_graphs and prefill_graphs and whole else None
+            if self.use_graphs and prefill_graphs and whole and capturable(self.kernels) \
+            else None
         self.plans = BucketPlans(self.shape, config.profile, self.sizes,
                                  interleave=config.interleave, planner=planner)
         self._plans_by: dict[bool, BucketPlans] = {}    # the other setting's, kept by reuse
@@ -344,6 +346,7 @@ class PagedModelRunner:
                           for (rows, b), p in sorted(self.plans.plans.items())},
                 "slower": {"/".join(map(str, k)): why for k, why in self.plans.slower.items()},
                 "prefill_graphs": self.prefill_graphs.describe() if self.prefill_graphs
-                else "none (eager prefills: no CUDA graphs, or a pipeline stage)",
+                else "none (eager prefills: no CUDA graphs, a pipeline stage, or the torch "
+                     "kernels' prefill attention)",
                 "memory": dict(self.memory), "num_blocks": self.num_blocks,
                 "block_size": self.block_size, "buckets": list(self.sizes)}

@@ -40,6 +40,12 @@ class PrefillBucket:
     prompts: int
 
 
+def capturable(kernels: KernelSet) -> bool:
+    """Whether a CUDA graph can capture this kernel set's prefill: the Triton prefill attention
+    can; the torch reference reads the prompt bounds back to the host."""
+    return "prefill_attention" in kernels.provided
+
+
 def bucket_for(tokens: int, prompts: int, token_buckets=TOKEN_BUCKETS,
                prompt_buckets=PROMPT_BUCKETS) -> PrefillBucket | None:
     """The smallest bucket holding `tokens` tokens in `prompts` prompts, or None."""
@@ -62,6 +68,10 @@ class PrefillGraphs:
                              "prefills eagerly)")
         if capture and weights.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {weights.device}")
+        if capture and not capturable(kernels):
+            raise ValueError(f"the {kernels.name!r} kernel set's prefill attention syncs with "
+                             f"the host; a CUDA graph cannot capture it (use triton, cublas "
+                             f"or hybrid)")
         self.weights, self.cache, self.kernels, self.capture = weights, cache, kernels, capture
         self.token_buckets, self.prompt_buckets = tuple(token_buckets), tuple(prompt_buckets)
         tokens, prompts, dev = max(token_buckets), max(prompt_buckets), weights.device

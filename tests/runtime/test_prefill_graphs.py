@@ -9,7 +9,8 @@ from pipedecode.models import build_model
 from pipedecode.runtime.kv_cache import PagedKVCache
 from pipedecode.runtime.ops import kernel_set
 from pipedecode.runtime.prefill import prefill
-from pipedecode.runtime.prefill_graphs import PAD_SLOT, PrefillBucket, PrefillGraphs, bucket_for
+from pipedecode.runtime.prefill_graphs import (PAD_SLOT, PrefillBucket, PrefillGraphs,
+                                               bucket_for, capturable)
 from pipedecode.runtime.weights import pack_hf_model
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -85,6 +86,8 @@ def test_a_batch_past_the_buckets_is_left_to_the_eager_prefill_and_bad_set_ups_r
     assert PAD_SLOT // 16 == 0
     with pytest.raises(ValueError, match="need a CUDA device"):
         PrefillGraphs(weights, cache, kernel_set("torch"))
+    assert capturable(kernel_set("triton")) and capturable(kernel_set("hybrid"))
+    assert not capturable(kernel_set("torch"))      # its prefill attention reads bounds back
 
 
 @pytest.mark.gpu
