@@ -23,8 +23,8 @@ the first `--hf-requests` of each workload (the table says so); cells run in pri
 (transformers first, before pipedecode's pool takes the memory; then each workload's
 pipedecode cells together, interleaving off and on alternating which runs first) and a cell not started within `--budget-s`
 is reported as not run. One runner (one KV pool, its CUDA graphs) serves every pipedecode
-cell, warmed up first by a sweep of every batch-size bucket (untimed), so no cell pays for
-graph captures but an interleaved split's own.
+cell, warmed up first by a sweep of every batch-size bucket and every small prefill's bucket
+(untimed), so no cell pays for graph captures but an interleaved split's own.
 
 Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c] [--budget-s 420]
        [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--interleave both|off|on]
