@@ -136,6 +136,8 @@ def markdown(result: dict) -> str:
         + " (its tokens/s extrapolate to the workload); "
         f"pipedecode max_num_seqs {result['max_num_seqs']}, KV pool {result['kv_pool_gib']:.1f} "
         f"GiB" + _interleave_text(result.get("interleave", ["off", "on"]))
+        + ("; every prefill eager (no prefill graphs)"
+           if result.get("prefill_graphs") == "off" else "")
         + f". {result['notes']}", ""]
     for w in result["workloads"]:
         b = result["bounds"].get(w)

@@ -28,7 +28,7 @@ cell, warmed up first by a sweep of every batch-size bucket and every small pref
 
 Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c] [--budget-s 420]
        [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--interleave both|off|on]
-       [--repeats 1] [--out DIR]
+       [--repeats 1] [--prefill-graphs on|off] [--out DIR]
 """
 
 from __future__ import annotations
@@ -189,14 +189,15 @@ def warm_up(model, runner) -> float:
     return _sync_time() - start
 
 
-def build_runner(model, profile, max_num_seqs: int):
+def build_runner(model, profile, max_num_seqs: int, prefill_graphs: bool = True):
     from pipedecode.engine.runner import RunnerConfig
     from pipedecode.runtime.model_runner import PagedModelRunner
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return PagedModelRunner(model, RunnerConfig(profile, max_num_seqs=max_num_seqs))
+    return PagedModelRunner(model, RunnerConfig(profile, max_num_seqs=max_num_seqs),
+                            prefill_graphs=prefill_graphs)
 
 
 def _pipedecode_cell(model, profile, w, prompts, cell, args, state: dict) -> dict:
@@ -205,7 +206,8 @@ def _pipedecode_cell(model, profile, w, prompts, cell, args, state: dict) -> dic
         raise RuntimeError(f"the runner could not be built: {state['error']}")
     if "runner" not in state:
         try:
-            runner = state["runner"] = build_runner(model, profile, args.max_num_seqs)
+            runner = state["runner"] = build_runner(model, profile, args.max_num_seqs,
+                                                    args.prefill_graphs == "on")
             args.warmup_s = warm_up(model, runner)
         except Exception as exc:
             state["error"] = f"{type(exc).__name__}: {exc}"
@@ -269,7 +271,7 @@ def run(args, model, profile, workloads: dict) -> dict:
               "hf_budget_s": args.hf_budget_s,
               "max_num_seqs": args.max_num_seqs, "kv_pool_gib": args.kv_pool_gib,
               "interleave": ["on" if on else "off" for on in args.interleave],
-              "repeats": args.repeats,
+              "repeats": args.repeats, "prefill_graphs": args.prefill_graphs,
               "budget_s": args.budget_s, "wall_s": time.perf_counter() - start,
               "warmup_s": args.warmup_s, "bounds": bounds, "rows": rows,
               "runner": args.runner_info}
@@ -292,6 +294,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hf-budget-s", type=float, default=40.0,
                         help="seconds of transformers per workload (its batches end early)")
     parser.add_argument("--max-num-seqs", type=int, default=1024)
+    parser.add_argument("--prefill-graphs", choices=("on", "off"), default="on",
+                        help="small prefills from CUDA graphs (on, the engine's default) or "
+                             "every prefill eager (off)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each pipedecode cell, back to back; the median is kept "
                              "and every run's tokens/s listed")

@@ -128,7 +128,10 @@ def test_markdown_and_short_table():
            "3 in 0.4 s | 1.00 | 3.00 |" in md
     assert "| pipedecode temporal, interleave off, oracle lengths | not run (time budget) |" in md
     assert "Roofline bound: 6,000 output / 12,000 total tokens/s" in md
-    assert "only the interleave" not in md
+    assert "only the interleave" not in md and "every prefill eager" not in md
+    assert "; every prefill eager (no prefill graphs)" in offline_report.markdown(
+        dict(result, prefill_graphs="off"))
+    assert offline_throughput.parse_args(["--prefill-graphs", "off"]).prefill_graphs == "off"
     assert "; only the interleave-off cells ran." in offline_report.markdown(
         dict(result, interleave=["off"]))
     assert "requests kept per workload: (a) 1, (b) 0.25" in md
