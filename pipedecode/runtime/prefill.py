@@ -23,8 +23,8 @@ from pipedecode.runtime.ops import KernelSet
 from pipedecode.runtime.weights import PackedWeights
 
 
-def _check(weights: PackedWeights, cache: PagedKVCache, token_ids: torch.Tensor,
-           cu_seqlens: torch.Tensor, slot_mapping: torch.Tensor) -> list[int]:
+def check_inputs(weights: PackedWeights, cache: PagedKVCache, token_ids: torch.Tensor,
+                 cu_seqlens: torch.Tensor, slot_mapping: torch.Tensor) -> list[int]:
     """The host-side prompt bounds (one sync), after checking every input."""
     total = token_ids.shape[0] if token_ids.dim() == 1 else -1
     if total <= 0:
@@ -88,7 +88,7 @@ def prefill(weights: PackedWeights, cache: PagedKVCache, kernels: KernelSet,
     residual stream `hidden` [tokens, hidden] float32 (updated in place); one without the LM
     head returns the residual stream [tokens, hidden] float32 after its layers.
     """
-    bounds = _check(weights, cache, token_ids, cu_seqlens, slot_mapping)
+    bounds = check_inputs(weights, cache, token_ids, cu_seqlens, slot_mapping)
     _check_hidden(weights, token_ids.shape[0], hidden)
     dev = weights.device
     token_ids, cu_seqlens = token_ids.to(dev), cu_seqlens.to(dev)

@@ -24,14 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipedecode.runtime.kv_cache import PagedKVCache
+from pipedecode.runtime.kv_cache import NULL_BLOCK, PagedKVCache
 from pipedecode.runtime.ops import KernelSet
-from pipedecode.runtime.prefill import prefill_buffers, prefill_forward
+from pipedecode.runtime.prefill import check_inputs, prefill_buffers, prefill_forward
+from pipedecode.runtime.runner_plans import bucket_for as smallest_bucket
 from pipedecode.runtime.weights import PackedWeights
 
 TOKEN_BUCKETS = (128, 256, 512, 1024)
 PROMPT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-PAD_SLOT = 0                # block 0, offset 0: the null block
+PAD_SLOT = NULL_BLOCK       # the null block's offset 0: slot 0 whatever the block size
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,10 @@ def bucket_for(tokens: int, prompts: int, token_buckets=TOKEN_BUCKETS,
     if tokens < 1 or prompts < 1:
         raise ValueError(f"a prefill needs at least 1 prompt and 1 token, got {prompts} "
                          f"prompts of {tokens} tokens")
-    t = next((b for b in token_buckets if b >= tokens), None)
-    p = next((b for b in prompt_buckets if b >= prompts), None)
-    return None if t is None or p is None else PrefillBucket(t, p)
+    if tokens > token_buckets[-1] or prompts > prompt_buckets[-1]:
+        return None
+    return PrefillBucket(smallest_bucket(tokens, token_buckets),
+                         smallest_bucket(prompts, prompt_buckets))
 
 
 class PrefillGraphs:
@@ -73,7 +75,8 @@ class PrefillGraphs:
                              f"the host; a CUDA graph cannot capture it (use triton, cublas "
                              f"or hybrid)")
         self.weights, self.cache, self.kernels, self.capture = weights, cache, kernels, capture
-        self.token_buckets, self.prompt_buckets = tuple(token_buckets), tuple(prompt_buckets)
+        self.token_buckets = tuple(sorted(token_buckets))
+        self.prompt_buckets = tuple(sorted(prompt_buckets))
         tokens, prompts, dev = max(token_buckets), max(prompt_buckets), weights.device
         # zeros: a padded token's attention output is never written, and stays finite
         self.buffers = prefill_buffers(weights, tokens, fill=torch.zeros)
@@ -95,6 +98,9 @@ class PrefillGraphs:
         bucket = bucket_for(tokens, prompts, self.token_buckets, self.prompt_buckets)
         if bucket is None:
             return None
+        # the eager prefill's checks, on the host arrays: a graph writes where it is told
+        check_inputs(self.weights, self.cache, torch.from_numpy(ids), torch.from_numpy(starts),
+                     torch.from_numpy(slots))
         self._stage(bucket, ids, starts, slots)
         if bucket not in self.graphs:
             self.graphs[bucket] = self._make(bucket)

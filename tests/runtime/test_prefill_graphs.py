@@ -71,6 +71,8 @@ def test_the_padded_path_equals_the_eager_prefill_on_the_cpu(lengths):
     assert all(float(k[untouched].abs().max()) == 0.0 for k in cache.k)
     assert graphs.replays == 1 and len(graphs.graphs) == 1
     assert graphs.capture_all() == 3 * 3 - 1                  # every bucket but the one run
+    with pytest.raises(ValueError, match="slots must be in"):  # the eager prefill's checks
+        graphs.run(ids, starts, slots + 40 * 16)
     assert graphs.describe()["buckets"][:3] == ["16x1", "16x4", "16x16"]
 
 
