@@ -21,14 +21,14 @@ one number for every workload, or per workload as `a=1,b=1,c=0.25`, unlisted one
 default 0.25, which with the defaults fits about 8 minutes on an H200); transformers runs on
 the first `--hf-requests` of each workload (the table says so); cells run in priority order
 (transformers first, before pipedecode's pool takes the memory; then each workload's
-pipedecode cells together, interleaving off and on alternating which runs first) and a cell not started within `--budget-s`
-is reported as not run. One runner (one KV pool, its CUDA graphs) serves every pipedecode
+pipedecode cells together, interleaving off and on alternating which runs first) and a cell
+not started within `--budget-s` is reported as not run. One runner (one KV pool, its CUDA graphs) serves every pipedecode
 cell, warmed up first by a sweep of every batch-size bucket and every small prefill's bucket
 (untimed), so no cell pays for graph captures but an interleaved split's own.
 
-Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c] [--budget-s 420]
-       [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024] [--interleave both|off|on]
-       [--repeats 1] [--prefill-graphs on|off] [--out DIR]
+Usage: python benchmarks/offline_throughput.py [--scale 0.25 | a=1,b=1,c=0.25] [--only a,b,c]
+       [--budget-s 420] [--hf-requests 64] [--hf-batch 64] [--max-num-seqs 1024]
+       [--interleave both|off|on] [--repeats 1] [--prefill-graphs on|off] [--out DIR]
 """
 
 from __future__ import annotations
@@ -265,7 +265,8 @@ def run(args, model, profile, workloads: dict) -> dict:
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     result = {**record.environment(), "model": args.model, "layers": shape.num_layers,
               "dtype": dtype,
-              "profile": profile.name, "scale": {k: args.scale[k] for k in workloads}, "workloads": list(workloads),
+              "profile": profile.name, "scale": {k: args.scale[k] for k in workloads},
+              "workloads": list(workloads),
               "requests": {k: w.num_requests for k, w in workloads.items()},
               "hf_requests": args.hf_requests, "hf_batch": args.hf_batch,
               "hf_budget_s": args.hf_budget_s,

@@ -15,7 +15,7 @@ host speed factor, fitted on one workload and said so):
                   (2 read + 4 written + 4 read) bytes (bf16 logits), priced by the cost model's
                   floor (bytes / HBM bandwidth) plus a launch each.
   prefill launch  an eager prefill: the host launches about 22 kernels per layer, which on
-                  the H200 machine takes 19-30 ms for Llama-3-8B's 32 layers whatever the
+                  the H200 machine takes 19-31 ms for Llama-3-8B's 32 layers whatever the
                   batch (`benchmarks/results/prefill_overhead_h200.md`: the enqueue time of
                   prefills of 16 to 8192 tokens), so it lasts at least that long: priced at
                   max(the cost model's GPU time, PREFILL_LAUNCH_US_PER_LAYER per layer).

@@ -14,14 +14,15 @@ r >= n rows (`EngineCosts.decode_rows`; padded rows hold one token each): one la
 (`EngineCosts.sampling_us`). A prefill of prompts (recomputed ones at their full length):
 `EngineCosts.prefill_us` (the cost model's `prefill_us(lens)`; on one GPU, a prefill a
 CUDA-graph bucket holds with its GEMMs over the padded tokens; else, eager, at least its
-kernels' launch time on the host), its head `head_us(len(lens))` and the sampling of len(lens) rows, its
-layers sharing the rest equally (Llama's layers all have one shape). Pipeline stage i:
+kernels' launch time on the host), its head `head_us(len(lens))` and the sampling of
+len(lens) rows, its layers sharing the rest equally (Llama's layers all have one shape). Pipeline stage i:
 layers[i] layers, plus the head and the sampling on the last. Transfers: [hidden, residual]
 of every row, hidden_size x dtype bytes each, over the link to the next stage (latency + bytes
 / bandwidth, overlapped with compute: each link is its own server); the controller's
 per-micro-batch metadata is assumed sent ahead and off the critical path. Tensor parallel (an
 analytic ESTIMATE, optimistic for it): the whole step's time / N (every kernel, head, sampling
-and launch included, splits perfectly; its small prefills from CUDA graphs, as on one GPU) plus, per layer, two all-reduces of tokens x hidden x
+and launch included, splits perfectly; its small prefills from CUDA graphs, as on one GPU)
+plus, per layer, two all-reduces of tokens x hidden x
 dtype bytes (`ring_allreduce_us`).
 """
 
